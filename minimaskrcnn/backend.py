@@ -1,0 +1,120 @@
+"""Backends: which implementation of the hot loops runs, and on which arrays.
+
+"numpy" is the readable reference (kernels/<op>/reference.py), "numba" the compiled CPU kernels
+(kernels/<op>/cpu.py, the default when Numba is installed) and "cuda" the CUDA kernels
+(kernels/<op>/cuda.py) on CuPy arrays; without a GPU, "cuda" runs its kernels through Numba's CUDA
+simulator (NUMBA_ENABLE_CUDASIM=1) on NumPy arrays, which is how CI tests them.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from types import ModuleType
+from typing import Iterator
+
+import numpy as np
+
+BACKENDS = ("numpy", "numba", "cuda")
+# which file of kernels/<op>/ each backend runs
+_KERNEL_MODULE = {"numpy": "reference", "numba": "cpu", "cuda": "cuda"}
+
+
+def _default_backend() -> str:
+    name = os.environ.get("MINIMASKRCNN_BACKEND")
+    if name:
+        if name not in BACKENDS:
+            raise ValueError(f"MINIMASKRCNN_BACKEND={name!r}: expected one of {BACKENDS}")
+        return name
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "numba"
+
+
+_backend = _default_backend()
+
+
+def get_backend() -> str:
+    """The name of the backend in use: "numpy", "numba" or "cuda"."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for every op that runs from now on (see the module docstring)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: expected one of {BACKENDS}")
+    _backend = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager: run the block with backend ``name``, then restore the previous one."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def kernel(op: str) -> ModuleType:
+    """The module that implements ``op`` (e.g. "roi_align") for the current backend.
+
+    Every backend module of an op defines the same functions with the same arguments, so callers
+    write ``kernel("roi_align").roi_align_forward(...)`` whatever the backend.
+    """
+    return importlib.import_module(f"minimaskrcnn.kernels.{op}.{_KERNEL_MODULE[_backend]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays: NumPy on the CPU, CuPy on the GPU. Code that must run on both takes its array module
+# from its inputs (``xp = get_array_module(x)``) and uses only what NumPy and CuPy share.
+
+
+def cupy_or_none() -> ModuleType | None:
+    """CuPy if it is installed and sees a GPU, else None."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+    except Exception:  # no driver, no device
+        return None
+    return cupy
+
+
+def get_array_module(*arrays) -> ModuleType:
+    """``cupy`` if any argument is a CuPy array, else ``numpy`` (Tensors are looked through)."""
+    for a in arrays:
+        a = getattr(a, "data", a) if type(a).__name__ == "Tensor" else a
+        if type(a).__module__.startswith("cupy"):
+            import cupy
+
+            return cupy
+    return np
+
+
+def default_array_module() -> ModuleType:
+    """The array module new arrays are made with: CuPy under "cuda" when a GPU is present, else NumPy.
+
+    Under the "cuda" backend without a GPU (Numba's CUDA simulator) this is NumPy, so the very same
+    code path runs in CI.
+    """
+    if _backend == "cuda":
+        cp = cupy_or_none()
+        if cp is not None:
+            return cp
+    return np
+
+
+def to_numpy(a) -> np.ndarray:
+    """A host NumPy array from a NumPy or CuPy array (or a Tensor)."""
+    a = getattr(a, "data", a) if type(a).__name__ == "Tensor" else a
+    if type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
