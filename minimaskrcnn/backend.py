@@ -91,7 +91,7 @@ def cupy_or_none() -> ModuleType | None:
 def get_array_module(*arrays) -> ModuleType:
     """``cupy`` if any argument is a CuPy array, else ``numpy`` (Tensors are looked through)."""
     for a in arrays:
-        a = getattr(a, "data", a) if type(a).__name__ == "Tensor" else a
+        a = getattr(a, "data", a) if type(a).__name__ in ("Tensor", "Parameter") else a
         if type(a).__module__.startswith("cupy"):
             import cupy
 
@@ -114,7 +114,7 @@ def default_array_module() -> ModuleType:
 
 def to_numpy(a) -> np.ndarray:
     """A host NumPy array from a NumPy or CuPy array (or a Tensor)."""
-    a = getattr(a, "data", a) if type(a).__name__ == "Tensor" else a
+    a = getattr(a, "data", a) if type(a).__name__ in ("Tensor", "Parameter") else a
     if type(a).__module__.startswith("cupy"):
         return a.get()
     return np.asarray(a)

@@ -118,7 +118,7 @@ def gradcheck(
             f_minus = objective()
             x[idx] = old
             numeric[idx] = (f_plus - f_minus) / (2 * eps)
-        err = rel_error(analytic[i], numeric)
+        err = np.array(rel_error(analytic[i], numeric))  # an array even for 0-d inputs
         err[np.abs(analytic[i] - numeric) < atol] = 0.0
         per_input[i] = float(err.max()) if err.size else 0.0
         if err.size and err.max() > worst[0]:

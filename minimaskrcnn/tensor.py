@@ -29,6 +29,8 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, dtype=None):
         if isinstance(data, Tensor):
             data = data.data
+        if isinstance(data, np.generic):  # a NumPy scalar (e.g. from a full reduction) keeps its dtype
+            data = np.asarray(data)
         if type(data).__module__.startswith("cupy") or isinstance(data, np.ndarray):
             if dtype is not None and data.dtype != dtype:
                 data = data.astype(dtype)

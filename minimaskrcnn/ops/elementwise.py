@@ -230,8 +230,9 @@ class MatMul(Function):
             return dout * b, dout * a
         if b.ndim == 1:
             return xp.multiply.outer(dout, b), xp.tensordot(a, dout, axes=(tuple(range(a.ndim - 1)), tuple(range(dout.ndim))))
-        if a.ndim == 1:
-            return b @ dout, xp.multiply.outer(a, dout)
+        if a.ndim == 1:  # (K,) @ (..., K, N) -> (..., N): sum the batch axes back into a
+            da = (b @ dout[..., None])[..., 0]
+            return unbroadcast(da, a.shape), a[:, None] * dout[..., None, :]
         da = dout @ xp.swapaxes(b, -1, -2)
         db = xp.swapaxes(a, -1, -2) @ dout
         return unbroadcast(da, a.shape), unbroadcast(db, b.shape)

@@ -165,7 +165,7 @@ def stack(xs: Sequence, axis: int = 0):
 
 
 def _raw(x):
-    return getattr(x, "data", x) if type(x).__name__ == "Tensor" else x
+    return getattr(x, "data", x) if type(x).__name__ in ("Tensor", "Parameter") else x
 
 
 def _as_tensor(x):

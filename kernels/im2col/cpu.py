@@ -1,0 +1,115 @@
+"""im2col / col2im compiled with Numba for the CPU (same layout and arguments as reference.py).
+
+im2col runs one parallel task per column-matrix row (n, c, kh, kw); col2im one per image channel
+(n, c), so that each task alone adds into its own dx[n, c]: no races and a fixed summation order.
+For each row the range of ``ow`` whose tap lies inside the image is computed once, so the inner
+loops are plain (vectorisable) copies with no bounds test.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
+
+
+@numba.njit(cache=True, inline="always")
+def _inside_range(kw: int, W: int, SW: int, PW: int, DW: int, OW: int) -> tuple:
+    """[ow_lo, ow_hi): the output columns whose tap kw reads an image pixel, 0 <= ow*SW - PW + kw*DW < W."""
+    ow_lo = -((kw * DW - PW) // SW)  # ceil((PW - kw*DW) / SW)
+    ow_hi = -((kw * DW - PW - W) // SW)  # ceil((W + PW - kw*DW) / SW)
+    ow_lo = min(max(ow_lo, 0), OW)
+    ow_hi = min(max(ow_hi, ow_lo), OW)
+    return ow_lo, ow_hi
+
+
+@numba.njit(cache=True, parallel=True)
+def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    N, C, H, W = x.shape
+    for task in numba.prange(N * C * KH * KW):
+        # task -> (n, c, kh, kw); row = (c*KH + kh)*KW + kw is the row of cols[n] it fills
+        n, row = task // (C * KH * KW), task % (C * KH * KW)
+        c, kh, kw = row // (KH * KW), (row // KW) % KH, row % KW
+        ow_lo, ow_hi = _inside_range(kw, W, SW, PW, DW, OW)
+        for oh in range(OH):
+            ih = oh * SH - PH + kh * DH  # the image row tap kh of output row oh reads
+            start = oh * OW  # column of (oh, 0) in cols
+            if ih < 0 or ih >= H:
+                for ow in range(OW):
+                    cols[n, row, start + ow] = 0
+                continue
+            for ow in range(ow_lo):
+                cols[n, row, start + ow] = 0
+            for ow in range(ow_lo, ow_hi):
+                cols[n, row, start + ow] = x[n, c, ih, ow * SW - PW + kw * DW]
+            for ow in range(ow_hi, OW):
+                cols[n, row, start + ow] = 0
+
+
+@numba.njit(cache=True, parallel=True)
+def _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    N, C, H, W = dx.shape
+    for task in numba.prange(N * C):
+        n, c = task // C, task % C  # this task owns dx[n, c]: nobody else writes there
+        for ih in range(H):
+            for iw in range(W):
+                dx[n, c, ih, iw] = 0
+        for kh in range(KH):
+            for kw in range(KW):
+                row = (c * KH + kh) * KW + kw
+                ow_lo, ow_hi = _inside_range(kw, W, SW, PW, DW, OW)
+                for oh in range(OH):
+                    ih = oh * SH - PH + kh * DH
+                    if ih < 0 or ih >= H:
+                        continue  # this tap read the zero padding: nothing to give back
+                    start = oh * OW
+                    for ow in range(ow_lo, ow_hi):
+                        dx[n, c, ih, ow * SW - PW + kw * DW] += cols[n, row, start + ow]
+
+
+def _check_float(a: np.ndarray, name: str) -> None:
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+
+
+def im2col(x: np.ndarray, kernel_size, stride=1, padding=0, dilation=1, out=None) -> np.ndarray:
+    """Unfold every (KH, KW) patch of ``x`` into a column (see reference.im2col).
+
+    Args:
+        x: (N, C, H, W) float32 or float64 images.
+        kernel_size, stride, padding, dilation: ints or (height, width) pairs.
+        out: optional C-contiguous (N, C*KH*KW, OH*OW) array of x's dtype to write cols into.
+
+    Returns:
+        cols: (N, C*KH*KW, OH*OW), x's dtype (``out`` when given).
+    """
+    _check_float(x, "x")
+    geometry = im2col_geometry(x.shape, kernel_size, stride, padding, dilation)
+    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    x = np.ascontiguousarray(x)
+    if out is None:
+        out = np.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
+    check_out(out, (N, C * KH * KW, OH * OW), x.dtype)
+    _im2col_kernel(x, out, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    return out
+
+
+def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0, dilation=1) -> np.ndarray:
+    """Fold columns back into images, adding overlaps (see reference.col2im). Deterministic.
+
+    Args:
+        cols: (N, C*KH*KW, OH*OW) float32 or float64.
+        x_shape: (N, C, H, W) of the images.
+        kernel_size, stride, padding, dilation: as given to ``im2col``.
+
+    Returns:
+        dx: (N, C, H, W), cols' dtype.
+    """
+    _check_float(cols, "cols")
+    geometry = im2col_geometry(x_shape, kernel_size, stride, padding, dilation)
+    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    check_cols_shape(cols.shape, geometry)
+    cols = np.ascontiguousarray(cols)
+    dx = np.empty((N, C, H, W), dtype=cols.dtype)
+    _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    return dx

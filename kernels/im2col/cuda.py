@@ -1,0 +1,123 @@
+"""im2col / col2im as Numba-CUDA kernels (same layout and arguments as reference.py).
+
+Thread mapping (1-D grid, 256 threads a block):
+  im2col: one thread per element of cols (N, C*KH*KW, OH*OW). Thread i is
+      i = (n*(C*KH*KW) + row)*(OH*OW) + col,  row = (c*KH + kh)*KW + kw,  col = oh*OW + ow,
+      so neighbouring threads take neighbouring ow: coalesced writes.
+  col2im: one thread per pixel of dx (N, C, H, W), i = ((n*C + c)*H + ih)*W + iw. It GATHERS the
+      cols entries that im2col copied from its pixel (taps with ih = oh*SH - PH + kh*DH for an
+      integer oh in [0, OH), likewise for w): no atomics, a fixed summation order, deterministic.
+Works on CuPy arrays on a GPU and on NumPy arrays under NUMBA_ENABLE_CUDASIM=1 (tiny inputs only).
+"""
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
+
+_THREADS_PER_BLOCK = 256
+
+
+@cuda.jit
+def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    i = cuda.grid(1)
+    N, C, H, W = x.shape
+    if i >= N * C * KH * KW * OH * OW:
+        return
+    col = i % (OH * OW)  # oh*OW + ow
+    n_row = i // (OH * OW)
+    row = n_row % (C * KH * KW)  # (c*KH + kh)*KW + kw
+    n = n_row // (C * KH * KW)
+    c, kh, kw = row // (KH * KW), (row // KW) % KH, row % KW
+    oh, ow = col // OW, col % OW
+    ih = oh * SH - PH + kh * DH  # the pixel tap (kh, kw) of output (oh, ow) reads
+    iw = ow * SW - PW + kw * DW
+    if 0 <= ih < H and 0 <= iw < W:
+        cols[n, row, col] = x[n, c, ih, iw]
+    else:
+        cols[n, row, col] = 0  # zero padding
+
+
+@cuda.jit
+def _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    i = cuda.grid(1)
+    N, C, H, W = dx.shape
+    if i >= N * C * H * W:
+        return
+    iw = i % W
+    ih = (i // W) % H
+    c = (i // (H * W)) % C
+    n = i // (C * H * W)
+    acc = dx[n, c, ih, iw]  # 0 (the wrapper allocates zeros), in dx's dtype
+    for kh in range(KH):
+        th = ih + PH - kh * DH  # = oh*SH if tap kh of output row oh reads row ih
+        if th < 0 or th % SH != 0 or th // SH >= OH:
+            continue
+        oh = th // SH
+        for kw in range(KW):
+            tw = iw + PW - kw * DW
+            if tw < 0 or tw % SW != 0 or tw // SW >= OW:
+                continue
+            ow = tw // SW
+            acc += cols[n, (c * KH + kh) * KW + kw, oh * OW + ow]
+    dx[n, c, ih, iw] = acc
+
+
+def _check_float(a, name: str) -> None:
+    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+
+
+def _blocks(count: int) -> int:
+    return max(1, math.ceil(count / _THREADS_PER_BLOCK))
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
+    """Unfold every (KH, KW) patch of ``x`` into a column (see reference.im2col).
+
+    Args:
+        x: (N, C, H, W) float32 or float64 images, CuPy (GPU) or NumPy (simulator).
+        kernel_size, stride, padding, dilation: ints or (height, width) pairs.
+        out: optional C-contiguous (N, C*KH*KW, OH*OW) array of x's dtype and array module to
+            write cols into.
+
+    Returns:
+        cols: (N, C*KH*KW, OH*OW), x's dtype and array module (``out`` when given).
+    """
+    _check_float(x, "x")
+    geometry = im2col_geometry(x.shape, kernel_size, stride, padding, dilation)
+    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    xp = get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    if out is None:
+        out = xp.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
+    check_out(out, (N, C * KH * KW, OH * OW), x.dtype)
+    if out.size:
+        _im2col_kernel[_blocks(out.size), _THREADS_PER_BLOCK](x, out, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    return out
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
+    """Fold columns back into images, adding overlaps (see reference.col2im). Deterministic (a gather).
+
+    Args:
+        cols: (N, C*KH*KW, OH*OW) float32 or float64, CuPy (GPU) or NumPy (simulator).
+        x_shape: (N, C, H, W) of the images.
+        kernel_size, stride, padding, dilation: as given to ``im2col``.
+
+    Returns:
+        dx: (N, C, H, W), cols' dtype and array module.
+    """
+    _check_float(cols, "cols")
+    geometry = im2col_geometry(x_shape, kernel_size, stride, padding, dilation)
+    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    check_cols_shape(cols.shape, geometry)
+    xp = get_array_module(cols)
+    cols = xp.ascontiguousarray(cols)
+    dx = xp.zeros((N, C, H, W), dtype=cols.dtype)
+    if dx.size:
+        _col2im_kernel[_blocks(dx.size), _THREADS_PER_BLOCK](cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    return dx

@@ -1,0 +1,71 @@
+"""Paste masks with Numba-CUDA: one thread per output pixel (k, y, x) of the (K, im_h, im_w) result.
+
+Thread index ``t = blockIdx.x * blockDim.x + threadIdx.x`` -> ``k = t // (im_h * im_w)``,
+``y = (t // im_w) % im_h``, ``x = t % im_w``. A thread outside its box (or the box outside the
+image) writes 0, so the output needs no zero fill. Works on CuPy arrays on a GPU and on NumPy arrays
+under NUMBA_ENABLE_CUDASIM=1 (tiny inputs only).
+"""
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.kernels.paste_masks import check_paste_args
+
+THREADS_PER_BLOCK = 256
+
+
+@cuda.jit
+def _paste_masks_kernel(masks, boxes, out):
+    num_masks, in_h, in_w = masks.shape
+    im_h, im_w = out.shape[1], out.shape[2]
+    t = cuda.grid(1)
+    if t >= num_masks * im_h * im_w:
+        return
+    k = t // (im_h * im_w)  # mask
+    y = (t // im_w) % im_h  # image row
+    x = t % im_w  # image column
+    bx1, by1, bx2, by2 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+    w, h = max(bx2 - bx1 + 1, 1), max(by2 - by1 + 1, 1)  # box size = resized mask size
+    if x < bx1 or x > bx2 or y < by1 or y > by2:  # outside the box (x2, y2 inclusive)
+        out[k, y, x] = 0
+        return
+    # source column of box column x - bx1, source row of box row y - by1 (half-pixel centres)
+    src_x = max((in_w / w) * (x - bx1 + 0.5) - 0.5, 0.0)
+    c0 = min(int(src_x), in_w - 1)
+    c1 = c0 + 1 if c0 < in_w - 1 else c0
+    lc = min(src_x - c0, 1.0)
+    src_y = max((in_h / h) * (y - by1 + 0.5) - 0.5, 0.0)
+    r0 = min(int(src_y), in_h - 1)
+    r1 = r0 + 1 if r0 < in_h - 1 else r0
+    lr = min(src_y - r0, 1.0)
+    top = (1.0 - lc) * masks[k, r0, c0] + lc * masks[k, r0, c1]
+    bottom = (1.0 - lc) * masks[k, r1, c0] + lc * masks[k, r1, c1]
+    out[k, y, x] = (1.0 - lr) * top + lr * bottom
+
+
+def paste_masks(masks, boxes, im_h: int, im_w: int):
+    """Paste each mask into an empty image at its box (see ``kernels/paste_masks/__init__.py``).
+
+    Args:
+        masks: (K, SH, SW) float32/float64 (CuPy on a GPU, NumPy under the simulator).
+        boxes: (K, 4) int, (x1, y1, x2, y2) with x2, y2 inclusive: the box spans x2 - x1 + 1 columns.
+        im_h, im_w: image size in pixels.
+
+    Returns:
+        (K, im_h, im_w) array of the input's array module, the dtype of ``masks``; 0 outside the boxes.
+    """
+    xp = get_array_module(masks, boxes)
+    masks, boxes = check_paste_args(masks, boxes, im_h, im_w)
+    out = xp.empty((masks.shape[0], im_h, im_w), dtype=masks.dtype)
+    total = out.size
+    if total == 0:
+        return out
+    if masks.shape[1] == 0 or masks.shape[2] == 0:
+        out[...] = 0
+        return out
+    blocks = math.ceil(total / THREADS_PER_BLOCK)
+    _paste_masks_kernel[blocks, THREADS_PER_BLOCK](masks, boxes, out)
+    return out

@@ -1,0 +1,264 @@
+"""RoIAlign compiled with Numba for the CPU (same arguments and results as reference.py).
+
+The loops and names are the reference's. What changes is where the work is done:
+1. ``sample_tables`` computes, once per RoI, the two pixels and two weights of every sample row
+   (ph, iy) and every sample column (pw, ix) (bilinear weights factorise: w = weight_y * weight_x);
+   every channel then reuses them, as torchvision's pre_calc does.
+2. The forward runs one parallel task per (group of 4 channels, RoI), channel-major: the 4 (H, W)
+   planes stay in cache across the RoIs, and 4 independent running sums (instead of one chain of
+   dependent additions) let the CPU overlap their work; the tables are read once for the 4.
+3. The backward runs one parallel task per image channel (b, c): it alone adds into dx[b, c], so
+   there are no races and the summation order is fixed (deterministic).
+A sample outside the map gets weights 0 in the tables (torchvision's pre_calc does the same).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
+
+CHANNELS_PER_TASK = 4  # channels one forward task interpolates together (the kernel names 4 sums)
+
+
+@numba.njit(cache=True)
+def roi_geometry(rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    """As reference.roi_geometry: ``(b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count)``."""
+    T = rois.dtype.type
+    scale = T(spatial_scale)
+    b = int(rois[k, 0])
+    offset = T(0.5) if aligned else T(0.0)
+    roi_start_w = rois[k, 1] * scale - offset
+    roi_start_h = rois[k, 2] * scale - offset
+    roi_end_w = rois[k, 3] * scale - offset
+    roi_end_h = rois[k, 4] * scale - offset
+    roi_width = roi_end_w - roi_start_w
+    roi_height = roi_end_h - roi_start_h
+    if not aligned:  # legacy: force malformed RoIs to 1x1
+        roi_width = max(roi_width, T(1.0))
+        roi_height = max(roi_height, T(1.0))
+    bin_size_h = roi_height / T(pooled_height)
+    bin_size_w = roi_width / T(pooled_width)
+    grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_height / T(pooled_height)))
+    grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_width / T(pooled_width)))
+    count = T(max(grid_h * grid_w, 1))
+    return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count
+
+
+@numba.njit(cache=True)
+def sample_coord(roi_start, p, bin_size, i, grid, T):
+    """As reference.sample_coord."""
+    return roi_start + T(p) * bin_size + T(i + 0.5) * bin_size / T(grid)
+
+
+@numba.njit(cache=True)
+def interp_1d(coord, size, T):
+    """As reference.interp_1d: ``(inside, low, high, l, h)``."""
+    if not (coord >= -1.0 and coord <= size):
+        return False, 0, 0, T(0.0), T(0.0)
+    if coord <= 0:
+        coord = T(0.0)
+    low = int(coord)
+    if low >= size - 1:
+        low = size - 1
+        high = size - 1
+        coord = T(low)
+    else:
+        high = low + 1
+    l = coord - T(low)
+    h = T(1.0) - l
+    return True, low, high, l, h
+
+
+@numba.njit(cache=True)
+def sample_tables(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, H, W):
+    """The sampling of every RoI, computed once and shared by all channels.
+
+    Returns:
+        batch_idx (K,) int64, count (K,) rois' dtype, grid_h (K,) int64, grid_w (K,) int64,
+        row_start (K,) int64, col_start (K,) int64: where RoI k's entries begin in the tables;
+        y_low, y_high (R,) int64 and ly, hy (R,) rois' dtype: for sample row r = ph*grid_h[k] + iy
+        of RoI k, entry row_start[k] + r; x_low, x_high, lx, hx likewise for the sample columns
+        s = pw*grid_w[k] + ix, from col_start[k]. R (and the columns' length) is the sum over RoIs
+        of PH*grid_h (PW*grid_w). A row or column outside the map has weights 0: its samples add 0.
+    """
+    T = rois.dtype.type
+    K = rois.shape[0]
+    PH, PW = pooled_height, pooled_width
+    batch_idx = np.empty(K, np.int64)
+    count = np.empty(K, rois.dtype)
+    grid_h = np.empty(K, np.int64)
+    grid_w = np.empty(K, np.int64)
+    row_start = np.empty(K, np.uintp)  # unsigned: indexing with them skips the negative-index check
+    col_start = np.empty(K, np.uintp)
+    num_rows, num_cols = 0, 0
+    for k in range(K):  # serial: a few numbers per RoI, cheaper than starting threads
+        b, _, _, _, _, gh, gw, n = roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, aligned)
+        batch_idx[k], grid_h[k], grid_w[k], count[k] = b, gh, gw, n
+        row_start[k], col_start[k] = num_rows, num_cols
+        num_rows += PH * max(gh, 0)  # a negative grid (reversed aligned box) has no samples
+        num_cols += PW * max(gw, 0)
+    y_low = np.empty(num_rows, np.int64)
+    y_high = np.empty(num_rows, np.int64)
+    ly = np.empty(num_rows, rois.dtype)
+    hy = np.empty(num_rows, rois.dtype)
+    x_low = np.empty(num_cols, np.int64)
+    x_high = np.empty(num_cols, np.int64)
+    lx = np.empty(num_cols, rois.dtype)
+    hx = np.empty(num_cols, rois.dtype)
+    for k in range(K):
+        _, roi_start_h, roi_start_w, bin_size_h, bin_size_w, gh, gw, _ = roi_geometry(
+            rois, k, spatial_scale, PH, PW, sampling_ratio, aligned
+        )
+        for ph in range(PH):
+            for iy in range(gh):
+                y = sample_coord(roi_start_h, ph, bin_size_h, iy, gh, T)
+                _, low, high, l, h = interp_1d(y, H, T)  # outside: l = h = 0
+                r = row_start[k] + ph * gh + iy
+                y_low[r], y_high[r], ly[r], hy[r] = low, high, l, h
+        for pw in range(PW):
+            for ix in range(gw):
+                x = sample_coord(roi_start_w, pw, bin_size_w, ix, gw, T)
+                _, low, high, l, h = interp_1d(x, W, T)
+                s = col_start[k] + pw * gw + ix
+                x_low[s], x_high[s], lx[s], hx[s] = low, high, l, h
+    return batch_idx, count, grid_h, grid_w, row_start, col_start, y_low, y_high, ly, hy, x_low, x_high, lx, hx
+
+
+@numba.njit(cache=True, inline="always")
+def bilinear(plane, yl, yh, xl, xh, wly, why, wlx, whx):
+    """hy*hx*v1 + hy*lx*v2 + ly*hx*v3 + ly*lx*v4 for the 4 pixels around a sample, common factors out."""
+    return why * (whx * plane[yl, xl] + wlx * plane[yl, xh]) + wly * (whx * plane[yh, xl] + wlx * plane[yh, xh])
+
+
+@numba.njit(cache=True, parallel=True)
+def _forward_kernel(
+    input, batch_idx, count, grid_h, grid_w, row_start, col_start, y_low, y_high, ly, hy, x_low, x_high, lx, hx, output
+):
+    T = input.dtype.type
+    K, C, PH, PW = output.shape
+    num_groups = (C + CHANNELS_PER_TASK - 1) // CHANNELS_PER_TASK
+    for task in numba.prange(num_groups * K):
+        # channel-major: consecutive tasks read the same planes, which stay in cache across all
+        # RoIs (RoI-major order would reload them from memory for every RoI)
+        group, k = task // K, task % K
+        b = batch_idx[k]
+        # 4 channels at once: 4 independent sums keep the pipeline busy and the table reads are
+        # shared; past the last channel, c3 etc. repeat channel C - 1 (same value written twice)
+        c0 = group * CHANNELS_PER_TASK
+        c1, c2, c3 = min(c0 + 1, C - 1), min(c0 + 2, C - 1), min(c0 + 3, C - 1)
+        plane0, plane1, plane2, plane3 = input[b, c0], input[b, c1], input[b, c2], input[b, c3]
+        gh, gw = grid_h[k], grid_w[k]
+        r0, s0 = row_start[k], col_start[k]  # read once: the stores below could alias them
+        for ph in range(PH):
+            for pw in range(PW):
+                total0, total1, total2, total3 = T(0.0), T(0.0), T(0.0), T(0.0)
+                for iy in range(gh):
+                    r = r0 + numba.uintp(ph * gh + iy)  # sample row (ph, iy) of RoI k in the tables
+                    yl, yh, wly, why = y_low[r], y_high[r], ly[r], hy[r]
+                    for ix in range(gw):
+                        s = s0 + numba.uintp(pw * gw + ix)  # sample column (pw, ix)
+                        xl, xh, wlx, whx = x_low[s], x_high[s], lx[s], hx[s]
+                        total0 += bilinear(plane0, yl, yh, xl, xh, wly, why, wlx, whx)
+                        total1 += bilinear(plane1, yl, yh, xl, xh, wly, why, wlx, whx)
+                        total2 += bilinear(plane2, yl, yh, xl, xh, wly, why, wlx, whx)
+                        total3 += bilinear(plane3, yl, yh, xl, xh, wly, why, wlx, whx)
+                n = count[k]
+                output[k, c0, ph, pw] = total0 / n
+                output[k, c1, ph, pw] = total1 / n
+                output[k, c2, ph, pw] = total2 / n
+                output[k, c3, ph, pw] = total3 / n
+
+
+@numba.njit(cache=True, parallel=True)
+def _backward_kernel(
+    dout, batch_idx, count, grid_h, grid_w, row_start, col_start, y_low, y_high, ly, hy, x_low, x_high, lx, hx, dx
+):
+    K, C, PH, PW = dout.shape
+    N = dx.shape[0]
+    for task in numba.prange(N * C):
+        b, c = task // C, task % C
+        plane = dx[b, c]  # this task alone writes dx[b, c]: no races
+        for k in range(K):
+            if batch_idx[k] != b:
+                continue
+            gh, gw = grid_h[k], grid_w[k]
+            r0, s0, n = row_start[k], col_start[k], count[k]  # read once: the stores could alias them
+            for ph in range(PH):
+                for pw in range(PW):
+                    g = dout[k, c, ph, pw] / n
+                    for iy in range(gh):
+                        r = r0 + numba.uintp(ph * gh + iy)
+                        yl, yh, wly, why = y_low[r], y_high[r], ly[r], hy[r]
+                        for ix in range(gw):
+                            s = s0 + numba.uintp(pw * gw + ix)
+                            xl, xh, wlx, whx = x_low[s], x_high[s], lx[s], hx[s]
+                            plane[yl, xl] += g * (why * whx)
+                            plane[yl, xh] += g * (why * wlx)
+                            plane[yh, xl] += g * (wly * whx)
+                            plane[yh, xh] += g * (wly * wlx)
+
+
+def roi_align_forward(
+    input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
+):
+    """Pool every RoI to PH x PW bilinear averages (see reference.roi_align_forward).
+
+    Args:
+        input: (N, C, H, W) float32 or float64 NumPy array.
+        rois: (K, 5) input's dtype, [batch_idx, x1, y1, x2, y2] in input-image pixels.
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned: as the reference.
+
+    Returns:
+        output: (K, C, PH, PW), input's dtype.
+    """
+    check_roi_inputs(input, rois, "roi_align")
+    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    if K * C == 0:
+        return np.zeros((K, C, PH, PW), dtype=input.dtype)
+    input = np.ascontiguousarray(input)
+    tables = sample_tables(
+        np.ascontiguousarray(rois), float(spatial_scale), PH, PW, int(sampling_ratio), bool(aligned), H, W
+    )
+    output = np.empty((K, C, PH, PW), dtype=input.dtype)  # every element is written
+    _forward_kernel(input, *tables, output)
+    return output
+
+
+def roi_align_backward(
+    dout,
+    rois,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    input_shape,
+):
+    """Gradient of ``roi_align_forward`` w.r.t. its input (see reference.roi_align_backward). Deterministic.
+
+    Args:
+        dout: (K, C, PH, PW) float32 or float64 NumPy array.
+        rois: (K, 5) dout's dtype, as given to the forward.
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned: as given to the forward.
+        input_shape: (N, C, H, W) of the forward's input.
+
+    Returns:
+        dx: (N, C, H, W), dout's dtype.
+    """
+    N, C, H, W = (int(s) for s in input_shape)
+    check_rois(rois, dout.dtype, N, "roi_align")
+    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
+    check_dout_shape(dout.shape, rois.shape, input_shape, PH, PW, "roi_align")
+    dx = np.zeros((N, C, H, W), dtype=dout.dtype)
+    if rois.shape[0] * C == 0:
+        return dx
+    tables = sample_tables(
+        np.ascontiguousarray(rois), float(spatial_scale), PH, PW, int(sampling_ratio), bool(aligned), H, W
+    )
+    _backward_kernel(np.ascontiguousarray(dout), *tables, dx)
+    return dx

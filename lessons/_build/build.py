@@ -1,0 +1,113 @@
+"""Build the lesson notebooks from their sources and run them to store their outputs.
+
+    python lessons/_build/build.py                 # every lesson: write lessons/NN_topic.ipynb, run it (full mode)
+    python lessons/_build/build.py 04 10           # only these lessons
+    python lessons/_build/build.py --no-run 04     # write the notebook without outputs
+    python lessons/_build/build.py --quick 04      # run in quick mode (what CI does; outputs not for keeping)
+
+A source is lessons/_build/src/NN_topic.py: cells start at lines beginning with ``# %%``;
+``# %% [markdown]`` starts a markdown cell whose text follows as is (no comment prefix);
+``# %% tags=exercise-1`` gives the cell tags (comma-separated). Wall times go to timings.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+BUILD = Path(__file__).resolve().parent
+LESSONS = BUILD.parent
+SRC = BUILD / "src"
+
+
+def parse_source(text: str) -> nbformat.NotebookNode:
+    """The notebook for one source file (see the module docstring for the format)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    kind, tags, lines = None, [], []
+
+    def flush():
+        body = "\n".join(lines).strip("\n")
+        if kind is None or not body:
+            return
+        cell = nbformat.v4.new_markdown_cell(body) if kind == "markdown" else nbformat.v4.new_code_cell(body)
+        if tags:
+            cell.metadata["tags"] = list(tags)
+        nb.cells.append(cell)
+
+    for line in text.splitlines():
+        if line.startswith("# %%"):
+            flush()
+            header = line[4:].strip()
+            kind = "markdown" if header.startswith("[markdown]") else "code"
+            m = re.search(r"tags=([\w,\-]+)", header)
+            tags = m.group(1).split(",") if m else []
+            lines = []
+        else:
+            lines.append(line)
+    flush()
+    # stable cell ids make diffs of rebuilt notebooks small
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:03d}"
+    return nb
+
+
+def run_notebook(nb: nbformat.NotebookNode, quick: bool, timeout: int = 3600) -> float:
+    """Execute ``nb`` in place in lessons/ (full mode unless ``quick``); return the wall time in s."""
+    env_before = os.environ.get("MINIMASKRCNN_QUICK")
+    os.environ["MINIMASKRCNN_QUICK"] = "1" if quick else "0"
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(LESSONS)}})
+        start = time.perf_counter()
+        client.execute()
+        return time.perf_counter() - start
+    finally:
+        if env_before is None:
+            os.environ.pop("MINIMASKRCNN_QUICK", None)
+        else:
+            os.environ["MINIMASKRCNN_QUICK"] = env_before
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
+    parser.add_argument("--no-run", action="store_true", help="write the notebooks without running them")
+    parser.add_argument("--quick", action="store_true", help="run in quick mode and do not keep the notebook")
+    args = parser.parse_args(argv)
+
+    sources = sorted(SRC.glob("*.py"))
+    if args.lessons:
+        sources = [s for s in sources if any(s.stem.startswith(k) for k in args.lessons)]
+    timings_path = BUILD / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for src in sources:
+        nb = parse_source(src.read_text())
+        out = LESSONS / f"{src.stem}.ipynb"
+        if not args.no_run:
+            try:
+                seconds = run_notebook(nb, quick=args.quick)
+            except CellExecutionError as e:
+                message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+                print(f"{src.stem}: FAILED\n{message[-3000:]}", flush=True)
+                return 1
+            print(f"{src.stem}: {seconds:.1f} s ({'quick' if args.quick else 'full'})", flush=True)
+            timings.setdefault(src.stem, {})["quick" if args.quick else "full"] = round(seconds, 1)
+            timings_path.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+            if args.quick:
+                continue
+        nbformat.write(nb, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Data: COCO-format data sets, synthetic shapes, augmentation and batching, COCO downloads.
+
+``sample_dataset("train" | "val" | "overfit")`` opens the small COCO 2017 sample shipped with the
+package (see sample/README.md for its licenses); ``ShapesDataset`` / ``make_shapes_dataset`` make a
+synthetic set a small model learns in minutes; ``download_coco`` fetches more of COCO.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from minimaskrcnn.data.coco import CocoDataset, CocoFiles, annotation_to_mask, load_coco_json
+from minimaskrcnn.data.shapes import (
+    SHAPE_CLASSES,
+    ShapesDataset,
+    ShapesFiles,
+    ShapesSample,
+    generate_shapes_image,
+    make_shapes_dataset,
+)
+from minimaskrcnn.data.transforms import (
+    Compose,
+    DataLoader,
+    RandomHorizontalFlip,
+    Resize,
+    collate,
+    hflip,
+    resize,
+)
+
+__all__ = [
+    "SAMPLE_DIR",
+    "SHAPE_CLASSES",
+    "CocoDataset",
+    "CocoFiles",
+    "Compose",
+    "DataLoader",
+    "RandomHorizontalFlip",
+    "Resize",
+    "ShapesDataset",
+    "ShapesFiles",
+    "ShapesSample",
+    "annotation_to_mask",
+    "collate",
+    "download_coco",
+    "generate_shapes_image",
+    "hflip",
+    "load_coco_json",
+    "make_shapes_dataset",
+    "resize",
+    "sample_dataset",
+    "sample_files",
+]
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+# split -> (annotation file, image folder) inside SAMPLE_DIR; "overfit" is 8 of the train images
+_SAMPLE_SPLITS = {
+    "train": ("annotations/instances_train2017.json", "train2017"),
+    "val": ("annotations/instances_val2017.json", "val2017"),
+    "overfit": ("annotations/instances_overfit.json", "train2017"),
+}
+
+
+def __getattr__(name: str):
+    # imported on first use, so that ``python -m minimaskrcnn.data.download`` finds it not yet loaded
+    if name == "download_coco":
+        from minimaskrcnn.data.download import download_coco
+
+        return download_coco
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def sample_files(split: str = "val") -> CocoFiles:
+    """(annotation_file, image_dir) of the packaged COCO sample; split is "train", "val" or "overfit"."""
+    if split not in _SAMPLE_SPLITS:
+        raise ValueError(f"unknown sample split {split!r}: expected one of {sorted(_SAMPLE_SPLITS)}")
+    annotations, images = _SAMPLE_SPLITS[split]
+    return CocoFiles(SAMPLE_DIR / annotations, SAMPLE_DIR / images)
+
+
+def sample_dataset(split: str = "val", **kwargs: Any) -> CocoDataset:
+    """The packaged COCO 2017 sample as a CocoDataset (32 train / 32 val images; "overfit": 8 train
+    images with 2-8 large objects each). Keyword arguments go to CocoDataset."""
+    files = sample_files(split)
+    return CocoDataset(files.annotation_file, files.image_dir, **kwargs)

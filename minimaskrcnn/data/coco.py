@@ -1,0 +1,390 @@
+"""COCO instance segmentation as (image, target) samples, the way torchvision's detection references
+read it: polygons and RLE become binary masks, boxes go from (x, y, w, h) to (x1, y1, x2, y2).
+
+The annotation file is checked on load; every problem is reported with the file and the annotation
+or image id (``minimaskrcnn.errors``). Lesson: lessons/ (the data pipeline).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from minimaskrcnn.errors import AnnotationError, ImageError, PathLike
+
+__all__ = ["CocoDataset", "CocoFiles", "annotation_to_mask", "load_coco_json"]
+
+class CocoFiles(NamedTuple):
+    """A COCO-format data set on disk (pass both to CocoDataset)."""
+
+    annotation_file: Path
+    image_dir: Path
+
+
+# at most this many ids are listed in one warning about skipped annotations
+_MAX_IDS_IN_WARNING = 10
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _ann_record(ann: dict, index: int) -> str:
+    """How messages name an annotation: by id (and image id) when it has them, else by position."""
+    if _integer(ann.get("id")):
+        if "image_id" in ann:
+            return f"annotation id {ann['id']} (image id {ann['image_id']!r})"
+        return f"annotation id {ann['id']}"
+    return f"annotations[{index}]"
+
+
+def _warn_skipped(path: Path, ids: list, why: str) -> None:
+    if not ids:
+        return
+    shown = ", ".join(str(i) for i in ids[:_MAX_IDS_IN_WARNING])
+    more = f" and {len(ids) - _MAX_IDS_IN_WARNING} more" if len(ids) > _MAX_IDS_IN_WARNING else ""
+    warnings.warn(f"{path}: skipped {len(ids)} annotation(s) {why}: annotation id {shown}{more}", stacklevel=3)
+
+
+def load_coco_json(annotation_file: PathLike) -> dict:
+    """Read and validate a COCO instances file.
+
+    Checks: the JSON parses; ``images``, ``annotations`` and ``categories`` are lists; images have an
+    integer ``id``, a ``file_name`` and positive ``width``/``height``; categories an integer ``id``
+    and a ``name``; annotations an integer ``id``, an ``image_id`` and ``category_id`` that exist, a
+    ``bbox`` of 4 finite numbers with width and height >= 0, a ``segmentation`` that is a list of
+    polygons (even number of finite coordinates) or an RLE whose ``size`` is the image's (height,
+    width), ``iscrowd`` 0 or 1. Ids must be unique.
+
+    Args:
+        annotation_file: path of the JSON file.
+
+    Returns:
+        The parsed dict (unchanged).
+
+    Raises:
+        AnnotationError: naming the file, the record (image id / annotation id / key) and the problem.
+    """
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise AnnotationError(path, "no such annotation file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(path, f"not valid JSON (truncated?): {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(path, f"not UTF-8 text: {e}") from None
+    if not isinstance(data, dict):
+        raise AnnotationError(path, f"top level is a {type(data).__name__}, expected an object")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise AnnotationError(path, "missing key (not a COCO instances file?)", record=f"key {key!r}")
+        if not isinstance(data[key], list):
+            raise AnnotationError(path, f"is a {type(data[key]).__name__}, expected a list", record=f"key {key!r}")
+
+    images: dict[int, dict] = {}
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not _integer(img.get("id")):
+            raise AnnotationError(path, "image record without an integer 'id'", record=f"images[{i}]")
+        record = f"image id {img['id']}"
+        if img["id"] in images:
+            raise AnnotationError(path, "duplicate image id", record=record)
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+            raise AnnotationError(path, "missing 'file_name'", record=record)
+        for key in ("width", "height"):
+            if not _integer(img.get(key)) or img[key] <= 0:
+                raise AnnotationError(path, f"'{key}' is {img.get(key)!r}, expected a positive integer", record=record)
+        images[img["id"]] = img
+
+    categories = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _integer(cat.get("id")):
+            raise AnnotationError(path, "category without an integer 'id'", record=f"categories[{i}]")
+        if cat["id"] in categories:
+            raise AnnotationError(path, "duplicate category id", record=f"category id {cat['id']}")
+        if not isinstance(cat.get("name"), str):
+            raise AnnotationError(path, "category without a 'name'", record=f"category id {cat['id']}")
+        categories.add(cat["id"])
+
+    ann_ids = set()
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise AnnotationError(path, f"annotation is a {type(ann).__name__}, expected an object", record=f"annotations[{i}]")
+        record = _ann_record(ann, i)
+        for key in ("id", "image_id", "category_id", "bbox", "segmentation"):
+            if key not in ann:
+                raise AnnotationError(path, f"missing key '{key}'", record=record)
+        if not _integer(ann["id"]):
+            raise AnnotationError(path, f"'id' is {ann['id']!r}, expected an integer", record=record)
+        if ann["id"] in ann_ids:
+            raise AnnotationError(path, "duplicate annotation id", record=record)
+        ann_ids.add(ann["id"])
+        if ann["image_id"] not in images:
+            raise AnnotationError(path, f"unknown image id {ann['image_id']!r} (not in 'images')", record=record)
+        if ann["category_id"] not in categories:
+            raise AnnotationError(path, f"unknown category id {ann['category_id']!r} (not in 'categories')", record=record)
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+            raise AnnotationError(path, f"bbox {bbox!r} is not 4 numbers [x, y, width, height]", record=record)
+        if not all(math.isfinite(v) for v in bbox):
+            raise AnnotationError(path, f"bbox {bbox!r} has a non-finite value", record=record)
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise AnnotationError(path, f"bbox {bbox!r} has a negative width or height", record=record)
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise AnnotationError(path, f"iscrowd is {ann['iscrowd']!r}, expected 0 or 1", record=record)
+        if "area" in ann and not (_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
+            raise AnnotationError(path, f"area {ann['area']!r} is not a finite number >= 0", record=record)
+        image = images[ann["image_id"]]
+        _check_segmentation(ann["segmentation"], image["height"], image["width"], path, record)
+    return data
+
+
+def _check_segmentation(seg, height: int, width: int, path: Path, record: str) -> None:
+    """Raise AnnotationError unless seg is a list of polygons or an RLE of the image's size."""
+    if isinstance(seg, list):
+        for polygon in seg:
+            if not isinstance(polygon, list) or not all(_number(v) for v in polygon):
+                raise AnnotationError(path, "segmentation polygon is not a list of numbers", record=record)
+            if len(polygon) % 2:
+                raise AnnotationError(path, f"segmentation polygon has an odd number ({len(polygon)}) of coordinates",
+                                      record=record)
+            if not all(math.isfinite(v) for v in polygon):
+                raise AnnotationError(path, "segmentation polygon has a non-finite coordinate", record=record)
+    elif isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2) or counts is None:
+            raise AnnotationError(path, "RLE segmentation needs 'size' [height, width] and 'counts'", record=record)
+        if list(size) != [height, width]:
+            raise AnnotationError(path, f"RLE size {size} differs from the image's [height, width] = [{height}, {width}]",
+                                  record=record)
+        if isinstance(counts, list):
+            if not all(_integer(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+                raise AnnotationError(path, "uncompressed RLE counts are not non-negative integers summing to "
+                                      "height * width", record=record)
+        elif not isinstance(counts, str):
+            raise AnnotationError(path, f"RLE counts is a {type(counts).__name__}, expected a list or a string",
+                                  record=record)
+    else:
+        raise AnnotationError(path, f"segmentation is a {type(seg).__name__}, expected polygons or an RLE", record=record)
+
+
+def annotation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """Rasterise one COCO segmentation (polygons, uncompressed or compressed RLE) with pycocotools.
+
+    Args:
+        segmentation: the annotation's ``segmentation`` value.
+        height, width: the image size in pixels.
+
+    Returns:
+        (height, width) uint8 mask, 1 inside the object. Polygons of fewer than 3 points are ignored.
+    """
+    with warnings.catch_warnings():
+        # pycocotools' Cython __array__ predates NumPy 2's copy keyword: silence its DeprecationWarning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if isinstance(segmentation, list):
+            polygons = [p for p in segmentation if len(p) >= 6]
+            if not polygons:
+                return np.zeros((height, width), dtype=np.uint8)
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        elif isinstance(segmentation["counts"], list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = segmentation
+        return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
+
+
+class CocoDataset:
+    """A COCO-format instance segmentation data set: ``ds[i] -> (image, target)``.
+
+    Args:
+        annotation_file: COCO instances JSON (``instances_val2017.json`` or one of the same format).
+        image_dir: folder holding the images named by ``file_name``.
+        transforms: optional ``transforms(image, target) -> (image, target)`` applied to each sample
+            (see ``minimaskrcnn.data.transforms``).
+        contiguous_labels: False (default) keeps COCO category ids as labels, as torchvision's Mask
+            R-CNN does (COCO ids 1..90, ``num_classes=91`` with gaps); True maps the sorted category
+            ids to 1..K (``num_classes=K+1``). ``label_to_category_id`` maps back.
+        remove_images_without_annotations: drop images that have no usable (non-crowd) annotation,
+            as torchvision's reference training does; by default such images are samples with empty
+            targets.
+        return_crowd: also return crowd regions (``iscrowd=1``) as ``target["crowd_boxes"]`` and
+            ``target["crowd_masks"]``, e.g. to ignore detections there. They are never in ``boxes``.
+
+    A sample is:
+        image: (3, H, W) float32 RGB in [0, 1] (grayscale, palette and RGBA images are converted to
+            RGB, alpha dropped; EXIF orientation is ignored, as COCO's annotations do).
+        target: dict with
+            boxes: (M, 4) float32, (x1, y1, x2, y2) in pixels, clipped to the image;
+            labels: (M,) int64, see ``contiguous_labels``;
+            masks: (M, H, W) uint8, 1 inside the instance;
+            image_id: int, the COCO image id;
+            area: (M,) float32, the annotation's ``area`` (mask area in pixels);
+            iscrowd: (M,) int64, all 0 (crowd regions are kept out, see ``return_crowd``).
+
+    Annotations whose box is empty after clipping to the image (width or height <= 0), or whose
+    polygons all have fewer than 3 points, are skipped with one warning listing their ids (a polygon
+    of fewer than 3 points next to good ones is ignored, with a warning too). Malformed
+    input raises ``AnnotationError`` (see ``load_coco_json``); a missing, unreadable or wrongly sized
+    image raises ``ImageError`` when its sample is read.
+    """
+
+    def __init__(
+        self,
+        annotation_file: PathLike,
+        image_dir: PathLike,
+        transforms: Optional[Callable] = None,
+        *,
+        contiguous_labels: bool = False,
+        remove_images_without_annotations: bool = False,
+        return_crowd: bool = False,
+    ):
+        self.annotation_file = Path(annotation_file)
+        self.image_dir = Path(image_dir)
+        self.transforms = transforms
+        self.return_crowd = return_crowd
+        data = load_coco_json(self.annotation_file)
+        if not data["images"]:
+            raise AnnotationError(self.annotation_file, "the data set has no images")
+
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+            self.coco.createIndex()
+
+        self.categories: dict[int, str] = {c["id"]: c["name"] for c in data["categories"]}
+        category_ids = sorted(self.categories)
+        if contiguous_labels:
+            self.label_to_category_id = {i + 1: cid for i, cid in enumerate(category_ids)}
+        else:
+            self.label_to_category_id = {cid: cid for cid in category_ids}
+        self.category_id_to_label = {cid: label for label, cid in self.label_to_category_id.items()}
+        self.num_classes = max(self.label_to_category_id, default=0) + 1  # with background 0
+        self.class_names = ["N/A"] * self.num_classes
+        self.class_names[0] = "__background__"
+        for label, cid in self.label_to_category_id.items():
+            self.class_names[label] = self.categories[cid]
+
+        self._objects, self._crowds = self._index_annotations(data)
+        ids = sorted(self.coco.imgs)
+        if remove_images_without_annotations:
+            ids = [i for i in ids if self._objects[i]]
+            if not ids:
+                raise AnnotationError(self.annotation_file, "no image has a usable (non-crowd) annotation")
+        self.ids: list[int] = ids
+
+    def _index_annotations(self, data: dict) -> tuple[dict[int, list], dict[int, list]]:
+        """Per image id: the usable non-crowd annotations and the crowd ones, with clipped boxes."""
+        objects: dict[int, list] = {i: [] for i in self.coco.imgs}
+        crowds: dict[int, list] = {i: [] for i in self.coco.imgs}
+        degenerate_boxes, degenerate_polygons, short_parts = [], [], []
+        for ann in data["annotations"]:
+            img = self.coco.imgs[ann["image_id"]]
+            x, y, w, h = ann["bbox"]
+            x1, y1 = min(max(x, 0.0), img["width"]), min(max(y, 0.0), img["height"])
+            x2, y2 = min(max(x + w, 0.0), img["width"]), min(max(y + h, 0.0), img["height"])
+            if x2 <= x1 or y2 <= y1:
+                degenerate_boxes.append(ann["id"])
+                continue
+            seg = ann["segmentation"]
+            if isinstance(seg, list) and any(len(p) < 6 for p in seg):
+                if not any(len(p) >= 6 for p in seg):
+                    degenerate_polygons.append(ann["id"])
+                    continue
+                short_parts.append(ann["id"])  # kept; annotation_to_mask ignores the short parts
+            entry = (ann, (float(x1), float(y1), float(x2), float(y2)))
+            (crowds if ann.get("iscrowd", 0) else objects)[ann["image_id"]].append(entry)
+        _warn_skipped(self.annotation_file, degenerate_boxes, "whose box is empty after clipping to the image")
+        _warn_skipped(self.annotation_file, degenerate_polygons, "whose polygons all have fewer than 3 points")
+        if short_parts:
+            shown = ", ".join(str(i) for i in short_parts[:_MAX_IDS_IN_WARNING])
+            warnings.warn(f"{self.annotation_file}: ignored polygons of fewer than 3 points in "
+                          f"{len(short_parts)} annotation(s): annotation id {shown}", stacklevel=2)
+        return objects, crowds
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_info(self, index: int) -> dict:
+        """The ``images`` record of sample ``index`` (id, file_name, height, width, license, ...)."""
+        return dict(self.coco.imgs[self.ids[index]])
+
+    def image_path(self, index: int) -> Path:
+        """Where the image of sample ``index`` is read from."""
+        return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The image of sample ``index``: (3, H, W) float32 RGB in [0, 1].
+
+        Raises:
+            ImageError: the file is missing, unreadable, or not the size its record says.
+        """
+        info = self.coco.imgs[self.ids[index]]
+        path = self.image_dir / info["file_name"]
+        record = f"image id {info['id']}"
+        if not path.is_file():
+            raise ImageError(path, "image file not found", record=record)
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")  # L, P, RGBA, CMYK -> RGB (alpha dropped)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            raise ImageError(path, f"cannot read the image ({e})", record=record) from None
+        if rgb.size != (info["width"], info["height"]):
+            raise ImageError(path, f"image is {rgb.size[0]}x{rgb.size[1]} pixels (width x height) but its record "
+                             f"says {info['width']}x{info['height']}", record=record)
+        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+
+    def load_target(self, index: int) -> dict[str, Any]:
+        """The target of sample ``index`` (see the class docstring), without loading the image."""
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        height, width = info["height"], info["width"]
+        objects = self._objects[image_id]
+        target: dict[str, Any] = {
+            "boxes": np.array([box for _, box in objects], dtype=np.float32).reshape(-1, 4),
+            "labels": np.array([self.category_id_to_label[a["category_id"]] for a, _ in objects], dtype=np.int64),
+            "masks": self._masks(objects, height, width),
+            "image_id": int(image_id),
+            "area": np.array([a["area"] if "area" in a else -1.0 for a, _ in objects], dtype=np.float32),
+            "iscrowd": np.zeros(len(objects), dtype=np.int64),
+        }
+        missing_area = target["area"] < 0
+        if missing_area.any():  # no 'area' key: use the mask's
+            target["area"][missing_area] = target["masks"][missing_area].sum(axis=(1, 2))
+        if self.return_crowd:
+            crowds = self._crowds[image_id]
+            target["crowd_boxes"] = np.array([box for _, box in crowds], dtype=np.float32).reshape(-1, 4)
+            target["crowd_masks"] = self._masks(crowds, height, width)
+        return target
+
+    @staticmethod
+    def _masks(entries: list, height: int, width: int) -> np.ndarray:
+        masks = np.zeros((len(entries), height, width), dtype=np.uint8)
+        for k, (ann, _) in enumerate(entries):
+            masks[k] = annotation_to_mask(ann["segmentation"], height, width)
+        return masks
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a data set of {len(self)} images")
+        index = index % len(self)
+        image, target = self.load_image(index), self.load_target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"CocoDataset({len(self)} images, {len(self.categories)} categories, "
+                f"annotations={str(self.annotation_file)!r}, images={str(self.image_dir)!r})")

@@ -1,0 +1,348 @@
+"""Evaluation with COCO's metrics: detections to a COCO results file, then pycocotools' COCOeval.
+
+The model gives per-image dicts (boxes (x1, y1, x2, y2), labels, scores, mask probabilities); COCO
+wants a flat list of results with (x, y, w, h) boxes, its own category ids and RLE-encoded masks.
+``evaluate`` runs a model over a data set and returns the 12 standard numbers for bbox and segm.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pycocotools.mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# The 12 numbers COCOeval.summarize() prints, in its order (AP over IoU 0.50:0.95 unless named).
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_DESCRIPTIONS = (
+    "AP    @[IoU=0.50:0.95 | area=   all | maxDets=100]",
+    "AP    @[IoU=0.50      | area=   all | maxDets=100]",
+    "AP    @[IoU=0.75      | area=   all | maxDets=100]",
+    "AP    @[IoU=0.50:0.95 | area= small | maxDets=100]",
+    "AP    @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AP    @[IoU=0.50:0.95 | area= large | maxDets=100]",
+    "AR    @[IoU=0.50:0.95 | area=   all | maxDets=  1]",
+    "AR    @[IoU=0.50:0.95 | area=   all | maxDets= 10]",
+    "AR    @[IoU=0.50:0.95 | area=   all | maxDets=100]",
+    "AR    @[IoU=0.50:0.95 | area= small | maxDets=100]",
+    "AR    @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AR    @[IoU=0.50:0.95 | area= large | maxDets=100]",
+)
+IOU_TYPES = ("bbox", "segm")
+MASK_THRESHOLD = 0.5  # mask probabilities above this are inside the object (as torchvision's references)
+
+
+# ------------------------------------------------------------------------------ conversions
+def boxes_xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """(x1, y1, x2, y2) to COCO's (x, y, w, h).
+
+    Args:
+        boxes: (N, 4) float, (x1, y1, x2, y2) in image pixels.
+
+    Returns:
+        (N, 4) float64, (x, y, width, height) in image pixels.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def encode_masks(masks: np.ndarray, threshold: float = MASK_THRESHOLD) -> list[dict]:
+    """Threshold mask probabilities and run-length encode them as COCO does.
+
+    Args:
+        masks: (N, 1, H, W) or (N, H, W) float probabilities in [0, 1] (or bool/uint8 binary masks).
+        threshold: a pixel belongs to the object where its probability is > threshold.
+
+    Returns:
+        N dicts {"size": [H, W], "counts": str}: compressed RLE, JSON-ready (counts decoded to str).
+    """
+    masks = np.asarray(masks)
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    if masks.dtype == bool or masks.dtype == np.uint8:
+        binary = masks.astype(np.uint8)
+    else:
+        binary = (masks > threshold).astype(np.uint8)
+    if len(binary) == 0:
+        return []
+    # pycocotools wants (H, W, N) Fortran-ordered uint8
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def detections_to_coco_results(
+    detections: Sequence[Mapping[str, Any]],
+    image_ids: Sequence[int],
+    label_to_category_id: Mapping[int, int] | Callable[[int], int] | None = None,
+    iou_type: str = "bbox",
+    mask_threshold: float = MASK_THRESHOLD,
+) -> list[dict]:
+    """Convert the model's per-image detections to a COCO results list.
+
+    Args:
+        detections: one dict per image, as the model returns in eval mode: "boxes" (N, 4) float,
+            (x1, y1, x2, y2) in original-image pixels; "labels" (N,) int, the model's contiguous
+            labels; "scores" (N,) float; for "segm" also "masks" (N, 1, H, W) float probabilities.
+            NumPy arrays, or anything with ``.numpy()``.
+        image_ids: the COCO image id of each entry of ``detections``.
+        label_to_category_id: maps a model label to its COCO category id (a dict or a function);
+            None keeps the labels as they are.
+        iou_type: "bbox" (results with "bbox") or "segm" (results with RLE "segmentation").
+        mask_threshold: probability above which a mask pixel is foreground.
+
+    Returns:
+        a list of {"image_id", "category_id", "score", and "bbox" [x, y, w, h] or "segmentation"
+        RLE}; JSON-serialisable.
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if len(detections) != len(image_ids):
+        raise ValueError(f"{len(detections)} detection dicts for {len(image_ids)} image ids")
+    if label_to_category_id is None:
+        to_cat = int
+    elif callable(label_to_category_id):
+        to_cat = label_to_category_id
+    else:
+        mapping = dict(label_to_category_id)
+        to_cat = lambda label: mapping[int(label)]  # noqa: E731
+    results: list[dict] = []
+    for det, image_id in zip(detections, image_ids):
+        scores = _np(det["scores"]).astype(np.float64).reshape(-1)
+        labels = _np(det["labels"]).astype(np.int64).reshape(-1)
+        if len(scores) == 0:
+            continue
+        if iou_type == "bbox":
+            entries = [{"bbox": [round(float(v), 4) for v in box]} for box in boxes_xyxy_to_xywh(_np(det["boxes"]))]
+        else:
+            entries = [{"segmentation": rle} for rle in encode_masks(_np(det["masks"]), mask_threshold)]
+        for entry, label, score in zip(entries, labels, scores):
+            entry.update(image_id=int(image_id), category_id=int(to_cat(int(label))), score=float(score))
+            results.append(entry)
+    return results
+
+
+def _np(x) -> np.ndarray:
+    return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+# ------------------------------------------------------------------------------- COCOeval
+def coco_evaluate(
+    coco_gt: COCO,
+    results: list[dict] | str,
+    iou_type: str = "bbox",
+    image_ids: Iterable[int] | None = None,
+) -> dict[str, float]:
+    """Run pycocotools' COCOeval once and return its 12 summary numbers by name.
+
+    Args:
+        coco_gt: the ground truth, a ``pycocotools.coco.COCO``.
+        results: a results list (as ``detections_to_coco_results`` makes) or the path of a results JSON.
+        iou_type: "bbox" or "segm".
+        image_ids: the images to evaluate on (default: every image of ``coco_gt``); images without
+            any detection still count, their objects as misses.
+
+    Returns:
+        {"AP": ..., "AP50": ..., ..., "ARl": ...}, floats in [0, 1], or -1.0 where COCO has nothing
+        to average (e.g. no small objects). With no detections at all every number with ground
+        truth is 0.0 (pycocotools itself cannot load an empty results list).
+    """
+    if isinstance(results, (str, os.PathLike)):
+        with open(results) as f:
+            results = json.load(f)
+    image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(int(i) for i in image_ids)
+    if len(results) == 0:
+        return _stats_without_detections(coco_gt, image_ids)
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        # loadRes adds ids and areas to the dicts it gets: give it copies
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
+
+
+def _stats_without_detections(coco_gt: COCO, image_ids: list[int]) -> dict[str, float]:
+    """What COCOeval would report for an empty results list: 0 where there is ground truth, else -1."""
+    anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=image_ids)) if not a.get("iscrowd", 0)]
+    areas = np.array([a.get("area", 0.0) for a in anns], dtype=np.float64)
+    ranges = {"all": (0, 1e10), "s": (0, 32**2), "m": (32**2, 96**2), "l": (96**2, 1e10)}
+    has = {k: bool(((areas >= lo) & (areas <= hi)).any()) for k, (lo, hi) in ranges.items()}
+    keys = ("all", "all", "all", "s", "m", "l", "all", "all", "all", "s", "m", "l")
+    return {name: (0.0 if has[k] else -1.0) for name, k in zip(STAT_NAMES, keys)}
+
+
+def format_stats_table(stats: Mapping[str, Mapping[str, float]]) -> str:
+    """The 12 numbers of each IoU type side by side, one row per number.
+
+    Args:
+        stats: {"bbox": {"AP": ...}, "segm": {...}} as ``evaluate`` returns.
+
+    Returns:
+        the table as a string (no trailing newline).
+    """
+    types = [t for t in IOU_TYPES if t in stats]
+    header = f"{'metric':<7} {'':<48}" + "".join(f"{t:>8}" for t in types)
+    lines = [header, "-" * len(header)]
+    for name, desc in zip(STAT_NAMES, STAT_DESCRIPTIONS):
+        row = f"{name:<7} {desc:<48}" + "".join(f"{stats[t][name]:>8.3f}" for t in types)
+        lines.append(row)
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ model over data set
+def label_to_category_id_of(dataset) -> Mapping[int, int] | None:
+    """The dataset's map from the model's contiguous labels to COCO category ids, if it has one."""
+    for attr in ("label_to_cat_id", "label_to_category_id", "contiguous_to_cat_id"):
+        mapping = getattr(dataset, attr, None)
+        if mapping is not None:
+            return mapping
+    return None
+
+
+def run_model(
+    model,
+    dataset,
+    batch_size: int = 1,
+    indices: Sequence[int] | None = None,
+    progress: bool = False,
+) -> tuple[list[dict], list[int]]:
+    """Run the model in eval mode over (part of) a data set.
+
+    Args:
+        model: a Mask R-CNN in the torchvision convention (eval mode: ``model(images)`` -> dicts).
+        dataset: items ``(image (3, H, W) float32 in [0, 1], target dict with "image_id")``.
+        batch_size: images per forward pass.
+        indices: which items (default: all).
+        progress: show a tqdm bar.
+
+    Returns:
+        (detections, image_ids): one dict of NumPy arrays per image (boxes, labels, scores, masks)
+        and the COCO image id of each.
+    """
+    from minimaskrcnn.function import no_grad
+
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    detections: list[dict] = []
+    image_ids: list[int] = []
+    bar = _progress(len(indices), "evaluate", progress)
+    try:
+        with no_grad():
+            for start in range(0, len(indices), batch_size):
+                batch = [dataset[i] for i in indices[start : start + batch_size]]
+                outputs = model([image for image, _ in batch])
+                for (_, target), out in zip(batch, outputs):
+                    detections.append({k: _np(v) for k, v in out.items()})
+                    image_ids.append(int(_np(target["image_id"]).reshape(-1)[0]))
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    return detections, image_ids
+
+
+def evaluate(
+    model,
+    dataset,
+    iou_types: Sequence[str] = IOU_TYPES,
+    batch_size: int = 1,
+    results_dir: str | os.PathLike | None = None,
+    indices: Sequence[int] | None = None,
+    verbose: bool = True,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Run the model over a COCO-format data set and compute COCO AP/AR for boxes and masks.
+
+    Args:
+        model: a Mask R-CNN (put in eval mode for the run, then back to its previous mode).
+        dataset: a ``CocoDataset`` (needs ``.coco``, a pycocotools COCO of its annotations); items
+            give original-size images, since the COCO ground truth is in original pixels.
+        iou_types: any of "bbox", "segm".
+        batch_size: images per forward pass.
+        results_dir: if given, the results are saved there as ``results_bbox.json`` /
+            ``results_segm.json`` (COCO results format, readable by ``COCO.loadRes``).
+        indices: evaluate only these items of the data set (default: all).
+        verbose: print the table of the 12 numbers.
+        progress: show a progress bar.
+
+    Returns:
+        {"bbox": {"AP": ..., ..., "ARl": ...}, "segm": {...}}: the 12 numbers of each IoU type.
+    """
+    detections, image_ids = run_model(model, dataset, batch_size=batch_size, indices=indices, progress=progress)
+    return evaluate_detections(
+        dataset.coco, detections, image_ids, label_to_category_id_of(dataset), iou_types, results_dir, verbose
+    )
+
+
+def evaluate_detections(
+    coco_gt: COCO,
+    detections: Sequence[Mapping[str, Any]],
+    image_ids: Sequence[int],
+    label_to_category_id: Mapping[int, int] | Callable[[int], int] | None = None,
+    iou_types: Sequence[str] = IOU_TYPES,
+    results_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> dict[str, dict[str, float]]:
+    """COCO AP/AR of detections that have already been computed (see ``evaluate``).
+
+    Args:
+        coco_gt: ground truth as a pycocotools COCO.
+        detections, image_ids, label_to_category_id: as in ``detections_to_coco_results``.
+        iou_types: any of "bbox", "segm".
+        results_dir: where to save ``results_<iou_type>.json`` (optional).
+        verbose: print the table.
+
+    Returns:
+        {iou_type: {stat name: value}}.
+    """
+    stats: dict[str, dict[str, float]] = {}
+    for iou_type in iou_types:
+        results = detections_to_coco_results(detections, image_ids, label_to_category_id, iou_type)
+        if results_dir is not None:
+            save_results(results, os.path.join(results_dir, f"results_{iou_type}.json"))
+        stats[iou_type] = coco_evaluate(coco_gt, results, iou_type, image_ids=image_ids)
+    if verbose:
+        print(format_stats_table(stats))
+    return stats
+
+
+def save_results(results: list[dict], path: str | os.PathLike) -> None:
+    """Write a COCO results list as JSON (atomically: a temporary file, then a rename)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f)
+    os.replace(tmp, path)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if enabled:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="img", leave=False)
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass

@@ -1,0 +1,217 @@
+"""Model configurations: one frozen dataclass per stage, grouped in ``MaskRCNNConfig``, and named presets.
+
+"maskrcnn_resnet50_fpn" is torchvision's v1 model with its defaults; the "r18-*" presets are small
+models that train from scratch on a CPU through the very same code. ``replace_torchvision_kwargs``
+maps torchvision's keyword arguments (``rpn_pre_nms_top_n_test=...``) onto the stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet body and FPN."""
+
+    depth: int = 50  # ResNet depth: 18/34 use basic blocks, 50/101/152 bottlenecks; deeper = more capacity, slower
+    width_multiplier: float = 1.0  # scales every ResNet width (64 in conv1); raising it adds capacity at ~quadratic cost
+    norm: str = "frozen_bn"  # "frozen_bn" (fixed statistics, for pretrained weights), "bn" (batch statistics) or "gn" (GroupNorm)
+    norm_eps: float = 1e-5  # eps added to the variance; torchvision's COCO_V1 weights want 0.0 with "frozen_bn"
+    gn_groups: int = 32  # GroupNorm groups (capped at the channel count); more groups = more local statistics
+    trainable_layers: int = 3  # stages trained from the top (layer4 first); 5 also trains conv1/bn1, 0 freezes the body
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4)  # ResNet stages fed to the FPN; dropping 1 removes the stride-4 level
+    fpn_channels: int = 256  # channels of every FPN level; more = richer features for RPN and heads, slower
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Input normalisation, resizing and batching."""
+
+    min_size: int | tuple[int, ...] = 800  # short side after resizing (a tuple: random choice in training); larger = small objects visible, slower
+    max_size: int = 1333  # cap on the long side; larger allows bigger inputs for elongated images
+    image_mean: tuple[float, ...] = IMAGENET_MEAN  # subtracted per channel
+    image_std: tuple[float, ...] = IMAGENET_STD  # divided per channel
+    size_divisible: int = 32  # the batch is padded to a multiple of this (the coarsest stride)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """The anchors tiled over each FPN level."""
+
+    sizes: tuple[tuple[int, ...], ...] = ((32,), (64,), (128,), (256,), (512,))  # anchor side per level; raise for larger objects
+    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),) * 5  # height / width per level; more ratios = more anchors per cell
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """Region proposal network: training targets and proposal selection."""
+
+    pre_nms_top_n_train: int = 2000  # best anchors kept per level before NMS in training; more = better recall, slower
+    pre_nms_top_n_test: int = 1000  # the same at inference
+    post_nms_top_n_train: int = 2000  # proposals kept per image after NMS in training; more = more RoIs to sample from
+    post_nms_top_n_test: int = 1000  # proposals handed to the box head at inference; more = better recall, slower heads
+    nms_thresh: float = 0.7  # IoU above which a lower-scored proposal is dropped; higher keeps more overlapping proposals
+    fg_iou_thresh: float = 0.7  # IoU with a gt box from which an anchor is positive; higher = fewer, better positives
+    bg_iou_thresh: float = 0.3  # IoU below which an anchor is negative; higher = more negatives
+    batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses
+    positive_fraction: float = 0.5  # largest share of positives in that sample
+    score_thresh: float = 0.0  # proposals with a lower objectness probability are dropped
+    min_size: float = 1e-3  # proposals narrower or shorter than this (pixels) are dropped
+    head_conv_depth: int = 1  # 3x3 conv + ReLU layers of the RPN head before the two 1x1 predictors
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig:
+    """RoI pooling, the two-MLP box head, its training targets and post-processing."""
+
+    roi_output_size: int = 7  # RoIAlign output side (PH = PW) for the box head; larger = finer, bigger fc6
+    sampling_ratio: int = 2  # RoIAlign samples per bin side
+    representation_size: int = 1024  # width of fc6 and fc7; larger = more capacity
+    fg_iou_thresh: float = 0.5  # IoU with a gt box from which a proposal is foreground
+    bg_iou_thresh: float = 0.5  # IoU below which a proposal is background
+    batch_size_per_image: int = 512  # RoIs sampled per image for the box and mask losses; more = slower steps
+    positive_fraction: float = 0.25  # largest share of foreground RoIs in that sample
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # scales (dx, dy, dw, dh) targets
+    score_thresh: float = 0.05  # detections with a lower class probability are dropped (0 keeps all)
+    nms_thresh: float = 0.5  # per-class NMS IoU; higher keeps more overlapping detections
+    detections_per_img: int = 100  # most detections returned per image
+    min_size: float = 1e-2  # detections narrower or shorter than this (pixels) are dropped
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig:
+    """RoI pooling for masks, the four-conv mask head and the predictor."""
+
+    roi_output_size: int = 14  # RoIAlign output side for the mask head; the predicted mask is twice this
+    sampling_ratio: int = 2  # RoIAlign samples per bin side
+    layers: tuple[int, ...] = (256, 256, 256, 256)  # channels of the 3x3 convs; more/wider = better masks, slower
+    dilation: int = 1  # dilation (and padding) of those convs
+    dim_reduced: int = 256  # channels of the 2x2 transposed conv before the per-class 1x1 conv
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """A whole Mask R-CNN, stage by stage. ``dataclasses.replace`` or ``with_overrides`` to change it."""
+
+    num_classes: int = 91  # L, classes including background (COCO: 91 category ids)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    box: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    seed: int | None = None  # seeds the samplers and the training min_size choice (None: fresh entropy)
+
+    def with_overrides(self, **kwargs: Any) -> "MaskRCNNConfig":
+        """A copy with torchvision-style keyword arguments applied (see ``TORCHVISION_KWARGS``).
+
+        Also accepts ``num_classes``, ``seed`` and whole stages (``backbone=BackboneConfig(...)``).
+        """
+        return replace_torchvision_kwargs(self, **kwargs)
+
+
+# torchvision keyword argument -> (stage, field)
+TORCHVISION_KWARGS: dict[str, tuple[str, str]] = {
+    "min_size": ("transform", "min_size"),
+    "max_size": ("transform", "max_size"),
+    "image_mean": ("transform", "image_mean"),
+    "image_std": ("transform", "image_std"),
+    "size_divisible": ("transform", "size_divisible"),
+    "rpn_pre_nms_top_n_train": ("rpn", "pre_nms_top_n_train"),
+    "rpn_pre_nms_top_n_test": ("rpn", "pre_nms_top_n_test"),
+    "rpn_post_nms_top_n_train": ("rpn", "post_nms_top_n_train"),
+    "rpn_post_nms_top_n_test": ("rpn", "post_nms_top_n_test"),
+    "rpn_nms_thresh": ("rpn", "nms_thresh"),
+    "rpn_fg_iou_thresh": ("rpn", "fg_iou_thresh"),
+    "rpn_bg_iou_thresh": ("rpn", "bg_iou_thresh"),
+    "rpn_batch_size_per_image": ("rpn", "batch_size_per_image"),
+    "rpn_positive_fraction": ("rpn", "positive_fraction"),
+    "rpn_score_thresh": ("rpn", "score_thresh"),
+    "box_score_thresh": ("box", "score_thresh"),
+    "box_nms_thresh": ("box", "nms_thresh"),
+    "box_detections_per_img": ("box", "detections_per_img"),
+    "box_fg_iou_thresh": ("box", "fg_iou_thresh"),
+    "box_bg_iou_thresh": ("box", "bg_iou_thresh"),
+    "box_batch_size_per_image": ("box", "batch_size_per_image"),
+    "box_positive_fraction": ("box", "positive_fraction"),
+    "bbox_reg_weights": ("box", "bbox_reg_weights"),
+    "trainable_backbone_layers": ("backbone", "trainable_layers"),
+}
+_STAGES = ("backbone", "transform", "anchors", "rpn", "box", "mask")
+
+
+def replace_torchvision_kwargs(config: MaskRCNNConfig, **kwargs: Any) -> MaskRCNNConfig:
+    """``config`` with torchvision's keyword arguments applied.
+
+    Args:
+        config: the configuration to start from.
+        **kwargs: any of ``TORCHVISION_KWARGS``; ``rpn_anchor_generator`` (an ``AnchorGenerator``,
+            whose sizes and aspect ratios are taken); ``num_classes``; ``seed``; a whole stage by
+            name. ``None`` values mean "keep the default", as in torchvision (``bbox_reg_weights=None``).
+
+    Raises:
+        TypeError: for an argument we do not know (torchvision's module arguments such as
+            ``rpn_head`` are not supported: change the configuration instead).
+    """
+    stages: dict[str, dict[str, Any]] = {name: {} for name in _STAGES}
+    top: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in TORCHVISION_KWARGS:
+            if value is None:
+                continue
+            stage, name = TORCHVISION_KWARGS[key]
+            if isinstance(value, list):
+                value = tuple(value)
+            stages[stage][name] = value
+        elif key == "rpn_anchor_generator":
+            if value is not None:
+                stages["anchors"]["sizes"] = tuple(tuple(s) for s in value.sizes)
+                stages["anchors"]["aspect_ratios"] = tuple(tuple(a) for a in value.aspect_ratios)
+        elif key in ("num_classes", "seed") or key in _STAGES:
+            if value is not None or key == "seed":
+                top[key] = value
+        else:
+            raise TypeError(f"unknown model argument {key!r}")
+    for name, changes in stages.items():
+        if changes:
+            top[name] = dataclasses.replace(top.get(name, getattr(config, name)), **changes)
+    return dataclasses.replace(config, **top)
+
+
+def _small(num_classes: int, min_size: int, max_size: int, width: float, fpn_channels: int) -> MaskRCNNConfig:
+    """A small from-scratch configuration: ResNet-18 with GroupNorm, small anchors, few proposals."""
+    return MaskRCNNConfig(
+        num_classes=num_classes,
+        backbone=BackboneConfig(depth=18, width_multiplier=width, norm="gn", gn_groups=8, trainable_layers=5, fpn_channels=fpn_channels),
+        transform=TransformConfig(min_size=min_size, max_size=max_size),
+        anchors=AnchorConfig(sizes=((16,), (32,), (64,), (128,), (256,))),
+        rpn=RPNConfig(pre_nms_top_n_train=300, pre_nms_top_n_test=200, post_nms_top_n_train=100, post_nms_top_n_test=50, batch_size_per_image=128),
+        box=BoxHeadConfig(representation_size=256, batch_size_per_image=64, detections_per_img=50),
+        mask=MaskHeadConfig(layers=(fpn_channels,) * 4, dim_reduced=fpn_channels),
+    )
+
+
+CONFIGS: dict[str, MaskRCNNConfig] = {
+    # torchvision's maskrcnn_resnet50_fpn (v1) with its defaults
+    "maskrcnn_resnet50_fpn": MaskRCNNConfig(),
+    # the synthetic shapes data set: 128-px images, background + 3 shapes
+    "r18-shapes": _small(num_classes=4, min_size=128, max_size=128, width=0.25, fpn_channels=64),
+    # a handful of COCO images (80 categories, COCO ids up to 90), overfitting on a CPU
+    "r18-coco-tiny": _small(num_classes=91, min_size=256, max_size=384, width=0.5, fpn_channels=128),
+}
+
+
+def get_config(name_or_config: str | MaskRCNNConfig, **overrides: Any) -> MaskRCNNConfig:
+    """A named configuration (see ``CONFIGS``) or a given one, with torchvision-style overrides."""
+    if isinstance(name_or_config, MaskRCNNConfig):
+        config = name_or_config
+    else:
+        if name_or_config not in CONFIGS:
+            raise KeyError(f"unknown configuration {name_or_config!r}: choose one of {sorted(CONFIGS)}")
+        config = CONFIGS[name_or_config]
+    return replace_torchvision_kwargs(config, **overrides) if overrides else config

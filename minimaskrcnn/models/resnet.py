@@ -1,0 +1,166 @@
+"""ResNet body: the backbone's convolutional stages C2-C5 (He et al. 2016; torchvision's resnet.py).
+
+BasicBlock (ResNet-18/34) and Bottleneck (ResNet-50/101/152, stride in the 3x3 conv: "v1.5"),
+with a width multiplier and a choice of normalisation layer for small from-scratch models.
+Parameter names equal torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``).
+Lesson 05 walks through a block.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+from minimaskrcnn import nn
+from minimaskrcnn.nn import functional as F
+
+# blocks per stage for each depth
+RESNET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def make_norm_layer(kind: str, eps: float = 1e-5, gn_groups: int = 32) -> Callable[[int], nn.Module]:
+    """A factory ``norm_layer(num_channels)`` for "frozen_bn", "bn" or "gn".
+
+    GroupNorm uses gcd(gn_groups, C) groups so that any width works.
+    """
+    if kind == "frozen_bn":
+        return lambda c: nn.FrozenBatchNorm2d(c, eps=eps)
+    if kind == "bn":
+        return lambda c: nn.BatchNorm2d(c, eps=eps)
+    if kind == "gn":
+        return lambda c: nn.GroupNorm(math.gcd(gn_groups, c), c, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}: choose 'frozen_bn', 'bn' or 'gn'")
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        """(N, inplanes, H, W) -> (N, planes, H / stride, W / stride)."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand (x4), with a shortcut (torchvision's v1.5)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = norm_layer(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        """(N, inplanes, H, W) -> (N, 4 * planes, H / stride, W / stride)."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + identity)
+
+
+class ResNetBody(nn.Module):
+    """ResNet without its classifier, returning the outputs of chosen stages (torchvision's
+    ``resnet`` wrapped in ``IntermediateLayerGetter``).
+
+    Args:
+        depth: 18, 34 (BasicBlock), 50, 101 or 152 (Bottleneck).
+        norm_layer: factory ``norm_layer(C)``, e.g. from ``make_norm_layer``.
+        width_multiplier: scales every width (64 * m in conv1 and layer1).
+        returned_layers: stages whose outputs are returned, named "0", "1", ... in order.
+
+    Attributes:
+        out_channels_list: channels of each returned stage (e.g. [256, 512, 1024, 2048] for R50).
+    """
+
+    def __init__(self, depth: int = 50, norm_layer: Callable[[int], nn.Module] | None = None,
+                 width_multiplier: float = 1.0, returned_layers: Sequence[int] = (1, 2, 3, 4)):
+        super().__init__()
+        if depth not in RESNET_LAYERS:
+            raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYERS)}")
+        if min(returned_layers) < 1 or max(returned_layers) > 4:
+            raise ValueError(f"returned_layers must be in [1, 4], got {returned_layers}")
+        norm_layer = norm_layer or make_norm_layer("frozen_bn")
+        block = BasicBlock if depth < 50 else Bottleneck
+        base = max(1, int(round(64 * width_multiplier)))
+        self.inplanes = base
+        self.conv1 = nn.Conv2d(3, base, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(base)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        widths = [base, base * 2, base * 4, base * 8]
+        # as IntermediateLayerGetter, stages above the last returned one are not built
+        for i, (planes, blocks) in enumerate(zip(widths[: max(returned_layers)], RESNET_LAYERS[depth])):
+            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, 1 if i == 0 else 2, norm_layer))
+        self.returned_layers = tuple(returned_layers)
+        self.out_channels_list = [widths[i - 1] * block.expansion for i in self.returned_layers]
+        # torchvision's init: He normal (fan_out) for convs; norm layers start as identity
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int, norm_layer) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       norm_layer(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample, norm_layer)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, norm_layer=norm_layer) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x) -> "OrderedDict":
+        """(N, 3, H, W) Tensor -> OrderedDict "0", "1", ... of the returned stages' (N, C_l, H / s_l, W / s_l)
+        Tensors, s_l = 4, 8, 16, 32 for layer1..layer4."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = OrderedDict()
+        for i in range(1, max(self.returned_layers) + 1):
+            x = getattr(self, f"layer{i}")(x)
+            if i in self.returned_layers:
+                out[str(len(out))] = x
+        return out
+
+
+def freeze_layers(body: ResNetBody, trainable_layers: int) -> None:
+    """Freeze all but the top ``trainable_layers`` stages, as torchvision's ``_resnet_fpn_extractor``.
+
+    3 trains layer2-layer4; 5 trains everything (conv1 and bn1 included); 0 freezes the body.
+    """
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers should be in [0, 5], got {trainable_layers}")
+    layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        layers_to_train.append("bn1")
+    for name, parameter in body.named_parameters():
+        if not any(name.startswith(layer) for layer in layers_to_train):
+            parameter.requires_grad = False

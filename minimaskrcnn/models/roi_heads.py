@@ -1,0 +1,414 @@
+"""RoI heads: classify and refine each proposal, and predict its mask (Fast R-CNN; Mask R-CNN, sec. 3).
+
+Box branch: multi-scale RoIAlign 7x7, two fully connected layers (fc6, fc7), a classifier and
+per-class box deltas. Mask branch: RoIAlign 14x14, four 3x3 convs, a 2x transposed conv and a
+1x1 conv with one 28x28 mask per class. Matching, sampling, targets and post-processing are array
+code with no gradient. torchvision's ``RoIHeads`` step for step. Lessons 08 and 09.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from minimaskrcnn import nn
+from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.nn import functional as F
+from minimaskrcnn.ops.box_coder import BoxCoder
+from minimaskrcnn.ops.boxes import as_array, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from minimaskrcnn.ops.masks import project_masks_on_boxes
+from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler, Matcher
+
+BACKGROUND = 0  # class label of background RoIs
+IGNORE = -1  # label of RoIs between the IoU thresholds (never sampled)
+
+
+# ------------------------------------------------------------------------------- modules
+class TwoMLPHead(nn.Module):
+    """Flatten the pooled features, then fc6 + ReLU, fc7 + ReLU (torchvision's ``TwoMLPHead``).
+
+    Args:
+        in_channels: C * PH * PW of the pooled features.
+        representation_size: width of fc6 and fc7 (1024).
+    """
+
+    def __init__(self, in_channels: int, representation_size: int):
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
+    def forward(self, x):
+        """(K, C, PH, PW) Tensor -> (K, representation_size) Tensor."""
+        x = x.flatten(1)
+        x = F.relu(self.fc6(x))
+        return F.relu(self.fc7(x))
+
+
+class FastRCNNPredictor(nn.Module):
+    """Class logits and per-class box deltas (torchvision's ``FastRCNNPredictor``).
+
+    Args:
+        in_channels: width of the box head's output.
+        num_classes: L, including background.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+
+    def forward(self, x):
+        """(K, D) Tensor -> ((K, L) class logits, (K, L * 4) deltas (dx, dy, dw, dh) per class)."""
+        x = x.flatten(1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class MaskRCNNHeads(nn.Sequential):
+    """Four 3x3 conv + ReLU layers on the 14x14 pooled features (torchvision's ``MaskRCNNHeads``).
+
+    Args:
+        in_channels: C of the FPN.
+        layers: output channels of each conv ((256, 256, 256, 256)).
+        dilation: dilation and padding of the convs (1).
+
+    Parameters are named ``0.0.weight``, ``1.0.weight``, ... as torchvision's.
+    """
+
+    def __init__(self, in_channels: int, layers: Sequence[int], dilation: int = 1):
+        blocks = []
+        next_feature = in_channels
+        for layer_features in layers:
+            blocks.append(nn.Sequential(
+                nn.Conv2d(next_feature, layer_features, kernel_size=3, stride=1, padding=dilation, dilation=dilation),
+                nn.ReLU(),
+            ))
+            next_feature = layer_features
+        super().__init__(*blocks)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+
+class MaskRCNNPredictor(nn.Module):
+    """2x2 stride-2 transposed conv + ReLU, then a 1x1 conv to one mask logit map per class.
+
+    Args:
+        in_channels: channels of the mask head's output.
+        dim_reduced: channels of the transposed conv (256).
+        num_classes: L, including background.
+
+    Parameters are named ``conv5_mask`` and ``mask_fcn_logits`` as torchvision's.
+    """
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int):
+        super().__init__()
+        self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, 2, 0)
+        self.relu = nn.ReLU()
+        self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_classes, 1, 1, 0)
+        for name, param in self.named_parameters():
+            if "weight" in name:
+                nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        """(K, C, S/2, S/2) Tensor -> (K, L, S, S) mask logits."""
+        return self.mask_fcn_logits(self.relu(self.conv5_mask(x)))
+
+
+# --------------------------------------------------------------------------------- losses
+def fastrcnn_loss(class_logits, box_regression, labels: Sequence[np.ndarray], regression_targets: Sequence[np.ndarray]):
+    """Box head losses: cross entropy over L classes, smooth L1 (beta 1/9) on the gt class's deltas.
+
+    Args:
+        class_logits: (K, L) Tensor.
+        box_regression: (K, L * 4) Tensor.
+        labels: list of (K_i,) int64 arrays, sum K_i = K, 0 = background.
+        regression_targets: list of (K_i, 4) arrays, the encoded matched gt boxes.
+
+    Returns:
+        (loss_classifier, loss_box_reg): scalar Tensors; the box loss is summed over the
+        foreground RoIs and divided by K (all sampled RoIs), as torchvision.
+    """
+    xp = get_array_module(*labels)
+    labels = xp.concatenate(labels)
+    regression_targets = xp.concatenate(regression_targets, axis=0)
+    classification_loss = F.cross_entropy(class_logits, labels)
+    pos_idx = xp.nonzero(labels > 0)[0]
+    labels_pos = labels[pos_idx]
+    num_rois = class_logits.shape[0]
+    box_regression = box_regression.reshape(num_rois, box_regression.shape[-1] // 4, 4)
+    box_loss = F.smooth_l1_loss(
+        box_regression[pos_idx, labels_pos],
+        regression_targets[pos_idx].astype(box_regression.dtype),
+        beta=1 / 9,
+        reduction="sum",
+    )
+    return classification_loss, box_loss / max(labels.size, 1)
+
+
+def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
+                  gt_labels: Sequence[np.ndarray], mask_matched_idxs: Sequence[np.ndarray], debug: dict | None = None):
+    """Mask loss: per-pixel BCE on the gt class's channel only, against the gt mask cropped by the RoI.
+
+    Args:
+        mask_logits: (K, L, S, S) Tensor for the K positive RoIs.
+        proposals: list of (K_i, 4) positive RoIs per image.
+        gt_masks: list of (M_i, H, W) uint8 gt masks in input pixels.
+        gt_labels: list of (M_i,) int64 gt classes.
+        mask_matched_idxs: list of (K_i,) gt index of each positive RoI.
+
+    Returns:
+        scalar Tensor, the mean BCE over K * S * S pixels.
+    """
+    discretization_size = mask_logits.shape[-1]
+    xp = get_array_module(mask_logits)
+    labels = [as_array(gl)[idxs] for gl, idxs in zip(gt_labels, mask_matched_idxs)]
+    mask_targets = [
+        project_masks_on_boxes(m, p, i, discretization_size)
+        for m, p, i in zip(gt_masks, proposals, mask_matched_idxs)
+    ]
+    labels = xp.concatenate(labels).astype(np.int64)
+    mask_targets = xp.concatenate(mask_targets, axis=0)
+    if debug is not None:
+        debug["mask_targets"] = mask_targets
+        debug["mask_labels"] = labels
+    if mask_targets.size == 0:
+        return mask_logits.sum() * 0
+    picked = mask_logits[xp.arange(labels.shape[0]), labels]
+    return F.binary_cross_entropy_with_logits(picked, mask_targets.astype(picked.dtype))
+
+
+def maskrcnn_inference(mask_logits: np.ndarray, labels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Mask probabilities of each detection's class. No gradient.
+
+    Args:
+        mask_logits: (D, L, S, S) array, D = sum D_i.
+        labels: list of (D_i,) predicted classes per image.
+
+    Returns:
+        list of (D_i, 1, S, S) sigmoid probabilities.
+    """
+    xp = get_array_module(mask_logits)
+    boxes_per_image = [len(lbl) for lbl in labels]
+    labels = xp.concatenate(labels) if labels else xp.zeros(0, dtype=np.int64)
+    picked = mask_logits[xp.arange(mask_logits.shape[0]), labels][:, None]
+    e = xp.exp(-xp.abs(picked))
+    mask_prob = xp.where(picked >= 0, 1 / (1 + e), e / (1 + e)).astype(picked.dtype, copy=False)
+    return xp.split(mask_prob, np.cumsum(boxes_per_image)[:-1].tolist(), axis=0)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, as torch.softmax (shift by the max)."""
+    e = get_array_module(x).exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------- the heads
+class RoIHeads(nn.Module):
+    """Box and mask branches with their training targets and inference post-processing (torchvision's).
+
+    Args:
+        box_roi_pool, box_head, box_predictor: RoIAlign 7x7, ``TwoMLPHead``, ``FastRCNNPredictor``.
+        fg_iou_thresh, bg_iou_thresh: proposal/gt IoU from which a RoI is foreground / below which
+            background (0.5, 0.5).
+        batch_size_per_image, positive_fraction: RoIs sampled per image (512, 0.25).
+        bbox_reg_weights: (10, 10, 5, 5).
+        score_thresh, nms_thresh, detections_per_img: post-processing (0.05, 0.5, 100).
+        mask_roi_pool, mask_head, mask_predictor: RoIAlign 14x14, ``MaskRCNNHeads``, ``MaskRCNNPredictor``.
+        min_size: detections with a side below this (pixels) are dropped (1e-2).
+        seed: seed of the RoI sampler's generator.
+    """
+
+    def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh: float, bg_iou_thresh: float,
+                 batch_size_per_image: int, positive_fraction: float, bbox_reg_weights, score_thresh: float,
+                 nms_thresh: float, detections_per_img: int, mask_roi_pool=None, mask_head=None,
+                 mask_predictor=None, min_size: float = 1e-2, seed: int | None = None):
+        super().__init__()
+        self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction, generator=seed)
+        self.box_coder = BoxCoder(tuple(bbox_reg_weights) if bbox_reg_weights is not None else (10.0, 10.0, 5.0, 5.0))
+        self.box_roi_pool = box_roi_pool
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.min_size = min_size
+        self.mask_roi_pool = mask_roi_pool
+        self.mask_head = mask_head
+        self.mask_predictor = mask_predictor
+
+    def has_mask(self) -> bool:
+        return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
+
+    # ------------------------------------------------------------------ training targets
+    def assign_targets_to_proposals(self, proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
+                                    gt_labels: Sequence[np.ndarray]) -> tuple[list, list]:
+        """Match each proposal to a gt box and give it that box's class, 0 or IGNORE. No gradient.
+
+        Returns:
+            (matched_idxs, labels): lists of (P_i,) int64 gt indices (clamped at 0) and labels.
+        """
+        matched_idxs, labels = [], []
+        for proposals_in_image, gt_boxes_in_image, gt_labels_in_image in zip(proposals, gt_boxes, gt_labels):
+            xp = get_array_module(proposals_in_image)
+            if gt_boxes_in_image.size == 0:
+                clamped = xp.zeros(proposals_in_image.shape[0], dtype=np.int64)
+                labels_in_image = xp.zeros(proposals_in_image.shape[0], dtype=np.int64)
+            else:
+                matched = self.proposal_matcher(box_iou(gt_boxes_in_image, proposals_in_image))
+                clamped = xp.maximum(matched, 0)
+                labels_in_image = as_array(gt_labels_in_image)[clamped].astype(np.int64)
+                labels_in_image[matched == Matcher.BELOW_LOW_THRESHOLD] = BACKGROUND
+                labels_in_image[matched == Matcher.BETWEEN_THRESHOLDS] = IGNORE
+            matched_idxs.append(clamped)
+            labels.append(labels_in_image)
+        return matched_idxs, labels
+
+    def select_training_samples(self, proposals: Sequence[np.ndarray], targets: Sequence[dict]) -> tuple:
+        """Add the gt boxes to the proposals, match, sample and encode the box targets. No gradient.
+
+        Returns:
+            (proposals, matched_idxs, labels, regression_targets): per-image lists of the sampled
+            RoIs (K_i, 4), their gt index (K_i,), label (K_i,) and encoded target (K_i, 4).
+        """
+        if targets is None:
+            raise ValueError("targets should not be None in training mode")
+        dtype = proposals[0].dtype
+        xp = get_array_module(*proposals)
+        gt_boxes = [as_array(t["boxes"]).astype(dtype) for t in targets]
+        gt_labels = [as_array(t["labels"]) for t in targets]
+        proposals = [xp.concatenate([p, g], axis=0) for p, g in zip(proposals, gt_boxes)]
+        matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        matched_gt_boxes = []
+        for i in range(len(proposals)):
+            sampled = xp.nonzero(sampled_pos[i] | sampled_neg[i])[0]
+            proposals[i] = proposals[i][sampled]
+            labels[i] = labels[i][sampled]
+            matched_idxs[i] = matched_idxs[i][sampled]
+            gt = gt_boxes[i] if gt_boxes[i].size else xp.zeros((1, 4), dtype=dtype)
+            matched_gt_boxes.append(gt[matched_idxs[i]])
+        # images without gt encode against a zero box (-inf deltas), as torchvision: never used,
+        # since such images have no foreground RoI
+        with np.errstate(divide="ignore", invalid="ignore"):
+            regression_targets = list(self.box_coder.encode(matched_gt_boxes, proposals))
+        return proposals, matched_idxs, labels, regression_targets
+
+    # ---------------------------------------------------------------- post-processing
+    def postprocess_detections(self, class_logits: np.ndarray, box_regression: np.ndarray,
+                               proposals: Sequence[np.ndarray], image_shapes: Sequence[tuple[int, int]]) -> tuple:
+        """Per-class boxes and scores, then threshold, small-box removal, per-class NMS, top-k. No gradient.
+
+        Args:
+            class_logits: (K, L) array; box_regression: (K, L * 4) array.
+            proposals: list of (K_i, 4) RoIs; image_shapes: (h, w) of each image.
+
+        Returns:
+            (boxes, scores, labels): lists of (D_i, 4), (D_i,) and (D_i,) int64, best first,
+            D_i <= detections_per_img, background never returned.
+        """
+        xp = get_array_module(class_logits)
+        num_classes = class_logits.shape[-1]
+        boxes_per_image = [len(p) for p in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, list(proposals))
+        pred_scores = _softmax(class_logits)
+        split_at = np.cumsum(boxes_per_image)[:-1].tolist()
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, image_shape in zip(xp.split(pred_boxes, split_at), xp.split(pred_scores, split_at), image_shapes):
+            boxes = clip_boxes_to_image(boxes, image_shape)
+            labels = xp.broadcast_to(xp.arange(num_classes), scores.shape)
+            # drop the background column, then one candidate per (RoI, class)
+            boxes = boxes[:, 1:].reshape(-1, 4)
+            scores = scores[:, 1:].reshape(-1)
+            labels = labels[:, 1:].reshape(-1)
+            inds = xp.nonzero(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+            keep = remove_small_boxes(boxes, min_size=self.min_size)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep].astype(np.int64))
+        return all_boxes, all_scores, all_labels
+
+    # ------------------------------------------------------------------------- forward
+    def forward(self, features: dict, proposals: Sequence[np.ndarray], image_shapes: Sequence[tuple[int, int]],
+                targets: Sequence[dict] | None = None, debug: dict | None = None) -> tuple[list, dict]:
+        """Box and mask branches.
+
+        Args:
+            features: name -> (N, C, H_l, W_l) Tensor.
+            proposals: list of N (P_i, 4) arrays from the RPN, in input pixels.
+            image_shapes: (h, w) of each image (resized, before padding).
+            targets: in training, dicts with "boxes" (M_i, 4), "labels" (M_i,) int64 and "masks"
+                (M_i, H, W) uint8, in input pixels.
+            debug: if a dict, intermediate results are stored in it (see ``MaskRCNN``).
+
+        Returns:
+            (result, losses): in eval mode, one dict per image with "boxes" (D_i, 4), "labels",
+            "scores" and "masks" (D_i, 1, S, S) probabilities in each box (NumPy arrays, input
+            pixels); in training, [] and {"loss_classifier", "loss_box_reg", "loss_mask"}.
+        """
+        if self.training:
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+            if debug is not None:
+                debug["roi_proposals"] = proposals
+                debug["roi_matched_idxs"] = matched_idxs
+                debug["roi_labels"] = labels
+                debug["roi_regression_targets"] = regression_targets
+        box_features = self.box_roi_pool(features, proposals, image_shapes)
+        box_features = self.box_head(box_features)
+        class_logits, box_regression = self.box_predictor(box_features)
+        if debug is not None:
+            debug["class_logits"] = to_numpy(class_logits.data)
+            debug["box_regression"] = to_numpy(box_regression.data)
+
+        result: list[dict] = []
+        losses = {}
+        if self.training:
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        else:
+            boxes, scores, labels = self.postprocess_detections(
+                class_logits.data, box_regression.data, proposals, image_shapes
+            )
+            result = [{"boxes": b, "labels": lbl, "scores": s} for b, s, lbl in zip(boxes, scores, labels)]
+
+        if self.has_mask():
+            if self.training:
+                positive = [get_array_module(lbl).nonzero(lbl > 0)[0] for lbl in labels]
+                mask_proposals = [p[pos] for p, pos in zip(proposals, positive)]
+                pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positive)]
+            else:
+                mask_proposals = [r["boxes"] for r in result]
+            if debug is not None:
+                debug["mask_proposals"] = mask_proposals
+            num_masks = sum(len(p) for p in mask_proposals)
+            mask_logits = None
+            if num_masks > 0:
+                mask_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
+                mask_features = self.mask_head(mask_features)
+                mask_logits = self.mask_predictor(mask_features)
+                if debug is not None:
+                    debug["mask_logits"] = to_numpy(mask_logits.data)
+            if self.training:
+                if mask_logits is None:
+                    # no positive RoI in the batch: a zero loss that still reaches the predictor
+                    losses["loss_mask"] = self.mask_predictor.mask_fcn_logits.weight.sum() * 0
+                else:
+                    gt_masks = [as_array(t["masks"]) for t in targets]
+                    gt_labels = [as_array(t["labels"]) for t in targets]
+                    losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels,
+                                                        pos_matched_idxs, debug)
+            else:
+                size = 2 * self.mask_roi_pool.output_size[0]
+                if mask_logits is None:
+                    dtype = features[next(iter(features))].dtype
+                    xp = get_array_module(features[next(iter(features))])
+                    masks_probs = [xp.zeros((0, 1, size, size), dtype=dtype) for _ in result]
+                else:
+                    masks_probs = maskrcnn_inference(mask_logits.data, [r["labels"] for r in result])
+                for mask_prob, r in zip(masks_probs, result):
+                    r["masks"] = mask_prob
+        return result, losses

@@ -1,0 +1,348 @@
+"""Convolution, transposed convolution and the linear layer as matrix products.
+
+conv2d unfolds the input with im2col (kernels/im2col) into cols (N, C*KH*KW, OH*OW), so that the
+output of image n is ``weight.reshape(C_out, C*KH*KW) @ cols[n]``: one BLAS (cuBLAS on CuPy) product.
+Its backward is two more products and a col2im; conv_transpose2d is the same three pieces in the
+other order. Each op is fused (its own backward). Lesson 05 derives them.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from minimaskrcnn.backend import get_array_module, kernel
+from minimaskrcnn.function import Function
+from minimaskrcnn.kernels.im2col import as_pair, conv_output_size
+
+
+# ------------------------------------------------------------------------- scratch memory (CPU)
+# cols are KH*KW times larger than the input and live only inside one forward or backward. NumPy
+# arrays that large are mmap-ed afresh and page-faulted in on every call (glibc gives blocks over
+# 32 MiB back to the OS when they are freed), which costs about as much as im2col itself, so the
+# CPU path reuses one scratch buffer per thread. CuPy's memory pool already reuses device memory.
+SCRATCH_MAX_BYTES = 1 << 30  # larger cols are allocated afresh rather than kept
+
+
+class _Scratch(threading.local):
+    buffer = None  # flat uint8 NumPy array, grown to the largest request
+
+
+_scratch_state = _Scratch()
+
+
+def _scratch(shape: tuple, dtype, like):
+    """An uninitialised C-contiguous array for cols, valid only until the next ``_scratch`` call.
+
+    Args:
+        shape, dtype: of the array wanted.
+        like: an array of the module (NumPy or CuPy) to allocate with.
+    """
+    xp = get_array_module(like)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if xp is not np or nbytes > SCRATCH_MAX_BYTES:
+        return xp.empty(shape, dtype=dtype)
+    buffer = _scratch_state.buffer
+    if buffer is None or buffer.nbytes < nbytes:
+        _scratch_state.buffer = buffer = np.empty(nbytes, dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch buffer (it is otherwise kept for the next convolution)."""
+    _scratch_state.buffer = None
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _check_dtypes(x, weight, bias) -> None:
+    if x.dtype.kind != "f":
+        raise TypeError(f"input must be a floating-point array, got {x.dtype}")
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and a.dtype != x.dtype:
+            raise TypeError(f"{name} is {a.dtype} but input is {x.dtype}: they must match")
+
+
+def _is_pointwise(kernel_size: tuple, padding: tuple) -> bool:
+    """1x1 kernels without padding: cols are the (strided) input itself, no im2col needed."""
+    return kernel_size == (1, 1) and padding == (0, 0)
+
+
+def _unfold(x, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple):
+    """cols (N, C*KH*KW, OH*OW) of ``x`` (N, C, H, W), in scratch memory (see ``_scratch``)."""
+    N, C, H, W = x.shape
+    if _is_pointwise(kernel_size, padding):
+        if stride != (1, 1):  # every stride-th pixel: a strided slice, copied contiguous
+            x = get_array_module(x).ascontiguousarray(x[:, :, :: stride[0], :: stride[1]])
+        return x.reshape(N, C, -1)  # a view when x is contiguous
+    OH = conv_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0])
+    OW = conv_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1])
+    cols = _scratch((N, C * kernel_size[0] * kernel_size[1], OH * OW), x.dtype, x) if OH > 0 and OW > 0 else None
+    return kernel("im2col").im2col(x, kernel_size, stride, padding, dilation, out=cols)
+
+
+def _fold(cols, x_shape: tuple, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple):
+    """The adjoint of ``_unfold``: dx (N, C, H, W) from cols (N, C*KH*KW, OH*OW), overlaps added."""
+    N, C, H, W = x_shape
+    if _is_pointwise(kernel_size, padding):
+        if stride == (1, 1):
+            return cols.reshape(x_shape)
+        xp = get_array_module(cols)
+        dx = xp.zeros(x_shape, dtype=cols.dtype)
+        dx[:, :, :: stride[0], :: stride[1]] = cols.reshape(N, C, len(range(0, H, stride[0])), -1)
+        return dx
+    return kernel("im2col").col2im(cols, x_shape, kernel_size, stride, padding, dilation)
+
+
+def _zero_extend(x, H2: int, W2: int):
+    """x (N, C, H, W) with zero rows/columns appended on the bottom/right up to (H2, W2)."""
+    N, C, H, W = x.shape
+    if (H, W) == (H2, W2):
+        return x
+    x_big = get_array_module(x).zeros((N, C, H2, W2), dtype=x.dtype)
+    x_big[:, :, :H, :W] = x
+    return x_big
+
+
+def _weight_grad(a, b):
+    """sum over images n of a[n] @ b[n].T, for a (N, G, P, L) and b (N, G, Q, L): (G, P, Q)."""
+    return (a @ b.swapaxes(-1, -2)).sum(axis=0)
+
+
+# ------------------------------------------------------------------------------------- conv2d
+class Conv2d(Function):
+    """2-D cross-correlation, as torch.nn.functional.conv2d (fused: im2col + matmul, own backward).
+
+    forward(x, weight, bias=None, stride, padding, dilation, groups) on arrays:
+        x: (N, C, H, W); weight: (C_out, C/groups, KH, KW); bias: (C_out,) or None; all one float dtype.
+        Returns (N, C_out, OH, OW), OH = (H + 2*PH - DH*(KH - 1) - 1) // SH + 1 (likewise OW).
+    backward: dx = col2im(weight^T @ dout), dw = sum_n dout[n] @ cols[n]^T, db = dout summed over N, OH, OW.
+
+    Note: the backward recomputes im2col from the saved input instead of keeping cols, which are
+    C*KH*KW/C = KH*KW times larger than the input (as PyTorch saves only the input).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+        _check_dtypes(x, weight, bias)
+        if x.ndim != 4 or weight.ndim != 4:
+            raise ValueError("conv2d expects x (N, C, H, W) and weight (C_out, C/groups, KH, KW), "
+                             f"got {x.shape} and {weight.shape}")
+        N, C, H, W = x.shape
+        C_out, C_per_group, KH, KW = weight.shape
+        G = groups
+        if G < 1 or C % G or C_out % G or C_per_group * G != C:
+            raise ValueError(f"conv2d: input has {C} channels, weight {tuple(weight.shape)}, groups={G}: "
+                             "need C == weight.shape[1] * groups and C_out divisible by groups")
+        if bias is not None and tuple(bias.shape) != (C_out,):
+            raise ValueError(f"conv2d: bias must have shape ({C_out},), got {tuple(bias.shape)}")
+        OH = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+        OW = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+
+        cols = _unfold(x, (KH, KW), stride, padding, dilation)  # (N, C*KH*KW, OH*OW)
+        # group g multiplies its (C_out/G, C/G*KH*KW) block of weight with its rows of cols
+        w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
+        out = w_mat @ cols.reshape(N, G, C_per_group * KH * KW, OH * OW)  # (N, G, C_out/G, OH*OW)
+        out = out.reshape(N, C_out, OH, OW)
+        if bias is not None:
+            out += bias.reshape(1, C_out, 1, 1)
+
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.stride, ctx.padding, ctx.dilation, ctx.groups = stride, padding, dilation, G
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight = ctx.saved_tensors
+        N, C, H, W = x.shape
+        C_out, C_per_group, KH, KW = weight.shape
+        G = ctx.groups
+        geometry = ((KH, KW), ctx.stride, ctx.padding, ctx.dilation)
+        L = dout.shape[2] * dout.shape[3]  # OH*OW
+        dout = dout.reshape(N, G, C_out // G, L)
+
+        cols = _unfold(x, *geometry).reshape(N, G, C_per_group * KH * KW, L)
+        dw = _weight_grad(dout, cols).reshape(weight.shape)
+        w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
+        # dcols (N, G, C/G*KH*KW, L) overwrite cols' scratch memory (cols are used up) unless cols
+        # are x itself (1x1 kernels), whose dx must not alias scratch memory
+        dcols = None if _is_pointwise((KH, KW), ctx.padding) else cols
+        dcols = get_array_module(dout).matmul(w_mat.swapaxes(-1, -2), dout, out=dcols)
+        dx = _fold(dcols.reshape(N, C * KH * KW, L), x.shape, *geometry)
+        db = dout.sum(axis=(0, 3)).reshape(C_out) if ctx.has_bias else None  # (N, G, C_out/G, L) -> (C_out,)
+        return dx, dw, db
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    Args:
+        input: (N, C, H, W) or (C, H, W) Tensor, float32 or float64.
+        weight: (C_out, C/groups, KH, KW) Tensor, input's dtype.
+        bias: (C_out,) Tensor or None.
+        stride, padding, dilation: int or (height, width) pair; padding adds zeros on both sides.
+        groups: split the channels into this many independent groups (groups == C: depthwise).
+
+    Returns:
+        (N, C_out, OH, OW) Tensor (or (C_out, OH, OW) for an unbatched input), input's dtype,
+        OH = (H + 2*padding - dilation*(KH - 1) - 1) // stride + 1, likewise OW.
+    """
+    stride, padding, dilation = as_pair(stride, "stride"), as_pair(padding, "padding"), as_pair(dilation, "dilation")
+    if input.ndim == 3:
+        out = Conv2d.apply(input.reshape(1, *input.shape), weight, bias, stride=stride, padding=padding,
+                           dilation=dilation, groups=int(groups))
+        return out.reshape(out.shape[1:])
+    return Conv2d.apply(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=int(groups))
+
+
+# ---------------------------------------------------------------------------- conv_transpose2d
+class ConvTranspose2d(Function):
+    """2-D transposed convolution, as torch.nn.functional.conv_transpose2d (fused, own backward).
+
+    It is conv2d's backward-data: each input pixel scatters ``weight``-weighted copies into the
+    output (cols = weight^T @ x, then col2im). Its backward is conv2d's forward (im2col + matmul).
+
+    forward(x, weight, bias=None, stride, padding, output_padding, groups, dilation) on arrays:
+        x: (N, C_in, H, W); weight: (C_in, C_out/groups, KH, KW); bias: (C_out,) or None.
+        Returns (N, C_out, OH, OW), OH = (H - 1)*SH - 2*PH + DH*(KH - 1) + output_padding_h + 1.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1,
+                dilation=(1, 1)):
+        _check_dtypes(x, weight, bias)
+        if x.ndim != 4 or weight.ndim != 4:
+            raise ValueError(f"conv_transpose2d expects x (N, C_in, H, W) and weight (C_in, C_out/groups, KH, KW), "
+                             f"got {x.shape} and {weight.shape}")
+        xp = get_array_module(x)
+        N, C_in, H, W = x.shape
+        _, C_out_per_group, KH, KW = weight.shape
+        G = groups
+        if G < 1 or C_in % G or weight.shape[0] != C_in:
+            raise ValueError(f"conv_transpose2d: input has {C_in} channels, weight {tuple(weight.shape)}, groups={G}: "
+                             "need weight.shape[0] == C_in, divisible by groups")
+        C_out = C_out_per_group * G
+        if bias is not None and tuple(bias.shape) != (C_out,):
+            raise ValueError(f"conv_transpose2d: bias must have shape ({C_out},), got {tuple(bias.shape)}")
+        for op, s, d in zip(output_padding, stride, dilation):
+            if op < 0 or op >= max(s, d):
+                raise ValueError(f"output_padding {output_padding} must be smaller than stride {stride} "
+                                 f"or dilation {dilation}")
+        OH = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (KH - 1) + output_padding[0] + 1
+        OW = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (KW - 1) + output_padding[1] + 1
+        if OH < 1 or OW < 1:
+            raise ValueError(f"conv_transpose2d: the output size {(OH, OW)} is not positive")
+        geometry = ((KH, KW), stride, padding, dilation)
+        # the conv2d that this op is the adjoint of maps (OH, OW) to (H2, W2); H2 > H only when
+        # output_padding >= stride (allowed when dilation > stride): its extra rows see x = 0
+        H2 = conv_output_size(OH, KH, stride[0], padding[0], dilation[0])
+        W2 = conv_output_size(OW, KW, stride[1], padding[1], dilation[1])
+        x_mat = _zero_extend(x, H2, W2).reshape(N, G, C_in // G, H2 * W2)
+
+        w_mat = weight.reshape(G, C_in // G, C_out_per_group * KH * KW)
+        cols_shape = (N, G, C_out_per_group * KH * KW, H2 * W2)
+        cols = None if _is_pointwise((KH, KW), padding) else _scratch(cols_shape, x.dtype, x)
+        cols = xp.matmul(w_mat.swapaxes(-1, -2), x_mat, out=cols)
+        out = _fold(cols.reshape(N, C_out * KH * KW, H2 * W2), (N, C_out, OH, OW), *geometry)
+        if bias is not None:
+            out += bias.reshape(1, C_out, 1, 1)
+
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.geometry, ctx.groups = geometry, G
+        ctx.x_size = (H2, W2)  # x's size after _zero_extend
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight = ctx.saved_tensors
+        N, C_in, H, W = x.shape
+        _, C_out_per_group, KH, KW = weight.shape
+        G = ctx.groups
+        dcols = _unfold(dout, *ctx.geometry)  # (N, C_out*KH*KW, H2*W2): conv2d's forward
+        H2W2 = dcols.shape[2]
+        dcols = dcols.reshape(N, G, C_out_per_group * KH * KW, H2W2)
+        w_mat = weight.reshape(G, C_in // G, C_out_per_group * KH * KW)
+        dx = (w_mat @ dcols).reshape(N, C_in, *ctx.x_size)  # (N, G, C_in/G, H2*W2) -> (N, C_in, H2, W2)
+        if dx.shape[2:] != (H, W):
+            dx = get_array_module(dx).ascontiguousarray(dx[:, :, :H, :W])
+        x_mat = _zero_extend(x, *ctx.x_size).reshape(N, G, C_in // G, H2W2)
+        dw = _weight_grad(x_mat, dcols).reshape(weight.shape)
+        db = dout.sum(axis=(0, 2, 3)) if ctx.has_bias else None
+        return dx, dw, db
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups: int = 1, dilation=1):
+    """2-D transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
+
+    Args:
+        input: (N, C_in, H, W) or (C_in, H, W) Tensor, float32 or float64.
+        weight: (C_in, C_out/groups, KH, KW) Tensor, input's dtype (note: C_in first, unlike conv2d).
+        bias: (C_out,) Tensor or None.
+        stride, padding, output_padding, dilation: int or (height, width) pair; output_padding
+            adds rows/columns on the bottom/right side only and must be < stride or < dilation.
+        groups: number of independent channel groups.
+
+    Returns:
+        (N, C_out, OH, OW) Tensor, input's dtype,
+        OH = (H - 1)*stride - 2*padding + dilation*(KH - 1) + output_padding + 1, likewise OW.
+    """
+    kwargs = dict(stride=as_pair(stride, "stride"), padding=as_pair(padding, "padding"),
+                  output_padding=as_pair(output_padding, "output_padding"), groups=int(groups),
+                  dilation=as_pair(dilation, "dilation"))
+    if input.ndim == 3:
+        out = ConvTranspose2d.apply(input.reshape(1, *input.shape), weight, bias, **kwargs)
+        return out.reshape(out.shape[1:])
+    return ConvTranspose2d.apply(input, weight, bias, **kwargs)
+
+
+# -------------------------------------------------------------------------------------- linear
+class Linear(Function):
+    """``x @ weight.T + bias``, as torch.nn.functional.linear (fused, own backward).
+
+    forward(x, weight, bias=None) on arrays: x (*, in_features), weight (out_features, in_features),
+    bias (out_features,) or None; returns (*, out_features) in x's dtype.
+    backward: dx = dout @ weight, dw = dout^T @ x, db = dout summed over the leading axes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        _check_dtypes(x, weight, bias)
+        if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input {tuple(x.shape)} and weight {tuple(weight.shape)} do not match "
+                             "(need input (*, in_features), weight (out_features, in_features))")
+        out_features = weight.shape[0]
+        if bias is not None and tuple(bias.shape) != (out_features,):
+            raise ValueError(f"linear: bias must have shape ({out_features},), got {tuple(bias.shape)}")
+        x_mat = x.reshape(-1, x.shape[-1])  # (B, in): all leading axes as one batch axis
+        out = x_mat @ weight.T  # weight.T is a view: BLAS reads it transposed, no copy
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out.reshape(*x.shape[:-1], out_features)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight = ctx.saved_tensors
+        dout_mat = dout.reshape(-1, weight.shape[0])  # (B, out)
+        x_mat = x.reshape(-1, x.shape[-1])  # (B, in)
+        dx = (dout_mat @ weight).reshape(x.shape)
+        dw = dout_mat.T @ x_mat
+        db = dout_mat.sum(axis=0) if ctx.has_bias else None
+        return dx, dw, db
+
+
+def linear(input, weight, bias=None):
+    """Affine map ``input @ weight.T + bias``, as ``torch.nn.functional.linear``.
+
+    Args:
+        input: (*, in_features) Tensor, float32 or float64.
+        weight: (out_features, in_features) Tensor, input's dtype.
+        bias: (out_features,) Tensor or None.
+
+    Returns:
+        (*, out_features) Tensor, input's dtype.
+    """
+    return Linear.apply(input, weight, bias)

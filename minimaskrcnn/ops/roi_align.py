@@ -1,0 +1,158 @@
+"""RoIAlign: crop a fixed-size feature grid for each box by bilinear sampling (Mask R-CNN, sec. 3).
+
+``roi_align`` is torchvision.ops.roi_align: same arguments, same numbers, a gradient for the
+feature map (none for the boxes). The hot loops are in kernels/roi_align/ (``backend.kernel``
+picks reference, Numba or CUDA). Lesson: RoIAlign.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+
+from minimaskrcnn.backend import get_array_module, kernel
+from minimaskrcnn.function import Function
+from minimaskrcnn.nn.module import Module
+from minimaskrcnn.tensor import Tensor
+
+BoxesLike = Union[Tensor, np.ndarray, Sequence]
+
+
+def _pair(value, name: str = "output_size") -> tuple[int, int]:
+    """``(v, v)`` for an int, the two ints of a pair (torch.nn.modules.utils._pair)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _array(a):
+    return a.data if isinstance(a, Tensor) else a
+
+
+def check_roi_boxes_shape(boxes: BoxesLike) -> None:
+    """Raise ValueError unless ``boxes`` is a (K, 5) array/Tensor or a list of (Ki, 4) ones."""
+    if isinstance(boxes, (list, tuple)):
+        for i, b in enumerate(boxes):
+            shape = tuple(_array(b).shape)
+            if len(shape) != 2 or shape[1] != 4:
+                raise ValueError(f"boxes[{i}] must be (Ki, 4) [x1, y1, x2, y2], got shape {shape}")
+    elif hasattr(boxes, "shape"):
+        shape = tuple(boxes.shape)
+        if len(shape) != 2 or shape[1] != 5:
+            raise ValueError(f"boxes must be (K, 5) [batch_idx, x1, y1, x2, y2], got shape {shape}")
+    else:
+        raise ValueError("boxes must be a (K, 5) array/Tensor or a list of (Ki, 4) arrays/Tensors")
+
+
+def convert_boxes_to_roi_format(boxes: Sequence) -> np.ndarray:
+    """Per-image boxes to one RoI array with the image index in column 0 (as torchvision's helper).
+
+    Args:
+        boxes: a list of N arrays or Tensors, boxes[i] of shape (Ki, 4) [x1, y1, x2, y2] in
+            input-image pixels, all of one dtype and array module.
+
+    Returns:
+        rois: (sum Ki, 5) [batch_idx, x1, y1, x2, y2], the boxes' dtype (float32 for an empty list),
+        NumPy or CuPy as the boxes; row order: image 0's boxes, then image 1's, ...
+    """
+    arrays = [_array(b) for b in boxes]
+    if not arrays:
+        return np.zeros((0, 5), dtype=np.float32)
+    xp = get_array_module(*arrays)
+    arrays = [xp.asarray(b) for b in arrays]
+    dtype = arrays[0].dtype
+    ids = [xp.full((b.shape[0], 1), i, dtype=dtype) for i, b in enumerate(arrays)]
+    return xp.concatenate([xp.concatenate(ids, axis=0), xp.concatenate(arrays, axis=0).astype(dtype)], axis=1)
+
+
+def as_rois(boxes: BoxesLike, like) -> object:
+    """``boxes`` (see ``roi_align``) as a (K, 5) array of ``like``'s dtype and array module, no gradient."""
+    check_roi_boxes_shape(boxes)
+    rois = _array(boxes) if not isinstance(boxes, (list, tuple)) else convert_boxes_to_roi_format(boxes)
+    xp = get_array_module(like)
+    return xp.ascontiguousarray(xp.asarray(rois, dtype=like.dtype))
+
+
+class RoIAlignFunction(Function):
+    """Fused op: RoIAlign forward and its own backward (the transpose of the bilinear sampling)."""
+
+    @staticmethod
+    def forward(ctx, input, rois, pooled_height: int, pooled_width: int, spatial_scale: float, sampling_ratio: int,
+                aligned: bool):
+        ops = kernel("roi_align")
+        ctx.save_for_backward(rois)
+        ctx.input_shape = tuple(input.shape)
+        ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+        return ops.roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+
+    @staticmethod
+    def backward(ctx, dout):
+        (rois,) = ctx.saved_tensors
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
+        xp = get_array_module(dout)
+        dout = xp.ascontiguousarray(dout)
+        dx = kernel("roi_align").roi_align_backward(
+            dout, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, ctx.input_shape
+        )
+        return dx, None
+
+
+def roi_align(
+    input,
+    boxes: BoxesLike,
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoIAlign with average pooling, as torchvision.ops.roi_align (Mask R-CNN, sec. 3).
+
+    Each output bin averages ``sampling_ratio x sampling_ratio`` bilinearly interpolated samples of
+    the feature map, evenly spaced in the bin; no coordinate is rounded.
+
+    Args:
+        input: (N, C, H, W) float32 or float64 Tensor (or array) of features.
+        boxes: (K, 5) Tensor/array [batch_idx, x1, y1, x2, y2], or a list of N (Ki, 4) Tensors/arrays
+            [x1, y1, x2, y2] (one per image), in input-image pixels; converted to input's dtype.
+            No gradient flows to the boxes.
+        output_size: (PH, PW) or an int for both, the bins per RoI.
+        spatial_scale: feature-map pixels per input-image pixel, e.g. 1/4 for a stride-4 map.
+        sampling_ratio: samples per bin along each axis; <= 0 means ceil(RoI height / PH) rows
+            and ceil(RoI width / PW) columns (adaptive). Default -1.
+        aligned: False: legacy (boxes smaller than 1 pixel are widened to 1). True: shift the box
+            by -0.5 pixel so that samples fall between the right pixel centres (Detectron2).
+
+    Returns:
+        (K, C, PH, PW) Tensor, input's dtype; differentiable w.r.t. ``input``.
+
+    Note: a sample outside [-1, H] x [-1, W] counts as 0 but still counts in the average.
+    """
+    PH, PW = _pair(output_size)
+    x = _array(input)
+    rois = as_rois(boxes, x)
+    return RoIAlignFunction.apply(input, rois, PH, PW, float(spatial_scale), int(sampling_ratio), bool(aligned))
+
+
+class RoIAlign(Module):
+    """RoIAlign as a layer, as torchvision.ops.RoIAlign: ``RoIAlign(7, 1 / 4, 2, True)(features, boxes)``.
+
+    See ``roi_align`` for the arguments and shapes. It has no parameters.
+    """
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input, rois: BoxesLike) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )

@@ -1,0 +1,193 @@
+"""Prediction: image files (or arrays) in, detections and pictures out.
+
+``load_model`` rebuilds a trained model from a checkpoint written by ``minimaskrcnn train``;
+``predict_image`` runs it on one image (from a notebook too) and ``predict_files`` writes one PNG
+per input with the masks, boxes, class names and scores drawn (``minimaskrcnn predict``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from minimaskrcnn.errors import CheckpointError, ImageError
+from minimaskrcnn.visualize import draw_detections, save_image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as the model's input.
+
+    Args:
+        path: a JPEG, PNG, ... file; grayscale, palette and RGBA images are converted to RGB.
+
+    Returns:
+        (3, H, W) float32 in [0, 1].
+
+    Raises:
+        ImageError: the file is missing or is not an image Pillow can read.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageError(path, "no such image file")
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(path, f"cannot read the image ({e.__class__.__name__}: {e})") from None
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1) / 255.0)
+
+
+def as_model_image(image: Any) -> np.ndarray:
+    """An image path, PIL image or array as the model's (3, H, W) float32 input in [0, 1].
+
+    Args:
+        image: a path; a PIL image; (H, W, 3) uint8 or float in [0, 1]; (3, H, W) float in [0, 1];
+            (H, W) grayscale.
+
+    Returns:
+        (3, H, W) float32 in [0, 1].
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    if hasattr(image, "numpy") and not isinstance(image, np.ndarray):
+        image = image.numpy()
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[None], 3, axis=0)
+    elif a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] not in (1, 3):
+        a = a[..., :3].transpose(2, 0, 1)
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image (3, H, W) or (H, W, 3), got shape {a.shape}")
+    if a.shape[0] == 1:
+        a = np.repeat(a, 3, axis=0)
+    a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+    return np.ascontiguousarray(a)
+
+
+def load_model(checkpoint: str | os.PathLike, backend: str | None = None):
+    """Rebuild a model trained by ``minimaskrcnn train`` from its checkpoint.
+
+    Args:
+        checkpoint: a checkpoint file (``runs/<name>/checkpoint.npz``) or the run folder holding it.
+        backend: optionally switch to this backend first ("numpy", "numba", "cuda").
+
+    Returns:
+        (model, class_names): the model in eval mode, and the class names indexed by label
+        (entry 0 is the background).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or was not written by ``train``.
+    """
+    from minimaskrcnn import io as mio
+    from minimaskrcnn.backend import set_backend
+    from minimaskrcnn.train import CHECKPOINT_NAME, build_model_from_config, config_from_checkpoint_extra
+
+    if backend is not None:
+        set_backend(backend)
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    ckpt = mio.load_checkpoint(path)
+    extra = ckpt.extra or {}
+    if "config" not in extra or "num_classes" not in extra:
+        raise CheckpointError(path, "not a training checkpoint of minimaskrcnn (no config / num_classes)")
+    config = config_from_checkpoint_extra(extra, path)
+    model = build_model_from_config(config, int(extra["num_classes"]))
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(path, f"weights do not fit model {config.model!r}: {e}") from None
+    model.eval()
+    class_names = list(extra.get("class_names") or [str(i) for i in range(int(extra["num_classes"]))])
+    return model, class_names
+
+
+def predict_image(
+    model,
+    image: Any,
+    score_threshold: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Detect objects in one image.
+
+    Args:
+        model: a Mask R-CNN in the torchvision convention (it is put in eval mode).
+        image: a path, PIL image or array (see ``as_model_image``).
+        score_threshold: drop detections scoring below this.
+
+    Returns:
+        {"boxes": (N, 4) float32 (x1, y1, x2, y2) in image pixels, "labels": (N,) int64,
+        "scores": (N,) float32, "masks": (N, 1, H, W) float32 probabilities} as NumPy arrays.
+    """
+    from minimaskrcnn.function import no_grad
+
+    x = as_model_image(image)
+    model.eval()
+    with no_grad():
+        out = model([x])[0]
+    det = {k: (v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else np.asarray(v)) for k, v in out.items()}
+    keep = det["scores"] >= score_threshold
+    return {k: v[keep] for k, v in det.items()}
+
+
+def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Image files named directly, or found (sorted) in folders named.
+
+    Raises:
+        ImageError: an input does not exist, or nothing is left to predict on.
+    """
+    paths: list[str] = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not found:
+                raise ImageError(item, "folder holds no image files")
+            paths += found
+        elif os.path.exists(item):
+            paths.append(item)
+        else:
+            raise ImageError(item, "no such image file")
+    if not paths:
+        raise ImageError(None, "no images given")
+    return paths
+
+
+def predict_files(
+    model,
+    inputs: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    score_threshold: float = 0.5,
+) -> list[str]:
+    """Run the model on image files and write one PNG per image with the detections drawn.
+
+    Args:
+        model: the model (eval mode is set).
+        inputs: image files and/or folders of images.
+        output_dir: where ``<image stem>.png`` files are written (created if needed).
+        class_names: names indexed by label, for the captions.
+        score_threshold: only detections scoring at least this are drawn.
+
+    Returns:
+        the paths of the PNGs written, in input order.
+
+    Raises:
+        ImageError: an input is missing or unreadable (nothing is written for it or after it).
+    """
+    written = []
+    for path in collect_image_paths(inputs):
+        image = load_image(path)
+        det = predict_image(model, image, score_threshold=score_threshold)
+        picture = draw_detections(image, det, class_names, score_threshold=score_threshold)
+        out = os.path.join(os.fspath(output_dir), os.path.splitext(os.path.basename(path))[0] + ".png")
+        save_image(picture, out)
+        written.append(out)
+    return written

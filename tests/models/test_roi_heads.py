@@ -1,0 +1,221 @@
+"""RoI heads: level mapping, multi-scale RoIAlign, box post-processing, the losses and the mask
+branch, each against torchvision's given the same inputs and weights."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from minimaskrcnn import Tensor
+from minimaskrcnn.models.poolers import LevelMapper, MultiScaleRoIAlign, infer_scale
+from minimaskrcnn.models.roi_heads import (
+    FastRCNNPredictor,
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+    RoIHeads,
+    TwoMLPHead,
+    fastrcnn_loss,
+    maskrcnn_inference,
+)
+
+L = 4  # classes with background
+C = 8  # channels
+IMAGE_SIZES = [(128, 160), (112, 150)]
+GRIDS = [(32, 40), (16, 20), (8, 10), (4, 5)]
+
+
+def test_level_mapper_by_hand():
+    mapper = LevelMapper(2, 5)
+    boxes = np.array([[0, 0, 224, 224],   # canonical: P4
+                      [0, 0, 112, 112],   # half: P3
+                      [0, 0, 448, 448],   # twice: P5
+                      [0, 0, 10, 10],     # tiny: clamped to P2
+                      [0, 0, 2000, 2000]], np.float32)  # huge: clamped to P5
+    np.testing.assert_array_equal(mapper([boxes]), [2, 1, 3, 0, 3])
+
+
+def test_infer_scale():
+    assert infer_scale((200, 267), (800, 1066)) == 0.25
+    assert infer_scale((25, 34), (800, 1066)) == 1 / 32
+
+
+def _features(rng, n=2, requires_grad=False):
+    return OrderedDict((str(i), Tensor(rng.standard_normal((n, C) + g).astype(np.float32), requires_grad=requires_grad))
+                       for i, g in enumerate(GRIDS))
+
+
+def _boxes(rng, k):
+    xy = rng.uniform(0, 100, (k, 2))
+    wh = rng.uniform(4, 150, (k, 2))
+    return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+
+
+@pytest.mark.reference
+def test_level_mapper_matches_torchvision(rng):
+    pytest.importorskip("torch")
+    import torch
+    from torchvision.ops.poolers import LevelMapper as TVLevelMapper
+
+    boxes = [_boxes(rng, 300), _boxes(rng, 100) * 3]
+    expected = TVLevelMapper(2, 5)([torch.from_numpy(b) for b in boxes]).numpy()
+    np.testing.assert_array_equal(LevelMapper(2, 5)(boxes), expected)
+
+
+@pytest.mark.reference
+def test_multiscale_roi_align_forward_and_backward_match_torchvision(rng):
+    torch = pytest.importorskip("torch")
+    from torchvision.ops import MultiScaleRoIAlign as TVPool
+
+    feats = _features(rng, requires_grad=True)
+    huge = np.array([[0, 0, 460, 470], [-20, -10, 500, 520]], np.float32)  # P5
+    boxes = [np.concatenate([_boxes(rng, 40), huge]), _boxes(rng, 25) * 2]
+    tv_feats = OrderedDict((k, torch.tensor(v.numpy(), requires_grad=True)) for k, v in feats.items())
+    expected = TVPool(list(feats), 7, 2)(tv_feats, [torch.from_numpy(b) for b in boxes], IMAGE_SIZES)
+    pool = MultiScaleRoIAlign(list(feats), 7, 2)
+    got = pool(feats, boxes, IMAGE_SIZES)
+    np.testing.assert_allclose(got.numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert set(np.unique(pool.last_levels)) == {0, 1, 2, 3}  # every level used: the merge is exercised
+    dout = rng.standard_normal(got.shape).astype(np.float32)
+    expected.backward(torch.from_numpy(dout))
+    got.backward(dout)
+    for k in feats:
+        np.testing.assert_allclose(feats[k].grad, tv_feats[k].grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _tv_heads(torch, **kw):
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads as TVMaskHeads
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor as TVMaskPredictor
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVPredictor
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead as TVTwoMLPHead
+    from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
+    from torchvision.ops import MultiScaleRoIAlign as TVPool
+
+    torch.manual_seed(0)
+    args = dict(fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
+                bbox_reg_weights=None, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
+    args.update(kw)
+    names = [str(i) for i in range(len(GRIDS))]
+    tv = TVRoIHeads(TVPool(names, 7, 2), TVTwoMLPHead(C * 49, 32), TVPredictor(32, L), **args,
+                    mask_roi_pool=TVPool(names, 14, 2), mask_head=TVMaskHeads(C, (C, C), 1),
+                    mask_predictor=TVMaskPredictor(C, C, L))
+    with torch.no_grad():  # moderate weights: spread-out scores and boxes
+        for p in tv.parameters():
+            p.uniform_(-0.1, 0.1)
+    ours = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(C * 49, 32), FastRCNNPredictor(32, L), **args,
+                    mask_roi_pool=MultiScaleRoIAlign(names, 14, 2), mask_head=MaskRCNNHeads(C, (C, C), 1),
+                    mask_predictor=MaskRCNNPredictor(C, C, L))
+    sd = {k: v.detach().numpy() for k, v in tv.state_dict().items()}
+    assert list(ours.state_dict()) == list(sd)
+    ours.load_state_dict(sd)
+    return tv, ours
+
+
+def _targets(rng):
+    targets = []
+    for h, w in IMAGE_SIZES:
+        boxes = np.array([[10, 20, 60, 90], [70, 30, 150, 60], [5, 5, 100, 110]], np.float32)
+        masks = np.zeros((3, h, w), np.uint8)
+        for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
+            m[y1 + 3:y2 - 2, x1 + 1:x2 - 4] = 1
+        targets.append({"boxes": boxes, "labels": np.array([1, 3, 2]), "masks": masks})
+    return targets
+
+
+@pytest.mark.reference
+def test_eval_detections_match_torchvision(rng):
+    torch = pytest.importorskip("torch")
+    tv, ours = _tv_heads(torch, score_thresh=0.0, detections_per_img=40)
+    tv.eval(), ours.eval()
+    feats = _features(rng)
+    proposals = [_boxes(rng, 60), _boxes(rng, 45)]
+    with torch.no_grad():
+        expected, _ = tv(OrderedDict((k, torch.from_numpy(v.numpy())) for k, v in feats.items()),
+                         [torch.from_numpy(p) for p in proposals], IMAGE_SIZES)
+    debug = {}
+    got, losses = ours(feats, proposals, IMAGE_SIZES, debug=debug)
+    assert losses == {}
+    for e, g in zip(expected, got):
+        assert set(g) == {"boxes", "labels", "scores", "masks"} and len(g["boxes"]) == 40
+        np.testing.assert_array_equal(g["labels"], e["labels"].numpy())
+        np.testing.assert_allclose(g["boxes"], e["boxes"].numpy(), rtol=0, atol=1e-3)
+        np.testing.assert_allclose(g["scores"], e["scores"].numpy(), rtol=0, atol=1e-6)
+        assert g["masks"].shape == (40, 1, 28, 28)
+        np.testing.assert_allclose(g["masks"], e["masks"].numpy(), rtol=0, atol=1e-5)
+    assert debug["class_logits"].shape == (105, L) and debug["mask_logits"].shape == (80, L, 28, 28)
+
+
+@pytest.mark.reference
+def test_training_losses_and_gradients_match_torchvision(rng):
+    torch = pytest.importorskip("torch")
+    # the batch is larger than the proposals: every RoI is sampled, so no randomness
+    tv, ours = _tv_heads(torch, batch_size_per_image=10_000, positive_fraction=1.0)
+    tv.train(), ours.train()
+    feats = _features(rng)
+    targets = _targets(rng)
+    proposals = [np.concatenate([_boxes(rng, 30), t["boxes"] + rng.uniform(-4, 4, (3, 4)).astype(np.float32)])
+                 for t in targets]
+    tv_targets = [{k: torch.from_numpy(v) for k, v in t.items()} for t in targets]
+    _, expected = tv(OrderedDict((k, torch.from_numpy(v.numpy())) for k, v in feats.items()),
+                     [torch.from_numpy(p) for p in proposals], IMAGE_SIZES, tv_targets)
+    sum(expected.values()).backward()
+    debug = {}
+    _, got = ours(feats, proposals, IMAGE_SIZES, targets, debug=debug)
+    assert set(got) == {"loss_classifier", "loss_box_reg", "loss_mask"}
+    for k in got:
+        np.testing.assert_allclose(got[k].item(), expected[k].item(), rtol=1e-4)
+    sum(got.values()).backward()
+    tv_params = dict(tv.named_parameters())
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, tv_params[name].grad.numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+    # the debug record: sampled RoIs include the gt boxes, mask targets are 28x28 in [0, 1]
+    assert all(len(p) == 36 for p in debug["roi_proposals"])
+    assert debug["mask_targets"].shape[1:] == (28, 28) and 0 <= debug["mask_targets"].min() <= debug["mask_targets"].max() <= 1
+
+
+@pytest.mark.reference
+def test_fastrcnn_loss_matches_torchvision(rng):
+    torch = pytest.importorskip("torch")
+    from torchvision.models.detection.roi_heads import fastrcnn_loss as tv_loss
+
+    logits = rng.standard_normal((10, L)).astype(np.float32)
+    deltas = rng.standard_normal((10, 4 * L)).astype(np.float32)
+    labels = [np.array([0, 1, 3, 0, 2, 2]), np.array([1, 0, 0, 3])]
+    targets = [rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((4, 4)).astype(np.float32)]
+    expected = tv_loss(torch.from_numpy(logits), torch.from_numpy(deltas), [torch.from_numpy(x) for x in labels],
+                       [torch.from_numpy(t) for t in targets])
+    got = fastrcnn_loss(Tensor(logits), Tensor(deltas), labels, targets)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.item(), e.item(), rtol=1e-5)
+
+
+def test_mask_inference_picks_the_class_channel():
+    logits = np.zeros((3, L, 2, 2), np.float32)
+    logits[0, 2] = 5.0
+    logits[2, 1] = -5.0
+    probs = maskrcnn_inference(logits, [np.array([2, 1]), np.array([1])])
+    assert [p.shape for p in probs] == [(2, 1, 2, 2), (1, 1, 2, 2)]
+    np.testing.assert_allclose(probs[0][0], 1 / (1 + np.exp(-5.0)), rtol=1e-6)
+    np.testing.assert_allclose(probs[0][1], 0.5)
+    np.testing.assert_allclose(probs[1][0], 1 / (1 + np.exp(5.0)), rtol=1e-6)
+
+
+def test_mask_predictor_doubles_the_size():
+    head = MaskRCNNHeads(C, (6, 6, 6, 6))
+    pred = MaskRCNNPredictor(6, 5, L)
+    out = pred(head(Tensor(np.zeros((3, C, 14, 14), np.float32))))
+    assert out.shape == (3, L, 28, 28)
+    assert list(head.state_dict())[:2] == ["0.0.weight", "0.0.bias"]
+    assert list(pred.state_dict()) == ["conv5_mask.weight", "conv5_mask.bias", "mask_fcn_logits.weight",
+                                       "mask_fcn_logits.bias"]
+
+
+def test_no_positive_rois_gives_zero_mask_loss(rng):
+    names = [str(i) for i in range(len(GRIDS))]
+    heads = RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(C * 49, 16), FastRCNNPredictor(16, L), 0.5, 0.5,
+                     64, 0.25, None, 0.05, 0.5, 10, mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+                     mask_head=MaskRCNNHeads(C, (C,)), mask_predictor=MaskRCNNPredictor(C, C, L), seed=0)
+    heads.train()
+    empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+             "masks": np.zeros((0, 128, 160), np.uint8)}
+    _, losses = heads(_features(rng), [_boxes(rng, 20), _boxes(rng, 20)], IMAGE_SIZES, [empty, dict(empty)])
+    assert losses["loss_mask"].item() == 0 and losses["loss_box_reg"].item() == 0
+    sum(losses.values()).backward()

@@ -1,0 +1,204 @@
+"""conv2d, conv_transpose2d and linear: float64 gradcheck and parity with torch on every backend."""
+import numpy as np
+import pytest
+
+import minimaskrcnn
+from minimaskrcnn import Tensor, gradcheck
+from minimaskrcnn.backend import cupy_or_none, to_numpy
+from minimaskrcnn.ops.conv import conv2d, conv_transpose2d, linear
+
+CPU_BACKENDS = ["numpy", "numba"]
+
+# (x_shape, w_shape, bias, stride, padding, dilation, groups)
+CONV_CASES = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), True, 1, 1, 1, 1),
+    ((1, 2, 8, 7), (3, 2, 3, 2), True, 2, (1, 0), 1, 1),
+    ((1, 2, 9, 9), (2, 2, 3, 3), False, 1, 2, 2, 1),  # dilation 2, no bias
+    ((2, 4, 5, 6), (6, 2, 3, 3), True, (2, 1), 1, 1, 2),  # groups 2
+    ((1, 3, 6, 5), (6, 1, 3, 3), True, 1, 1, 1, 3),  # depthwise (channel multiplier 2)
+    ((2, 3, 5, 4), (4, 3, 1, 1), True, 1, 0, 1, 1),  # 1x1 fast path
+    ((1, 3, 7, 6), (2, 3, 1, 1), False, 2, 0, 1, 1),  # 1x1 stride 2 fast path
+]
+CUDA_CONV_CASES = [((1, 2, 4, 4), (2, 2, 3, 3), True, 1, 1, 1, 1), ((1, 2, 5, 4), (2, 1, 2, 2), False, 2, 1, 2, 2)]
+
+# (x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation); w is (C_in, C_out/groups, KH, KW)
+TRANSPOSE_CASES = [
+    ((2, 3, 4, 5), (3, 2, 3, 3), True, 2, 1, 1, 1, 1),  # stride 2, padding, output_padding
+    ((1, 4, 3, 3), (4, 1, 2, 2), True, 2, 0, 0, 2, 1),  # Mask R-CNN's 2x2 stride-2 upsampling, groups 2
+    ((1, 2, 4, 3), (2, 3, 3, 2), False, (1, 2), (0, 1), (0, 1), 1, (1, 2)),  # pairs, dilation
+    ((1, 2, 3, 4), (2, 2, 3, 3), True, 1, 1, 1, 1, 2),  # output_padding >= stride (allowed by dilation 2)
+]
+
+LINEAR_CASES = [((5, 4), (3, 4), True), ((2, 3, 4), (6, 4), False), ((4,), (2, 4), True)]
+
+
+def _arrays(rng, x_shape, w_shape, bias, out_channels, dtype=np.float64):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(out_channels).astype(dtype) if bias else None
+    return x, w, b
+
+
+def _compare_with_torch(ours, theirs, x, w, b, rtol=1e-10, on_device=lambda a: a.copy()):
+    """Run ``ours`` (minimaskrcnn) and ``theirs`` (torch) on x, w, b; compare output and all gradients.
+
+    ``on_device`` moves our copies of the inputs where the backend computes (CuPy on a GPU).
+    """
+    torch = pytest.importorskip("torch")
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True) if b is not None else None
+    out_t = theirs(xt, wt, bt)
+    dout = np.random.default_rng(9).standard_normal(tuple(out_t.shape)).astype(x.dtype)
+    out_t.backward(torch.from_numpy(dout))
+
+    xs, ws = Tensor(on_device(x), requires_grad=True), Tensor(on_device(w), requires_grad=True)
+    bs = Tensor(on_device(b), requires_grad=True) if b is not None else None
+    out = ours(xs, ws, bs)
+    assert out.dtype == x.dtype and out.shape == tuple(out_t.shape)
+    out.backward(dout)
+
+    pairs = [("output", out.numpy(), out_t), ("dx", xs.grad, xt.grad), ("dw", ws.grad, wt.grad)]
+    if b is not None:
+        pairs.append(("db", bs.grad, bt.grad))
+    for name, mine, ref in pairs:
+        ref = ref.detach().numpy()
+        scale = np.abs(ref).max()  # relative to the array's magnitude: no blow-up where ref ~ 0
+        np.testing.assert_allclose(to_numpy(mine), ref, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def _conv_fns(stride, padding, dilation, groups):
+    import torch
+
+    ours = lambda x, w, b: conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)  # noqa: E731
+    theirs = lambda x, w, b: torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)  # noqa: E731
+    return ours, theirs
+
+
+def _transpose_fns(stride, padding, output_padding, groups, dilation):
+    import torch
+
+    kw = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+    return (lambda x, w, b: conv_transpose2d(x, w, b, **kw)), (lambda x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **kw))
+
+
+# ------------------------------------------------------------------------------------ gradcheck
+@pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, dilation, groups", CONV_CASES[:5])
+def test_conv2d_gradcheck(x_shape, w_shape, bias, stride, padding, dilation, groups):
+    x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[0])
+    inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
+    inputs.append(Tensor(b, requires_grad=True) if bias else None)
+    result = gradcheck(lambda x, w, b: conv2d(x, w, b, stride, padding, dilation, groups), inputs)
+    assert result.max_rel_error < 1e-6, result.report()
+
+
+@pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation", TRANSPOSE_CASES)
+def test_conv_transpose2d_gradcheck(x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation):
+    x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[1] * groups)
+    inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
+    inputs.append(Tensor(b, requires_grad=True) if bias else None)
+    result = gradcheck(lambda x, w, b: conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation), inputs)
+    assert result.max_rel_error < 1e-6, result.report()
+
+
+@pytest.mark.parametrize("x_shape, w_shape, bias", LINEAR_CASES)
+def test_linear_gradcheck(x_shape, w_shape, bias):
+    x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[0])
+    inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
+    inputs.append(Tensor(b, requires_grad=True) if bias else None)
+    result = gradcheck(linear, inputs)
+    assert result.max_rel_error < 1e-6, result.report()
+
+
+# ---------------------------------------------------------------------------- parity with torch
+@pytest.mark.reference
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, dilation, groups", CONV_CASES)
+def test_conv2d_matches_torch(backend, x_shape, w_shape, bias, stride, padding, dilation, groups):
+    pytest.importorskip("torch")
+    x, w, b = _arrays(np.random.default_rng(1), x_shape, w_shape, bias, w_shape[0])
+    with minimaskrcnn.use_backend(backend):
+        _compare_with_torch(*_conv_fns(stride, padding, dilation, groups), x, w, b)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation", TRANSPOSE_CASES)
+def test_conv_transpose2d_matches_torch(backend, x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation):
+    pytest.importorskip("torch")
+    x, w, b = _arrays(np.random.default_rng(1), x_shape, w_shape, bias, w_shape[1] * groups)
+    with minimaskrcnn.use_backend(backend):
+        _compare_with_torch(*_transpose_fns(stride, padding, output_padding, groups, dilation), x, w, b)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("x_shape, w_shape, bias", LINEAR_CASES)
+def test_linear_matches_torch(x_shape, w_shape, bias):
+    torch = pytest.importorskip("torch")
+    x, w, b = _arrays(np.random.default_rng(1), x_shape, w_shape, bias, w_shape[0])
+    _compare_with_torch(linear, torch.nn.functional.linear, x, w, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.reference
+@pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, dilation, groups", CUDA_CONV_CASES)
+def test_conv2d_matches_torch_cuda(x_shape, w_shape, bias, stride, padding, dilation, groups):
+    pytest.importorskip("torch")
+    x, w, b = _arrays(np.random.default_rng(1), x_shape, w_shape, bias, w_shape[0])
+    with minimaskrcnn.use_backend("cuda"):
+        _compare_with_torch(*_conv_fns(stride, padding, dilation, groups), x, w, b, on_device=_on_device)
+
+
+@pytest.mark.cuda
+@pytest.mark.reference
+def test_conv_transpose2d_matches_torch_cuda():
+    pytest.importorskip("torch")
+    x, w, b = _arrays(np.random.default_rng(1), (1, 2, 3, 3), (2, 2, 2, 2), True, 2)
+    with minimaskrcnn.use_backend("cuda"):
+        _compare_with_torch(*_transpose_fns(2, 0, 0, 1, 1), x, w, b, on_device=_on_device)
+
+
+def _on_device(a):
+    """A CuPy copy of ``a`` on a GPU; a NumPy copy under the simulator."""
+    cupy = cupy_or_none()
+    return cupy.asarray(a) if cupy is not None else a.copy()
+
+
+# ------------------------------------------------------------------------------ dtypes, shapes, errors
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float32_stays_float32(backend):
+    rng = np.random.default_rng(2)
+    x, w, b = _arrays(rng, (1, 2, 5, 5), (3, 2, 3, 3), True, 3, dtype=np.float32)
+    xs, ws, bs = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)
+    with minimaskrcnn.use_backend(backend):
+        out = conv2d(xs, ws, bs, padding=1)
+        (out * out).sum().backward()
+        up = conv_transpose2d(out, Tensor(rng.standard_normal((3, 2, 2, 2)).astype(np.float32)), stride=2)
+        lin = linear(Tensor(x.reshape(2, -1)), Tensor(rng.standard_normal((4, 25)).astype(np.float32)))
+    assert out.dtype == up.dtype == lin.dtype == np.float32
+    assert xs.grad.dtype == ws.grad.dtype == bs.grad.dtype == np.float32
+
+
+def test_unbatched_input_matches_batched():
+    rng = np.random.default_rng(3)
+    x, w, b = _arrays(rng, (2, 5, 4), (3, 2, 3, 3), True, 3)
+    batched = conv2d(Tensor(x[None]), Tensor(w), Tensor(b), padding=1).numpy()[0]
+    np.testing.assert_array_equal(conv2d(Tensor(x), Tensor(w), Tensor(b), padding=1).numpy(), batched)
+    wt = rng.standard_normal((2, 3, 2, 2))
+    np.testing.assert_array_equal(conv_transpose2d(Tensor(x), Tensor(wt), stride=2).numpy(),
+                                  conv_transpose2d(Tensor(x[None]), Tensor(wt), stride=2).numpy()[0])
+
+
+def test_bad_arguments_raise():
+    x, w = Tensor(np.zeros((1, 4, 5, 5))), Tensor(np.zeros((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match="channels"):
+        conv2d(x, w)  # 4 input channels, weight expects 3
+    with pytest.raises(ValueError, match="channels"):
+        conv2d(x, Tensor(np.zeros((3, 2, 3, 3))), groups=2)  # 3 output channels in 2 groups
+    with pytest.raises(TypeError, match="must match"):
+        conv2d(x, Tensor(np.zeros((2, 4, 3, 3), np.float32)))
+    with pytest.raises(ValueError, match="bias"):
+        conv2d(x, Tensor(np.zeros((2, 4, 3, 3))), Tensor(np.zeros(3)))
+    with pytest.raises(ValueError, match="output_padding"):
+        conv_transpose2d(x, Tensor(np.zeros((4, 2, 3, 3))), stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="do not match"):
+        linear(Tensor(np.zeros((2, 3))), Tensor(np.zeros((4, 5))))

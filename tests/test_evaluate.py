@@ -1,0 +1,198 @@
+"""evaluate.py: COCO results conversion and COCOeval numbers, checked against pycocotools itself."""
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from minimaskrcnn.evaluate import (
+    STAT_NAMES,
+    boxes_xyxy_to_xywh,
+    coco_evaluate,
+    detections_to_coco_results,
+    encode_masks,
+    evaluate,
+    evaluate_detections,
+    format_stats_table,
+)
+
+H, W = 64, 80
+# two images; category ids 3 and 7 (not contiguous, as in COCO); boxes (x1, y1, x2, y2)
+GT = {
+    1: [(3, (4, 6, 30, 40)), (7, (40, 10, 70, 50))],
+    2: [(7, (10, 10, 50, 30))],
+}
+
+
+def _gt_json() -> dict:
+    images = [{"id": i, "file_name": f"{i:03d}.png", "height": H, "width": W} for i in GT]
+    anns = []
+    for image_id, objs in GT.items():
+        for cat, (x1, y1, x2, y2) in objs:
+            anns.append({
+                "id": len(anns) + 1, "image_id": image_id, "category_id": cat, "iscrowd": 0,
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float((x2 - x1) * (y2 - y1)),
+                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
+            })
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]}
+
+
+def _coco(gt: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = json.loads(json.dumps(gt))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _perfect_detections(coco: COCO, labels_of=lambda c: c):
+    dets, ids = [], []
+    for image_id in sorted(GT):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns], dtype=np.float32)
+        masks = np.stack([coco.annToMask(a) for a in anns]).astype(np.float32)[:, None] * 0.9
+        dets.append({"boxes": boxes, "labels": np.array([labels_of(a["category_id"]) for a in anns]),
+                     "scores": np.linspace(0.9, 0.8, len(anns)).astype(np.float32), "masks": masks})
+        ids.append(image_id)
+    return dets, ids
+
+
+def test_box_conversion_and_rle_roundtrip():
+    np.testing.assert_allclose(boxes_xyxy_to_xywh(np.array([[1, 2, 4, 8]])), [[1, 2, 3, 6]])
+    probs = np.zeros((2, 1, 5, 6), np.float32)
+    probs[0, 0, 1:3, 2:5] = 0.7
+    probs[1, 0, 4, 0] = 0.5  # exactly at the threshold: background
+    rles = encode_masks(probs)
+    import pycocotools.mask as mask_utils
+
+    assert isinstance(rles[0]["counts"], str)
+    decoded = mask_utils.decode([{"size": r["size"], "counts": r["counts"].encode()} for r in rles])
+    np.testing.assert_array_equal(decoded.transpose(2, 0, 1), probs[:, 0] > 0.5)
+
+
+def test_perfect_detections_give_ap_one():
+    coco = _coco(_gt_json())
+    dets, ids = _perfect_detections(coco)
+    stats = evaluate_detections(coco, dets, ids, verbose=False)
+    for t in ("bbox", "segm"):
+        assert stats[t]["AP"] == pytest.approx(1.0)
+        assert stats[t]["AP50"] == pytest.approx(1.0)
+        assert stats[t]["AR100"] == pytest.approx(1.0)
+
+
+def test_category_ids_are_mapped_from_labels():
+    coco = _coco(_gt_json())
+    to_label = {3: 1, 7: 2}
+    dets, ids = _perfect_detections(coco, labels_of=lambda c: to_label[c])
+    right = evaluate_detections(coco, dets, ids, {1: 3, 2: 7}, iou_types=("bbox",), verbose=False)
+    wrong = evaluate_detections(coco, dets, ids, {1: 7, 2: 3}, iou_types=("bbox",), verbose=False)
+    assert right["bbox"]["AP"] == pytest.approx(1.0)
+    assert wrong["bbox"]["AP"] < 0.5
+    results = detections_to_coco_results(dets, ids, {1: 3, 2: 7}, "bbox")
+    assert sorted({r["category_id"] for r in results}) == [3, 7]
+
+
+def test_shifted_box_lowers_ap75_not_ap50():
+    coco = _coco(_gt_json())
+    dets, ids = _perfect_detections(coco)
+    # image 2's box is 40x20; a shift of 8 px in x gives IoU 32*20 / (48*20) = 0.667: >= 0.5, < 0.75
+    dets[1]["boxes"] = dets[1]["boxes"] + np.array([8, 0, 8, 0], np.float32)
+    stats = evaluate_detections(coco, dets, ids, iou_types=("bbox",), verbose=False)["bbox"]
+    assert stats["AP50"] == pytest.approx(1.0)
+    assert stats["AP75"] < 0.75
+    assert stats["AP"] < 1.0
+
+
+def test_numbers_equal_pycocotools_on_the_saved_results(tmp_path, capsys):
+    gt = _gt_json()
+    coco = _coco(gt)
+    rng = np.random.default_rng(0)
+    dets, ids = _perfect_detections(coco)
+    for d in dets:  # noisy boxes and masks, random scores, plus false positives
+        n = len(d["boxes"])
+        d["boxes"] = np.concatenate([d["boxes"] + rng.normal(0, 3, (n, 4)).astype(np.float32),
+                                     np.array([[0, 0, 20, 20], [30, 30, 60, 60]], np.float32)])
+        d["labels"] = np.concatenate([d["labels"], [3, 7]])
+        d["scores"] = rng.uniform(0.1, 1.0, n + 2).astype(np.float32)
+        noise = rng.uniform(0, 1, (n, 1, H, W)) > 0.9
+        extra = np.zeros((2, 1, H, W), np.float32)
+        extra[0, 0, 0:20, 0:20] = 0.8
+        extra[1, 0, 30:60, 30:60] = 0.8
+        d["masks"] = np.concatenate([np.abs(d["masks"] - noise * 0.9), extra]).astype(np.float32)
+    ann_file = tmp_path / "gt.json"
+    ann_file.write_text(json.dumps(gt))
+    ours = evaluate_detections(coco, dets, ids, results_dir=tmp_path, verbose=True)
+    table = capsys.readouterr().out
+    for name in STAT_NAMES:
+        assert f"\n{name} " in "\n" + table
+    # pycocotools on its own, from the files alone
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt_coco = COCO(str(ann_file))
+            dt = gt_coco.loadRes(str(tmp_path / f"results_{iou_type}.json"))
+            e = COCOeval(gt_coco, dt, iouType=iou_type)
+            e.evaluate()
+            e.accumulate()
+            e.summarize()
+        np.testing.assert_array_equal([ours[iou_type][k] for k in STAT_NAMES], e.stats)
+        assert 0.0 < ours[iou_type]["AP"] < 1.0  # a real, non-trivial case
+        assert f"{ours[iou_type]['AP']:.3f}" in table
+
+
+def test_no_detections_is_zero_not_a_crash():
+    coco = _coco(_gt_json())
+    empty = [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int), "scores": np.zeros(0),
+              "masks": np.zeros((0, 1, H, W))} for _ in GT]
+    stats = evaluate_detections(coco, empty, sorted(GT), verbose=False)
+    assert stats["bbox"]["AP"] == 0.0 and stats["segm"]["AR100"] == 0.0
+    assert stats["bbox"]["APs"] == 0.0  # areas 884 and 800 px are "small" (< 32**2)
+    assert stats["bbox"]["APl"] == -1.0  # no large objects in this ground truth: -1, as COCOeval says
+    assert coco_evaluate(coco, [], "bbox")["APm"] == 0.0
+
+
+def test_evaluate_runs_a_model_over_a_coco_dataset(tmp_path):
+    from minimaskrcnn.data import CocoDataset
+
+    gt = _gt_json()
+    for img in gt["images"]:
+        Image.fromarray(np.full((H, W, 3), 128, np.uint8)).save(tmp_path / img["file_name"])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    ds = CocoDataset(tmp_path / "gt.json", tmp_path)
+
+    class Oracle:
+        """A 'model' that returns the ground truth of the image it is given (looked up by call order)."""
+
+        training = True
+
+        def __init__(self):
+            self.calls = 0
+
+        def eval(self):
+            self.training = False
+
+        def train(self):
+            self.training = True
+
+        def __call__(self, images):
+            assert not self.training and images[0].shape == (3, H, W)
+            outs = []
+            for _ in images:
+                _, target = ds[self.calls]
+                self.calls += 1
+                m = len(target["boxes"])
+                outs.append({"boxes": target["boxes"], "labels": target["labels"], "scores": np.ones(m, np.float32),
+                             "masks": target["masks"][:, None].astype(np.float32)})
+            return outs
+
+    model = Oracle()
+    stats = evaluate(model, ds, batch_size=2, results_dir=tmp_path, verbose=False)
+    assert model.training  # put back in its mode
+    assert stats["bbox"]["AP"] == pytest.approx(1.0) and stats["segm"]["AP"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "results_segm.json").read_text())[0]["segmentation"]["size"] == [H, W]
+    assert "segm" in format_stats_table(stats)
