@@ -4,23 +4,29 @@ Both run in the same process on the same data, interleaved (ours, torch, ours, t
 the medians are compared, so that a busy machine slows both alike. torch's thread count is set to
 the machine's cores (numba and the BLAS behind NumPy use every core by default).
 
-    python benchmarks/bench_conv.py [--repeats 15] [--batch 2] [--channels 256] [--size 64]
+    python benchmarks/bench_conv.py [--repeats 15] [--batch 2] [--channels 256] [--size 64] [--threads T]
 
 Prints the time ratio ours/torch, our achieved GFLOP/s and a large float32 NumPy matmul's GFLOP/s
 (the practical ceiling: every FLOP of an im2col convolution is in such products).
+``--threads 1`` compares single-threaded code, which a machine busy with other jobs distorts less.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import sys
 import time
 
-import numpy as np
+if "--threads" in sys.argv:  # before NumPy's BLAS and Numba start their thread pools
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[_var] = sys.argv[sys.argv.index("--threads") + 1]
 
-import minimaskrcnn
-from minimaskrcnn import Tensor
-from minimaskrcnn.ops.conv import conv2d
+import numpy as np  # noqa: E402
+
+import minimaskrcnn  # noqa: E402
+from minimaskrcnn import Tensor  # noqa: E402
+from minimaskrcnn.ops.conv import conv2d  # noqa: E402
 
 
 def conv_flops(N: int, C_in: int, C_out: int, K: int, OH: int, OW: int) -> float:
@@ -49,10 +55,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of both (default: all cores)")
     args = parser.parse_args()
     import torch  # the oracle, only here
 
-    cores = os.cpu_count() or 1
+    cores = args.threads
     torch.set_num_threads(cores)
     minimaskrcnn.set_backend("numba")
     N, C, S, K = args.batch, args.channels, args.size, 3
@@ -91,7 +98,7 @@ def main() -> None:
     ceiling = matmul_gflops()
 
     print(f"conv2d forward+backward, N={N}, {C}->{C} channels, {K}x{K}, padding 1, {S}x{S}, float32, "
-          f"{cores} cores, median of {args.repeats} interleaved repeats")
+          f"{cores} threads, median of {args.repeats} interleaved repeats")
     print(f"{'':28s}{'time (ms)':>12s}{'GFLOP/s':>10s}")
     print(f"{'minimaskrcnn (numba)':28s}{t_ours * 1e3:12.1f}{flops / t_ours / 1e9:10.1f}")
     print(f"{'torch':28s}{t_torch * 1e3:12.1f}{flops / t_torch / 1e9:10.1f}")

@@ -10,6 +10,7 @@ features (2, 256, 200, 272) float32, 512 RoIs of realistic sizes, spatial_scale 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -110,7 +111,8 @@ def main() -> None:
 
     print(
         f"features (2, 256, 200, 272) float32, {args.rois} RoIs, spatial_scale 1/4, sampling_ratio 2, "
-        f"aligned=True; {args.threads} threads; median of {args.repeats} interleaved runs"
+        f"aligned=True; {args.threads} threads; median of {args.repeats} interleaved runs; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(f"{'op':38s} {'ours ms':>8s} {'tv ms':>8s} {'ratio':>6s} {'target':>7s}      {'cpu-time ratio':>14s}")
     for name, (ours, ours_cpu), (tv, tv_cpu), target in rows:
@@ -120,6 +122,7 @@ def main() -> None:
             f"{name:38s} {ours * 1e3:8.1f} {tv * 1e3:8.1f} {ratio:6.2f} {'<=' + str(target):>7s} {verdict:6s} "
             f"{ours_cpu / tv_cpu:8.2f}"
         )
+
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
+import warnings
 from types import ModuleType
 from typing import Iterator
 
@@ -46,7 +48,26 @@ def set_backend(name: str) -> None:
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: expected one of {BACKENDS}")
+    if name == "cuda":
+        _use_simulator_without_gpu()
     _backend = name
+
+
+def _use_simulator_without_gpu() -> None:
+    """Without a GPU, run the CUDA kernels through Numba's simulator (NumPy arrays, slow, exact).
+
+    NUMBA_ENABLE_CUDASIM is read when numba.cuda is first imported, so this only helps before that;
+    an explicit setting of the variable is always respected.
+    """
+    if "NUMBA_ENABLE_CUDASIM" in os.environ or "numba.cuda" in sys.modules:
+        return
+    if cupy_or_none() is None:
+        warnings.warn(
+            "backend 'cuda' without a GPU: running the CUDA kernels in Numba's simulator "
+            "(NUMBA_ENABLE_CUDASIM=1), which is very slow; use it for checking, not training",
+            stacklevel=3,
+        )
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 
 @contextlib.contextmanager
@@ -88,10 +109,17 @@ def cupy_or_none() -> ModuleType | None:
     return cupy
 
 
+def unwrap(x):
+    """The array inside a Tensor (or Parameter); anything else unchanged."""
+    from minimaskrcnn.tensor import Tensor
+
+    return x.data if isinstance(x, Tensor) else x
+
+
 def get_array_module(*arrays) -> ModuleType:
     """``cupy`` if any argument is a CuPy array, else ``numpy`` (Tensors are looked through)."""
     for a in arrays:
-        a = getattr(a, "data", a) if type(a).__name__ in ("Tensor", "Parameter") else a
+        a = unwrap(a)
         if type(a).__module__.startswith("cupy"):
             import cupy
 
@@ -114,7 +142,11 @@ def default_array_module() -> ModuleType:
 
 def to_numpy(a) -> np.ndarray:
     """A host NumPy array from a NumPy or CuPy array (or a Tensor)."""
-    a = getattr(a, "data", a) if type(a).__name__ in ("Tensor", "Parameter") else a
+    a = unwrap(a)
     if type(a).__module__.startswith("cupy"):
         return a.get()
     return np.asarray(a)
+
+
+if _backend == "cuda":  # chosen through MINIMASKRCNN_BACKEND
+    _use_simulator_without_gpu()

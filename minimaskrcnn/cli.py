@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--num-images", type=int, default=None, help="how many images (default: all that match)")
     q.add_argument("--categories", default=None, help="comma-separated category names to keep")
     q.add_argument("--seed", type=int, default=0, help="which images are picked")
+    q.add_argument("--base-url", default=None, help="image server (default: COCO's, http://images.cocodataset.org)")
+    q.add_argument("--annotations-url", default=None, help="annotations zip or JSON (default: <base-url>/annotations/...)")
+    q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_data_download)
     p.set_defaults(func=lambda args: _help_and_fail(p))
     return parser
@@ -337,25 +340,32 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     from minimaskrcnn.data.shapes import make_shapes_dataset
 
     made = make_shapes_dataset(args.out_dir, num_images=args.num_images, image_size=args.image_size, seed=args.seed)
-    print(f"wrote {args.num_images} shapes images to {args.out_dir}" + (f" ({made})" if made else ""))
+    print(f"annotations: {made.annotation_file}\nimages:      {made.image_dir}")
     return 0
 
 
 def cmd_data_coco_sample(args: argparse.Namespace) -> int:
     from minimaskrcnn.data import download
 
-    copied = download.copy_sample(args.out_dir)
-    print(f"copied the COCO sample to {args.out_dir}" + (f" ({copied})" if copied else ""))
+    download.copy_sample(args.out_dir)
+    print(f"copied the COCO sample (annotations/, train2017/, val2017/, README.md with its licences) to {args.out_dir}")
     return 0
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     from minimaskrcnn.data import download
 
+    from minimaskrcnn.errors import DataError
+
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
-    made = download.download_coco(args.out_dir, split=args.split, num_images=args.num_images,
-                                  categories=categories, seed=args.seed)
-    print(f"downloaded COCO {args.split} to {args.out_dir}" + (f" ({made})" if made else ""))
+    try:
+        extra = {"base_url": args.base_url} if args.base_url else {}
+        made = download.download_coco(args.out_dir, split=args.split, num_images=args.num_images,
+                                      categories=categories, seed=args.seed, annotations_url=args.annotations_url,
+                                      progress=not args.no_progress, **extra)
+    except ValueError as e:  # e.g. an unknown category name
+        raise DataError(None, str(e)) from None
+    print(f"annotations: {made.annotation_file}\nimages:      {made.image_dir}")
     return 0
 
 
@@ -370,10 +380,11 @@ def one_line(error: BaseException) -> str:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from minimaskrcnn.errors import DataError
+    from minimaskrcnn.errors import DataError, DownloadError
     from minimaskrcnn.function import AnomalyError
 
-    return (DataError, AnomalyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    return (DataError, AnomalyError, DownloadError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

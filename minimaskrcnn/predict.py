@@ -124,13 +124,14 @@ def predict_image(
         {"boxes": (N, 4) float32 (x1, y1, x2, y2) in image pixels, "labels": (N,) int64,
         "scores": (N,) float32, "masks": (N, 1, H, W) float32 probabilities} as NumPy arrays.
     """
+    from minimaskrcnn.backend import to_numpy  # CuPy arrays (a GPU model's outputs) are copied to the host
     from minimaskrcnn.function import no_grad
 
     x = as_model_image(image)
     model.eval()
     with no_grad():
         out = model([x])[0]
-    det = {k: (v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else np.asarray(v)) for k, v in out.items()}
+    det = {k: (v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else to_numpy(v)) for k, v in out.items()}
     keep = det["scores"] >= score_threshold
     return {k: v[keep] for k, v in det.items()}
 

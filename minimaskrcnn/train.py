@@ -152,8 +152,10 @@ def build_model_from_config(config: TrainConfig, num_classes: int):
     """The model named in ``config`` with ``num_classes`` classes (background included).
 
     Its initial weights come from ``nn.init.manual_seed(config.seed)`` and its samplers are seeded
-    from ``config.seed`` too, so the same configuration always builds the same model.
+    from ``config.seed`` too, so the same configuration always builds the same model. Under the
+    "cuda" backend with a GPU, its parameters are moved there (CuPy arrays; see docs/GPU.md).
     """
+    from minimaskrcnn.backend import cupy_or_none, get_backend
     from minimaskrcnn.models import build_model
     from minimaskrcnn.nn import init
 
@@ -164,7 +166,10 @@ def build_model_from_config(config: TrainConfig, num_classes: int):
         overrides["min_size"] = int(config.min_size)
     if config.max_size is not None:
         overrides["max_size"] = int(config.max_size)
-    return build_model(config.model, num_classes=num_classes, **overrides)
+    model = build_model(config.model, num_classes=num_classes, **overrides)
+    if get_backend() == "cuda" and cupy_or_none() is not None:
+        model.to_device("cuda")  # before any optimizer holds the parameters
+    return model
 
 
 def config_from_checkpoint_extra(extra: Mapping[str, Any], path: str) -> TrainConfig:
@@ -470,9 +475,14 @@ class Trainer:
             _set_generator_state(g, states["owned"][name])
 
     def _owned_generators(self) -> dict:
-        gens = find_generators(self.model, "model")
-        gens.update(find_generators(self.loader, "loader"))
-        return gens
+        """{path: generator} of the model and the loader, found once (the walk is not free)."""
+        if getattr(self, "_generators", None) is None:
+            gens = find_generators(self.model, "model")
+            for name, value in vars(self.loader).items():
+                if name != "dataset":  # its thousands of annotation records hold no generator
+                    gens.update(find_generators(value, f"loader.{name}"))
+            self._generators = gens
+        return self._generators
 
     def state_extra(self) -> dict:
         return {
@@ -589,11 +599,11 @@ class Trainer:
         return values
 
     def _grad_norm(self) -> float:
-        total = 0.0
-        for p in self.params:
-            if p.grad is not None:
-                g = p.grad
-                total += float((g * g).sum())
+        # each parameter's sum of squares stays on its device; one copy to the host at the end
+        # (one sync per step on a GPU instead of one per parameter)
+        # squares in float64: float32 overflows at |g| > 1.8e19 and would report a finite gradient as Inf
+        total = sum(((g * g).sum() for g in (p.grad.astype(np.float64) for p in self.params if p.grad is not None)), 0.0)
+        total = float(total)
         return math.sqrt(total) if math.isfinite(total) else float("nan")
 
     def _fail(self, images, targets, states_before, values, detail: str = "") -> None:

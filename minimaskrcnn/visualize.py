@@ -68,7 +68,9 @@ def _font(size: int = 12):
 
 
 def _np(x) -> np.ndarray:
-    return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
+    from minimaskrcnn.backend import to_numpy  # CuPy arrays (a GPU model's outputs) are copied to the host
+
+    return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else to_numpy(x)
 
 
 # ------------------------------------------------------------------------------------ boxes

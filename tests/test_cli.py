@@ -134,3 +134,91 @@ def test_data_shapes_writes_a_coco_folder(tmp_path, capsys):
     data = json.loads((tmp_path / "shapes" / "instances.json").read_text())
     assert len(data["images"]) == 3 and data["annotations"]
     assert len(list((tmp_path / "shapes" / "images").iterdir())) == 3
+
+
+def test_evaluate_command_prints_the_table_and_saves_results(tmp_path, capsys):
+    from minimaskrcnn.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(name="e", output_dir=str(tmp_path / "runs"), data_dir=str(tmp_path / "shapes"),
+                      num_train_images=2, num_val_images=2, image_size=64, min_size=64, max_size=64,
+                      steps=1, batch_size=1, val_loss_images=0, val_iou_types=("bbox",), progress=False)
+    Trainer(cfg).fit()
+    code, out, _ = _run(["evaluate", cfg.run_dir, "--results-dir", str(tmp_path / "eval"), "--no-progress"], capsys)
+    assert code == 0
+    for name in ("AP50", "AR100", "bbox", "segm"):
+        assert name in out
+    assert (tmp_path / "eval" / "results_segm.json").is_file()
+    # another data set given by its files
+    ann = tmp_path / "shapes" / "val" / "instances.json"
+    code, out, _ = _run(["evaluate", cfg.run_dir, "--annotations", str(ann), "--images", str(ann.parent / "images"),
+                         "--iou-types", "segm", "--results-dir", str(tmp_path / "eval2"), "--no-progress"], capsys)
+    assert code == 0 and (tmp_path / "eval2" / "results_segm.json").is_file()
+    assert not (tmp_path / "eval2" / "results_bbox.json").exists()
+
+
+def test_data_coco_sample_copies_the_sample(tmp_path, capsys):
+    code, _, _ = _run(["data", "coco-sample", str(tmp_path / "sample")], capsys)
+    assert code == 0
+    for name in ("README.md", "annotations/instances_val2017.json", "annotations/instances_overfit.json"):
+        assert (tmp_path / "sample" / name).is_file()
+    assert len(list((tmp_path / "sample" / "val2017").iterdir())) == 32
+
+
+@pytest.fixture
+def coco_server(tmp_path):
+    """A local HTTP server with a COCO-like tree: annotations JSON and two val2017 images."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "server"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "height": 20, "width": 30} for i in (1, 2)]
+    anns = [{"id": 10 + i, "image_id": i, "category_id": 18, "iscrowd": 0, "bbox": [2, 2, 10, 10], "area": 100.0,
+             "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]} for i in (1, 2)]
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": 18, "name": "dog"}]}))
+    for img in images:
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(root / "val2017" / img["file_name"])
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def test_data_download_from_a_local_server(coco_server, tmp_path, capsys):
+    argv = ["data", "download", str(tmp_path / "coco"), "--base-url", coco_server,
+            "--annotations-url", coco_server + "/annotations/instances_val2017.json", "--no-progress"]
+    code, out, _ = _run(argv + ["--num-images", "1"], capsys)
+    assert code == 0 and "instances_val2017.json" in out
+    data = json.loads((tmp_path / "coco" / "annotations" / "instances_val2017.json").read_text())
+    assert len(data["images"]) == 1 and len(list((tmp_path / "coco" / "val2017").iterdir())) == 1
+    # an unknown category and a server without the file: one line each, exit 2
+    code, _, err = _run(argv + ["--categories", "unicorn"], capsys)
+    _assert_one_line_error(code, err, "unicorn")
+    code, _, err = _run(["data", "download", str(tmp_path / "other"), "--base-url", coco_server + "/nothing",
+                         "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "nothing")
+
+
+def test_image_size_differs_from_its_record(tmp_path, capsys):
+    data = {"images": [{"id": 7, "file_name": "a.png", "height": 16, "width": 16}], "annotations": [],
+            "categories": [{"id": 1, "name": "thing"}]}
+    ann, images = _coco_folder(tmp_path, data)
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(os.path.join(images, "a.png"))
+    code, _, err = _run(_train_argv(ann, images, tmp_path), capsys)
+    _assert_one_line_error(code, err, "a.png", "image id 7", "20x16")
+
+
+def test_resume_without_a_checkpoint(tmp_path, capsys):
+    code, _, err = _run(["train", "--output-dir", str(tmp_path / "runs"), "--name", "none", "--resume"], capsys)
+    _assert_one_line_error(code, err, "checkpoint.npz")

@@ -146,3 +146,23 @@ def test_plot_curves_writes_a_png(tmp_path):
     plot_curves(rows, tmp_path / "curves.png")
     png = Image.open(tmp_path / "curves.png")
     assert png.size[0] > png.size[1] > 100
+
+
+def test_predict_command_with_a_trained_checkpoint(tmp_path, capsys):
+    """End to end: a (one-step) training run's checkpoint, loaded by the predict command."""
+    from minimaskrcnn.cli import main
+    from minimaskrcnn.predict import load_model
+    from minimaskrcnn.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(name="p", output_dir=str(tmp_path / "runs"), data_dir=str(tmp_path / "shapes"),
+                      num_train_images=2, num_val_images=1, image_size=64, min_size=64, max_size=64,
+                      steps=1, batch_size=1, val_loss_images=0, val_iou_types=("bbox",), progress=False)
+    Trainer(cfg).fit()
+    model, names = load_model(cfg.run_dir)
+    assert names == ["__background__", "circle", "square", "triangle"] and not model.training
+    image = tmp_path / "shapes" / "val" / "images" / "000000.png"
+    code = main(["predict", cfg.run_dir, str(image), "-o", str(tmp_path / "pred"), "--score-threshold", "0"])
+    assert code == 0
+    out = tmp_path / "pred" / "000000.png"
+    assert str(out) in capsys.readouterr().out
+    assert Image.open(out).size == Image.open(image).size

@@ -3,7 +3,7 @@
 im2col runs one parallel task per column-matrix row (n, c, kh, kw); col2im one per image channel
 (n, c), so that each task alone adds into its own dx[n, c]: no races and a fixed summation order.
 For each row the range of ``ow`` whose tap lies inside the image is computed once, so the inner
-loops are plain (vectorisable) copies with no bounds test.
+loops are plain copies with no bounds test (slice copies, vectorised, when the stride is 1).
 """
 from __future__ import annotations
 
@@ -30,20 +30,22 @@ def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
         # task -> (n, c, kh, kw); row = (c*KH + kh)*KW + kw is the row of cols[n] it fills
         n, row = task // (C * KH * KW), task % (C * KH * KW)
         c, kh, kw = row // (KH * KW), (row // KW) % KH, row % KW
+        image, cols_row = x[n, c], cols[n, row]  # (H, W) and (OH*OW,) views
         ow_lo, ow_hi = _inside_range(kw, W, SW, PW, DW, OW)
+        iw_lo = ow_lo * SW - PW + kw * DW  # the image column output column ow_lo reads
         for oh in range(OH):
             ih = oh * SH - PH + kh * DH  # the image row tap kh of output row oh reads
             start = oh * OW  # column of (oh, 0) in cols
             if ih < 0 or ih >= H:
-                for ow in range(OW):
-                    cols[n, row, start + ow] = 0
+                cols_row[start : start + OW] = 0  # the whole output row reads zero padding
                 continue
-            for ow in range(ow_lo):
-                cols[n, row, start + ow] = 0
-            for ow in range(ow_lo, ow_hi):
-                cols[n, row, start + ow] = x[n, c, ih, ow * SW - PW + kw * DW]
-            for ow in range(ow_hi, OW):
-                cols[n, row, start + ow] = 0
+            cols_row[start : start + ow_lo] = 0
+            if SW == 1:  # a contiguous run of pixels: a slice copy, which LLVM vectorises
+                cols_row[start + ow_lo : start + ow_hi] = image[ih, iw_lo : iw_lo + ow_hi - ow_lo]
+            else:
+                for ow in range(ow_lo, ow_hi):
+                    cols_row[start + ow] = image[ih, ow * SW - PW + kw * DW]
+            cols_row[start + ow_hi : start + OW] = 0
 
 
 @numba.njit(cache=True, parallel=True)
@@ -51,20 +53,23 @@ def _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
     N, C, H, W = dx.shape
     for task in numba.prange(N * C):
         n, c = task // C, task % C  # this task owns dx[n, c]: nobody else writes there
-        for ih in range(H):
-            for iw in range(W):
-                dx[n, c, ih, iw] = 0
+        image = dx[n, c]  # (H, W) view
+        image[:, :] = 0
         for kh in range(KH):
             for kw in range(KW):
-                row = (c * KH + kh) * KW + kw
+                cols_row = cols[n, (c * KH + kh) * KW + kw]
                 ow_lo, ow_hi = _inside_range(kw, W, SW, PW, DW, OW)
+                iw_lo = ow_lo * SW - PW + kw * DW
                 for oh in range(OH):
                     ih = oh * SH - PH + kh * DH
                     if ih < 0 or ih >= H:
                         continue  # this tap read the zero padding: nothing to give back
                     start = oh * OW
-                    for ow in range(ow_lo, ow_hi):
-                        dx[n, c, ih, ow * SW - PW + kw * DW] += cols[n, row, start + ow]
+                    if SW == 1:
+                        image[ih, iw_lo : iw_lo + ow_hi - ow_lo] += cols_row[start + ow_lo : start + ow_hi]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            image[ih, ow * SW - PW + kw * DW] += cols_row[start + ow]
 
 
 def _check_float(a: np.ndarray, name: str) -> None:

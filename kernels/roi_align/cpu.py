@@ -78,7 +78,7 @@ def sample_tables(rois, spatial_scale, pooled_height, pooled_width, sampling_rat
 
     Returns:
         batch_idx (K,) int64, count (K,) rois' dtype, grid_h (K,) int64, grid_w (K,) int64,
-        row_start (K,) int64, col_start (K,) int64: where RoI k's entries begin in the tables;
+        row_start (K,) uintp, col_start (K,) uintp: where RoI k's entries begin in the tables;
         y_low, y_high (R,) int64 and ly, hy (R,) rois' dtype: for sample row r = ph*grid_h[k] + iy
         of RoI k, entry row_start[k] + r; x_low, x_high, lx, hx likewise for the sample columns
         s = pw*grid_w[k] + ix, from col_start[k]. R (and the columns' length) is the sum over RoIs
@@ -151,7 +151,7 @@ def _forward_kernel(
         c1, c2, c3 = min(c0 + 1, C - 1), min(c0 + 2, C - 1), min(c0 + 3, C - 1)
         plane0, plane1, plane2, plane3 = input[b, c0], input[b, c1], input[b, c2], input[b, c3]
         gh, gw = grid_h[k], grid_w[k]
-        r0, s0 = row_start[k], col_start[k]  # read once: the stores below could alias them
+        r0, s0 = row_start[k], col_start[k]  # unsigned, so r and s below index without a sign check
         for ph in range(PH):
             for pw in range(PW):
                 total0, total1, total2, total3 = T(0.0), T(0.0), T(0.0), T(0.0)
@@ -185,7 +185,7 @@ def _backward_kernel(
             if batch_idx[k] != b:
                 continue
             gh, gw = grid_h[k], grid_w[k]
-            r0, s0, n = row_start[k], col_start[k], count[k]  # read once: the stores could alias them
+            r0, s0, n = row_start[k], col_start[k], count[k]
             for ph in range(PH):
                 for pw in range(PW):
                     g = dout[k, c, ph, pw] / n

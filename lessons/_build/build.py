@@ -4,6 +4,9 @@
     python lessons/_build/build.py 04 10           # only these lessons
     python lessons/_build/build.py --no-run 04     # write the notebook without outputs
     python lessons/_build/build.py --quick 04      # run in quick mode (what CI does; outputs not for keeping)
+    python lessons/_build/build.py --text-only 04  # copy edited cell text into the stored notebook, keeping
+                                                   # its outputs (only when the cells are the same in number
+                                                   # and kind, and the edit does not change what they print)
 
 A source is lessons/_build/src/NN_topic.py: cells start at lines beginning with ``# %%``;
 ``# %% [markdown]`` starts a markdown cell whose text follows as is (no comment prefix);
@@ -83,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
     parser.add_argument("--no-run", action="store_true", help="write the notebooks without running them")
     parser.add_argument("--quick", action="store_true", help="run in quick mode and do not keep the notebook")
+    parser.add_argument("--text-only", action="store_true", help="update the stored notebook's cell text, keep its outputs")
     args = parser.parse_args(argv)
 
     sources = sorted(SRC.glob("*.py"))
@@ -93,6 +97,17 @@ def main(argv=None) -> int:
     for src in sources:
         nb = parse_source(src.read_text())
         out = LESSONS / f"{src.stem}.ipynb"
+        if args.text_only:
+            stored = nbformat.read(out, as_version=4)
+            kinds = lambda book: [(c.cell_type, tuple(c.get("metadata", {}).get("tags", []))) for c in book.cells]
+            if kinds(stored) != kinds(nb):
+                print(f"{src.stem}: the cells changed in number or kind; run it instead", flush=True)
+                return 1
+            for old, new in zip(stored.cells, nb.cells):
+                old.source = new.source
+            nbformat.write(stored, out)
+            print(f"{src.stem}: text updated", flush=True)
+            continue
         if not args.no_run:
             try:
                 seconds = run_notebook(nb, quick=args.quick)

@@ -2,7 +2,7 @@
 
 Each FPN level gets anchors of one size (32 on P2 ... 512 on P6 for the COCO model) at three aspect
 ratios, centred on the cell's top-left pixel in input coordinates, exactly as torchvision's
-``AnchorGenerator``. No gradient: anchors are constants. Lesson 07 draws them.
+``AnchorGenerator``. No gradient: anchors are constants. Lesson 03 (anchors and box coding) draws them.
 """
 from __future__ import annotations
 

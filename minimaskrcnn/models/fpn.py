@@ -2,7 +2,7 @@
 
 Each ResNet stage C_l gets a 1x1 lateral conv; from the top, the coarser map is upsampled 2x
 (nearest) and added; a 3x3 conv smooths each sum into P_l. P6 ("pool") subsamples P5 by 2 for the
-RPN's largest anchors. Names as torchvision (``inner_blocks.0.0``, ``layer_blocks.0.0``). Lesson 05.
+RPN's largest anchors. Names as torchvision (``inner_blocks.0.0``, ``layer_blocks.0.0``). Lesson 07 (FPN).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``maskrcnn_resnet50_fpn`` builds torchvision's v1 model (same parameter names, so its state_dict
 loads); ``build_model`` builds any ``MaskRCNNConfig`` (e.g. "r18-shapes"). Call conventions are
-torchvision's: eval mode returns detections, training mode a dict of losses. Lesson 10 runs it
+torchvision's: eval mode returns detections, training mode a dict of losses. Lesson 13 runs it
 stage by stage with ``return_intermediates=True``.
 """
 from __future__ import annotations
@@ -187,13 +187,17 @@ def build_model(name_or_config: str | MaskRCNNConfig = "maskrcnn_resnet50_fpn", 
     return MaskRCNN(get_config(name_or_config, **overrides))
 
 
-def maskrcnn_resnet50_fpn(num_classes: int = 91, weights_path: str | None = None, **kwargs: Any) -> MaskRCNN:
+def maskrcnn_resnet50_fpn(*, weights=None, num_classes: int = 91, weights_backbone=None, progress: bool = True,
+                          **kwargs: Any) -> MaskRCNN:
     """torchvision's ``maskrcnn_resnet50_fpn`` (v1): ResNet-50 with frozen batch norm, FPN, default heads.
 
     Args:
+        weights: None, or the path of a .pth/.pt state_dict saved from torchvision
+            (``torch.save(model.state_dict(), path)``, or the file torchvision downloads), read
+            without torch by ``minimaskrcnn.io.load_torch_state_dict`` and loaded strictly.
         num_classes: L, including background (91 for COCO's category ids).
-        weights_path: optional .pth/.pt state_dict saved from torchvision (``torch.save(model.state_dict())``),
-            read without torch by ``minimaskrcnn.io.load_torch_state_dict`` and loaded strictly.
+        weights_backbone: must be None (nothing is downloaded); load a full state_dict instead.
+        progress: ignored (torchvision's download progress bar).
         **kwargs: torchvision's keyword arguments: min_size, max_size, image_mean, image_std,
             rpn_anchor_generator, rpn_pre_nms_top_n_train/test, rpn_post_nms_top_n_train/test,
             rpn_nms_thresh, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
@@ -203,14 +207,16 @@ def maskrcnn_resnet50_fpn(num_classes: int = 91, weights_path: str | None = None
 
     Note:
         torchvision's COCO_V1 weights were trained with frozen batch norm eps = 0 (torchvision sets
-        it after loading them): pass ``backbone=dataclasses.replace(BackboneConfig(), norm_eps=0.0)``
-        or call ``set_frozen_bn_eps(model, 0.0)`` to match its outputs with those weights.
+        it after loading them): call ``set_frozen_bn_eps(model, 0.0)`` after loading that file
+        to get torchvision's outputs.
     """
+    if weights_backbone is not None:
+        raise ValueError("weights_backbone: nothing is downloaded; pass a full state_dict file as weights=")
     model = build_model("maskrcnn_resnet50_fpn", num_classes=num_classes, **kwargs)
-    if weights_path is not None:
+    if weights is not None:
         from minimaskrcnn.io import load_torch_state_dict
 
-        model.load_state_dict(load_torch_state_dict(weights_path))
+        model.load_state_dict(load_torch_state_dict(weights))
     return model
 
 

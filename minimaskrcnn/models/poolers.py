@@ -2,7 +2,7 @@
 
 ``k = floor(k0 + log2(sqrt(w * h) / 224))`` clamped to the available levels (k0 = 4: a 224-px RoI
 is pooled from P4), then RoIAlign on that level with its stride. The level choice has no gradient;
-the pooled features do. Lesson 08 draws which RoI goes to which level.
+the pooled features do. Lesson 07 (FPN) shows which RoI goes to which level.
 """
 from __future__ import annotations
 

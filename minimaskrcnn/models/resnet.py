@@ -3,7 +3,7 @@
 BasicBlock (ResNet-18/34) and Bottleneck (ResNet-50/101/152, stride in the 3x3 conv: "v1.5"),
 with a width multiplier and a choice of normalisation layer for small from-scratch models.
 Parameter names equal torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``).
-Lesson 05 walks through a block.
+Lesson 06 (layers and ResNet) walks through a block.
 """
 from __future__ import annotations
 

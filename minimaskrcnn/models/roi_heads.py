@@ -3,7 +3,7 @@
 Box branch: multi-scale RoIAlign 7x7, two fully connected layers (fc6, fc7), a classifier and
 per-class box deltas. Mask branch: RoIAlign 14x14, four 3x3 convs, a 2x transposed conv and a
 1x1 conv with one 28x28 mask per class. Matching, sampling, targets and post-processing are array
-code with no gradient. torchvision's ``RoIHeads`` step for step. Lessons 08 and 09.
+code with no gradient. torchvision's ``RoIHeads`` step for step. Lessons 11 (box head) and 12 (mask head).
 """
 from __future__ import annotations
 
@@ -265,6 +265,15 @@ class RoIHeads(nn.Module):
             labels.append(labels_in_image)
         return matched_idxs, labels
 
+    def check_targets(self, targets: Sequence[dict] | None) -> None:
+        """Raise ValueError unless every target has "boxes", "labels" (and "masks" with a mask branch)."""
+        if targets is None:
+            raise ValueError("targets should not be None in training mode")
+        keys = ("boxes", "labels", "masks") if self.has_mask() else ("boxes", "labels")
+        for key in keys:
+            if not all(key in t for t in targets):
+                raise ValueError(f"Every element of targets should have a {key} key")
+
     def select_training_samples(self, proposals: Sequence[np.ndarray], targets: Sequence[dict]) -> tuple:
         """Add the gt boxes to the proposals, match, sample and encode the box targets. No gradient.
 
@@ -272,8 +281,7 @@ class RoIHeads(nn.Module):
             (proposals, matched_idxs, labels, regression_targets): per-image lists of the sampled
             RoIs (K_i, 4), their gt index (K_i,), label (K_i,) and encoded target (K_i, 4).
         """
-        if targets is None:
-            raise ValueError("targets should not be None in training mode")
+        self.check_targets(targets)
         dtype = proposals[0].dtype
         xp = get_array_module(*proposals)
         gt_boxes = [as_array(t["boxes"]).astype(dtype) for t in targets]

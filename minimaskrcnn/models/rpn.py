@@ -3,7 +3,7 @@
 The head (3x3 conv, then two 1x1 convs) is differentiable; choosing proposals (top-n per level,
 clipping, NMS) and the training targets (matching anchors to gt boxes, sampling) are plain array
 code with no gradient, as in the paper. torchvision's ``RegionProposalNetwork`` step for step.
-Lesson 07 draws positive/negative anchors and proposals before and after NMS.
+Lesson 08 (RPN) draws anchors by label and proposals before and after NMS.
 """
 from __future__ import annotations
 

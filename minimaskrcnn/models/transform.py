@@ -1,7 +1,7 @@
 """The input transform: normalise, resize, pad into a batch; and back to the original size after.
 
 torchvision's ``GeneralizedRCNNTransform`` step for step (same resize rule, same bilinear weights,
-same padding to a multiple of 32), on plain arrays: images carry no gradient. Lesson 06 shows an
+same padding to a multiple of 32), on plain arrays: images carry no gradient. Lesson 13 shows an
 image before and after.
 """
 from __future__ import annotations

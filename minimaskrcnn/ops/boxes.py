@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module, kernel
+from minimaskrcnn.backend import get_array_module, kernel, unwrap
 from minimaskrcnn.kernels.nms import argsort_descending
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -19,8 +19,7 @@ BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 def as_array(x: Any):
     """The NumPy/CuPy array of ``x``: a Tensor's ``.data``, an array as it is, else ``np.asarray(x)``."""
-    if type(x).__name__ == "Tensor":
-        return x.data
+    x = unwrap(x)
     if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
         return x
     return np.asarray(x)

@@ -81,22 +81,22 @@ class RoIAlignFunction(Function):
     @staticmethod
     def forward(ctx, input, rois, pooled_height: int, pooled_width: int, spatial_scale: float, sampling_ratio: int,
                 aligned: bool):
-        ops = kernel("roi_align")
         ctx.save_for_backward(rois)
         ctx.input_shape = tuple(input.shape)
-        ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-        return ops.roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+        ctx.pooled_size = (pooled_height, pooled_width)
+        ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = spatial_scale, sampling_ratio, aligned
+        return kernel("roi_align").roi_align_forward(
+            input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+        )
 
     @staticmethod
     def backward(ctx, dout):
         (rois,) = ctx.saved_tensors
-        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
-        xp = get_array_module(dout)
-        dout = xp.ascontiguousarray(dout)
+        dout = get_array_module(dout).ascontiguousarray(dout)
         dx = kernel("roi_align").roi_align_backward(
-            dout, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, ctx.input_shape
+            dout, rois, ctx.spatial_scale, *ctx.pooled_size, ctx.sampling_ratio, ctx.aligned, ctx.input_shape
         )
-        return dx, None
+        return dx, None  # no gradient for the boxes
 
 
 def roi_align(

@@ -165,7 +165,9 @@ def stack(xs: Sequence, axis: int = 0):
 
 
 def _raw(x):
-    return getattr(x, "data", x) if type(x).__name__ in ("Tensor", "Parameter") else x
+    from minimaskrcnn.backend import unwrap
+
+    return unwrap(x)
 
 
 def _as_tensor(x):

@@ -25,12 +25,8 @@ import fake_cupy  # noqa: E402
 
 import minimaskrcnn  # noqa: E402
 from minimaskrcnn import optim  # noqa: E402
-from minimaskrcnn.backend import cupy_or_none, to_numpy  # noqa: E402
-
-
-def simulated() -> bool:
-    """True when the CUDA kernels run in Numba's simulator (no GPU): the fake CuPy is used then."""
-    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cupy_or_none() is None
+from minimaskrcnn.backend import to_numpy  # noqa: E402
+from fake_cupy import simulated  # noqa: E402
 
 
 @dataclass

@@ -55,12 +55,18 @@ class Transfer:
     @property
     def where(self) -> str:
         """'path/file.py:function' without the line number, stable under edits above the line."""
+        if " in " not in self.site:
+            return self.site  # "<outside minimaskrcnn>"
         path, rest = self.site.split(":", 1)
         return f"{path}:{rest.split(' in ', 1)[1]}"
 
 
 # frames that only pass a transfer on: the site reported is their caller's
-_PASS_THROUGH = {("minimaskrcnn/backend.py", None), ("minimaskrcnn/tensor.py", "numpy"), ("minimaskrcnn/tensor.py", "item")}
+_PASS_THROUGH = {
+    ("minimaskrcnn/backend.py", None),  # to_numpy
+    ("minimaskrcnn/tensor.py", "numpy"),
+    ("minimaskrcnn/tensor.py", "item"),
+}
 
 
 def _library_site() -> str:
@@ -72,6 +78,8 @@ def _library_site() -> str:
                 rel = os.path.relpath(filename, os.path.dirname(root.rstrip(os.sep))).replace(os.sep, "/")
                 if (rel, None) in _PASS_THROUGH or (rel, frame.name) in _PASS_THROUGH:
                     break
+                if frame.name in ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>"):
+                    break  # report the function around the comprehension (Python 3.12 inlines them)
                 return f"{rel}:{frame.lineno} in {frame.name}"
     return "<outside minimaskrcnn>"
 
@@ -80,6 +88,16 @@ def _in_kernel() -> bool:
     """True inside a kernel run by Numba's simulator (one Python thread per CUDA thread): there the
     arrays are the kernel's own device memory and behave as plain NumPy arrays."""
     return type(threading.current_thread()).__name__ == "BlockThread"
+
+
+def simulated() -> bool:
+    """True when the CUDA kernels run in Numba's simulator (no GPU with CuPy): the fake is used then."""
+    from minimaskrcnn.backend import cupy_or_none
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return True
+    cupy = sys.modules.get("cupy")
+    return isinstance(cupy, _FakeCuPyModule) or cupy_or_none() is None
 
 
 # --------------------------------------------------------------------------------- the array
@@ -128,10 +146,13 @@ class DeviceArray(np.ndarray):
 
     # ---------------------------------------------------------------------- CuPy-like
     def __getitem__(self, index):
-        out = super().__getitem__(_to_host_index(index))
-        return out if _in_kernel() else _as_device(out)
+        if _in_kernel():  # a kernel reading its memory: plain NumPy, as fast as it gets
+            return super().__getitem__(index)
+        return _as_device(super().__getitem__(_to_host_index(index)))
 
     def __setitem__(self, index, value):
+        if _in_kernel():
+            return super().__setitem__(index, value)
         # assigning a host array is a host-to-device copy, which CuPy allows
         if isinstance(value, DeviceArray):
             value = value.view(np.ndarray)

@@ -204,3 +204,13 @@ def test_the_whole_step_stays_on_the_device(cuda_run):
     """Losses, gradients, updated parameters and detections are all device arrays."""
     assert len(cuda_run.on_device) > 50
     assert [k for k, on in cuda_run.on_device.items() if not on] == []
+
+
+def test_training_builds_the_model_on_the_device(device):
+    """``minimaskrcnn train --backend cuda``: the Trainer's model has its parameters on the GPU
+    before the optimizer is made (with the simulator and no CuPy, the model stays on NumPy)."""
+    from minimaskrcnn.train import TrainConfig, build_model_from_config
+
+    model = build_model_from_config(TrainConfig(model="r18-shapes", backend="cuda"), num_classes=4)
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert len(tensors) > 50 and all(device.is_device_array(t.data) for t in tensors)

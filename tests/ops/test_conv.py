@@ -56,6 +56,9 @@ def _compare_with_torch(ours, theirs, x, w, b, rtol=1e-10, on_device=lambda a: a
     out = ours(xs, ws, bs)
     assert out.dtype == x.dtype and out.shape == tuple(out_t.shape)
     out.backward(dout)
+    for name, mine, original in (("x", xs, x), ("w", ws, w), ("b", bs, b)):
+        if original is not None:  # the ops must not write into their inputs (e.g. scratch aliasing)
+            np.testing.assert_array_equal(to_numpy(mine.data), original, err_msg=f"{name} was modified")
 
     pairs = [("output", out.numpy(), out_t), ("dx", xs.grad, xt.grad), ("dw", ws.grad, wt.grad)]
     if b is not None:
@@ -82,7 +85,16 @@ def _transpose_fns(stride, padding, output_padding, groups, dilation):
 
 
 # ------------------------------------------------------------------------------------ gradcheck
+# gradcheck evaluates the op twice per input element: run it on the NumPy backend, which has no
+# thread start-up per call (the backends' equality is checked by the torch parity tests below)
+@pytest.fixture
+def numpy_backend():
+    with minimaskrcnn.use_backend("numpy"):
+        yield
+
+
 @pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, dilation, groups", CONV_CASES[:5])
+@pytest.mark.usefixtures("numpy_backend")
 def test_conv2d_gradcheck(x_shape, w_shape, bias, stride, padding, dilation, groups):
     x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[0])
     inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
@@ -92,6 +104,7 @@ def test_conv2d_gradcheck(x_shape, w_shape, bias, stride, padding, dilation, gro
 
 
 @pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation", TRANSPOSE_CASES)
+@pytest.mark.usefixtures("numpy_backend")
 def test_conv_transpose2d_gradcheck(x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation):
     x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[1] * groups)
     inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
@@ -161,6 +174,34 @@ def _on_device(a):
     """A CuPy copy of ``a`` on a GPU; a NumPy copy under the simulator."""
     cupy = cupy_or_none()
     return cupy.asarray(a) if cupy is not None else a.copy()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_chain_of_convs_matches_torch(backend):
+    """conv 3x3 -> 1x1 -> transposed -> 3x3 in one graph: each op's scratch cols must not leak into another's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 6))
+    weights = [rng.standard_normal(shape) for shape in [(4, 3, 3, 3), (4, 4, 1, 1), (4, 3, 2, 2), (2, 3, 3, 3)]]
+
+    def run(conv, conv_t, x, w):
+        h = conv(x, w[0], None, 1, 1)  # 3x3, padding 1
+        h = conv(h * h, w[1], None, 2, 0)  # 1x1, stride 2
+        h = conv_t(h, w[2], None, 2)  # 2x2 stride 2 upsampling
+        return conv(h, w[3], None, 1, 1) + h.sum()
+
+    xt, wt = torch.tensor(x, requires_grad=True), [torch.tensor(w, requires_grad=True) for w in weights]
+    out_t = run(torch.nn.functional.conv2d, torch.nn.functional.conv_transpose2d, xt, wt)
+    out_t.sum().backward()
+    with minimaskrcnn.use_backend(backend):
+        xs, ws = Tensor(x, requires_grad=True), [Tensor(w, requires_grad=True) for w in weights]
+        out = run(conv2d, conv_transpose2d, xs, ws)
+        out.sum().backward()
+    np.testing.assert_allclose(out.numpy(), out_t.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(xs.data, x)
+    for mine, ref in zip([xs] + ws, [xt] + wt):
+        np.testing.assert_allclose(mine.grad, ref.grad.numpy(), rtol=1e-10, atol=1e-10)
 
 
 # ------------------------------------------------------------------------------ dtypes, shapes, errors

@@ -213,33 +213,35 @@ if torch is not None:
 
 # %% [markdown]
 # ## Train a small box head
-# Our "backbone" is fixed and trivial: the RGB image plus its gradient magnitude (4 channels). RoIAlign
-# pools 7×7 from it for each sampled RoI; the library's `TwoMLPHead` (256 wide) and `FastRCNNPredictor`
-# learn to name the shape and correct the box. Everything else is this lesson's code: targets, the
-# library's sampler, `fastrcnn_loss`, SGD.
+# A real box head reads features from a trained backbone (lesson 13). Here a fixed stand-in does the
+# backbone's job: RoIAlign pools each RoI's RGB pixels at 14×14, and each pooled pixel becomes its colour
+# distance from the RoI's border (a rough silhouette, the same whatever the shape's colour). The
+# library's `TwoMLPHead` (256 wide) and `FastRCNNPredictor` learn from it to name the shape and to
+# correct the box, with this lesson's targets, the library's sampler, `fastrcnn_loss` and SGD.
 
 # %%
-def features_of(image):
-    gray = image.mean(0)
-    gy, gx = np.gradient(gray)
-    return np.concatenate([image, 4 * np.sqrt(gx**2 + gy**2)[None]]).astype(np.float32)[None]  # (1, 4, H, W)
+def silhouettes(image, rois, size=14):
+    """(K, 1, size, size): RoIAlign of the RGB image, as distance from the median border colour."""
+    crops = roi_align(mm.tensor(image[None]), [rois], size, 1.0, 2).numpy()           # (K, 3, S, S)
+    border = np.concatenate([crops[:, :, 0], crops[:, :, -1], crops[:, :, :, 0], crops[:, :, :, -1]], axis=2)
+    background = np.median(border, axis=2)[:, :, None, None]
+    return mm.tensor(2 * np.sqrt(((crops - background) ** 2).sum(1, keepdims=True)).astype(np.float32))
 
 
 nn.init.manual_seed(0)
-box_head = TwoMLPHead(4 * 7 * 7, 256)
+box_head = TwoMLPHead(14 * 14, 256)
 predictor = FastRCNNPredictor(256, L)
 params = list(box_head.parameters()) + list(predictor.parameters())
 optimizer = optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
 sampler_heads = RoIHeads(None, None, None, 0.5, 0.5, 64, 0.25, (10.0, 10.0, 5.0, 5.0), 0.05, 0.5, 100, seed=0)
-num_steps = 150 if QUICK else 1500
+num_steps = 100 if QUICK else 1000
 history = []
 start = time.perf_counter()
 for step in range(num_steps):
     image, target = dataset[step % len(dataset)]
     props = make_proposals(target["boxes"], rng)
     sampled, matched_s, labels_s, targets_s = sampler_heads.select_training_samples([props], [target])
-    pooled = roi_align(mm.tensor(features_of(image)), [sampled[0]], 7, 1.0, 2)
-    class_logits, box_regression = predictor(box_head(pooled))
+    class_logits, box_regression = predictor(box_head(silhouettes(image, sampled[0])))
     loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels_s, targets_s)
     optimizer.zero_grad()
     (loss_cls + loss_box).backward()
@@ -258,31 +260,40 @@ plt.show()
 
 # %% [markdown]
 # ### Did it learn? Held-out images
-# Classification accuracy of the foreground RoIs, and the IoU of each foreground RoI with its object
-# before and after applying the predicted deltas of the true class.
+# On images it never saw: how often a foreground RoI gets the right shape, how often background RoIs are
+# called background, and the IoU of each foreground RoI with its object before and after applying the
+# predicted deltas of the true class.
 
 # %%
-correct, total, iou_before, iou_after = 0, 0, [], []
+correct, total, bg_correct, bg_total, iou_before, iou_after = 0, 0, 0, 0, [], []
 with mm.no_grad():
     for i in range(len(held_out)):
         image, target = held_out[i]
         props = make_proposals(target["boxes"], np.random.default_rng(100 + i))
         rois_i, matched_i, labels_i, _ = assign_and_encode(props, target["boxes"], target["labels"])
+        logits_i, reg_i = predictor(box_head(silhouettes(image, rois_i)))
+        predicted = logits_i.numpy().argmax(1)
         fg = labels_i > 0
-        logits_i, reg_i = predictor(box_head(roi_align(mm.tensor(features_of(image)), [rois_i[fg]], 7, 1.0, 2)))
-        correct += int((logits_i.numpy().argmax(1) == labels_i[fg]).sum())
+        correct += int((predicted[fg] == labels_i[fg]).sum())
         total += int(fg.sum())
-        deltas = reg_i.numpy().reshape(-1, L, 4)[np.arange(fg.sum()), labels_i[fg]]
+        bg_correct += int((predicted[~fg] == 0).sum())
+        bg_total += int((~fg).sum())
+        deltas = reg_i.numpy().reshape(-1, L, 4)[np.nonzero(fg)[0], labels_i[fg]]
         refined = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(deltas, rois_i[fg])
         gt = target["boxes"][matched_i[fg]]
         iou_before += list(np.diag(box_ops.box_iou(rois_i[fg], gt)))
         iou_after += list(np.diag(box_ops.box_iou(refined, gt)))
-print(f"classification accuracy of foreground RoIs: {correct / total:.3f} (chance: {1 / 3:.3f})")
+print(f"foreground RoIs given the right shape: {correct / total:.3f} (guessing: 1/3)")
+print(f"background RoIs called background:     {bg_correct / bg_total:.3f}")
 print(f"mean IoU with the object: {np.mean(iou_before):.3f} before, {np.mean(iou_after):.3f} after the deltas")
 if not QUICK:
-    assert correct / total > 0.6 and np.mean(iou_after) > np.mean(iou_before)
+    assert correct / total > 0.5 and np.mean(iou_after) > np.mean(iou_before)
 
 # %% [markdown]
+# The stand-in features are crude (a colour-distance silhouette at 14×14), so the shape is named right
+# only about half the time, well above guessing but far from lesson 13's trained backbone; the box
+# regression, which only needs to see where the silhouette's edges are, improves the boxes clearly.
+#
 # ### See it: from proposals to detections
 
 # %%
@@ -292,7 +303,7 @@ with mm.no_grad():
     for ax, i in zip(axes, range(4)):
         image, target = held_out[i]
         props = make_proposals(target["boxes"], np.random.default_rng(200 + i), per_gt=6, num_random=6)
-        logits_i, reg_i = predictor(box_head(roi_align(mm.tensor(features_of(image)), [props], 7, 1.0, 2)))
+        logits_i, reg_i = predictor(box_head(silhouettes(image, props)))
         boxes_d, scores_d, cls_d = postprocess(logits_i.numpy(), reg_i.numpy(), props, (96, 96), score_thresh=0.5)
         ax.imshow(image.transpose(1, 2, 0))
         for b in props:

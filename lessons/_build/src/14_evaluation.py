@@ -1,0 +1,327 @@
+# %% [markdown]
+# # 14 · Evaluation: precision, recall and COCO's AP, by hand
+#
+# **Goal.** Write COCO's evaluation from scratch (matching detections to objects, precision-recall
+# curves, the interpolated 101-point AP, AP@[.5:.95], AP50, AP75, the size ranges) and show that it
+# gives exactly the numbers of `pycocotools` (which `minimaskrcnn.evaluate` wraps). You will end with
+# precision-recall curves at IoU 0.5 and 0.75 and the AP-versus-IoU-threshold curve behind COCO's
+# headline number.
+
+# %% [markdown]
+# ## The idea
+#
+# A detector returns, per image, boxes (or masks) with a class and a score. For one class and one IoU
+# threshold t:
+#
+# 1. **Match** (per image): visit the detections by decreasing score; each takes the *unmatched* object
+#    of that class with the highest IoU ≥ t; matched detections are true positives (TP), the others false
+#    positives (FP). An object can be matched once: a duplicate detection is an FP.
+# 2. **Rank** all detections of the class over all images by score. Walking down the list,
+#    recall = TP / (number of objects) and precision = TP / (TP + FP).
+# 3. **Interpolate**: replace each precision by the best precision at any higher recall (the curve's
+#    upper envelope, so it only goes down), and read it at the 101 recall values 0, 0.01, …, 1
+#    (0 where that recall is never reached). Their mean is the **AP** at t.
+#
+# COCO's **AP** is the mean over 10 thresholds t = 0.50, 0.55, …, 0.95 and over classes; **AP50** and
+# **AP75** fix t; **APs / APm / APl** count only objects (and unmatched detections) with area < 32², between
+# 32² and 96², and above 96² pixels; at most 100 detections per image are counted. Mask AP is the same
+# with the IoU of masks instead of boxes. The Mask R-CNN paper reports mask AP (Tables 1-3) and box AP
+# (Table 3) this way.
+
+# %%
+import contextlib
+import io
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pycocotools.mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from minimaskrcnn.evaluate import coco_evaluate
+from minimaskrcnn.ops import boxes as box_ops
+from _helpers import QUICK, exercise, log
+
+plt.rcParams["figure.dpi"] = 80
+rng = np.random.default_rng(0)
+
+# %% [markdown]
+# ## A toy benchmark
+# 30 images with 1-5 objects of 2 classes and sizes from small to large; a simulated detector finds
+# most objects (with localisation noise and a score that falls with the error), sometimes twice, and
+# adds false alarms.
+
+# %%
+num_images = 30
+
+
+def make_benchmark(seed=0):
+    r = np.random.default_rng(seed)
+    images, gts, dets = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 640, "height": 480})
+        for _ in range(int(r.integers(1, 6))):
+            side = float(np.exp(r.uniform(np.log(12), np.log(300))))
+            w, h = side * r.uniform(0.7, 1.3), side * r.uniform(0.7, 1.3)
+            x, y = r.uniform(0, 640 - w), r.uniform(0, 480 - h)
+            cat = int(r.integers(1, 3))
+            gts.append({"id": len(gts) + 1, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h],
+                        "area": w * h, "iscrowd": 0})
+            for _copy in range(int(r.choice([0, 1, 1, 1, 2]))):          # missed, found, or found twice
+                noise = r.normal(0, 0.12, 4) * [w, h, w, h]
+                bx = [x + noise[0], y + noise[1], max(w + noise[2], 2), max(h + noise[3], 2)]
+                iou = box_ops.box_iou(box_ops.box_convert(np.array([[x, y, w, h]]), "xywh", "xyxy"),
+                                      box_ops.box_convert(np.array([bx]), "xywh", "xyxy"))[0, 0]
+                dets.append({"image_id": image_id, "category_id": cat, "bbox": bx,
+                             "score": float(np.clip(iou + r.normal(0, 0.15), 0.01, 0.99))})
+        for _ in range(int(r.integers(0, 3))):                            # false alarms
+            w, h = r.uniform(10, 150, 2)
+            dets.append({"image_id": image_id, "category_id": int(r.integers(1, 3)),
+                         "bbox": [r.uniform(0, 640 - w), r.uniform(0, 480 - h), w, h], "score": float(r.uniform(0.01, 0.6))})
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    return {"images": images, "annotations": gts, "categories": categories}, dets
+
+
+gt_dict, detections = make_benchmark()
+print(f"{len(gt_dict['annotations'])} objects, {len(detections)} detections on {num_images} images")
+log("object areas", np.array([g["area"] for g in gt_dict["annotations"]]))
+
+# %% [markdown]
+# ## Build it
+# ### Step 1: match the detections of one image and class, at one threshold
+# The detections are visited by score; each looks for the best-IoU object not yet taken. Objects outside
+# the area range being evaluated are *ignored*: a detection matched to one counts neither as TP nor FP;
+# COCO visits non-ignored objects first and prefers them.
+
+# %%
+AREA_RANGES = {"all": (0, 1e10), "small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, 1e10)}
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_POINTS = np.linspace(0, 1, 101)
+
+
+def xywh_iou(dets, gts):
+    return box_ops.box_iou(box_ops.box_convert(np.array(dets, dtype=np.float64).reshape(-1, 4), "xywh", "xyxy"),
+                           box_ops.box_convert(np.array(gts, dtype=np.float64).reshape(-1, 4), "xywh", "xyxy"))
+
+
+def match_image(dets, gts, area_range, max_dets=100):
+    """For each threshold: which detections are TP, and which are ignored. Also which objects count."""
+    lo, hi = area_range
+    gt_ignore = np.array([not (lo <= g["area"] <= hi) for g in gts], dtype=bool)
+    gts = [gts[i] for i in np.argsort(gt_ignore, kind="mergesort")]              # counted objects first
+    gt_ignore = np.sort(gt_ignore, kind="mergesort")
+    dets = [dets[i] for i in np.argsort([-d["score"] for d in dets], kind="mergesort")[:max_dets]]
+    iou = xywh_iou([d["bbox"] for d in dets], [g["bbox"] for g in gts]) if dets and gts else np.zeros((len(dets), len(gts)))
+    T = len(IOU_THRESHOLDS)
+    det_matched = np.zeros((T, len(dets)), dtype=bool)
+    det_ignore = np.zeros((T, len(dets)), dtype=bool)
+    for t_idx, t in enumerate(IOU_THRESHOLDS):
+        gt_taken = np.zeros(len(gts), dtype=bool)
+        for d_idx in range(len(dets)):
+            best, best_iou = -1, min(t, 1 - 1e-10)
+            for g_idx in range(len(gts)):
+                if gt_taken[g_idx]:
+                    continue
+                if best > -1 and not gt_ignore[best] and gt_ignore[g_idx]:
+                    break                                   # a counted object beats any ignored one
+                if iou[d_idx, g_idx] < best_iou:
+                    continue
+                best, best_iou = g_idx, iou[d_idx, g_idx]
+            if best == -1:
+                continue
+            det_matched[t_idx, d_idx], det_ignore[t_idx, d_idx] = True, gt_ignore[best]
+            gt_taken[best] = True
+    # an unmatched detection outside the area range is ignored too
+    det_area = np.array([d["bbox"][2] * d["bbox"][3] for d in dets])
+    det_ignore |= ~det_matched & ((det_area < lo) | (det_area > hi))[None]
+    return np.array([d["score"] for d in dets]), det_matched, det_ignore, int((~gt_ignore).sum())
+
+# %% [markdown]
+# ### Step 2: precision, recall and the 101-point AP
+
+# %%
+def average_precision(scores, matched, ignore, num_objects):
+    """AP at each threshold (T,), from the concatenated detections of all images of one class."""
+    order = np.argsort(-scores, kind="mergesort")
+    matched, ignore = matched[:, order], ignore[:, order]
+    tp = np.cumsum(matched & ~ignore, axis=1).astype(float)
+    fp = np.cumsum(~matched & ~ignore, axis=1).astype(float)
+    aps, curves = [], []
+    for t in range(len(IOU_THRESHOLDS)):
+        recall = tp[t] / num_objects
+        precision = tp[t] / (tp[t] + fp[t] + np.spacing(1))
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]       # best precision at any higher recall
+        idx = np.searchsorted(recall, RECALL_POINTS, side="left")     # first rank reaching each recall point
+        sampled = np.array([envelope[i] if i < len(envelope) else 0.0 for i in idx])
+        aps.append(sampled.mean())
+        curves.append((recall, precision, envelope, sampled))
+    return np.array(aps), curves
+
+
+def evaluate_by_hand(gt_dict, detections, area="all", max_dets=100):
+    """{category: AP per threshold (10,)}; categories without counted objects are left out."""
+    result, curves = {}, {}
+    for cat in [c["id"] for c in gt_dict["categories"]]:
+        per_image = [match_image([d for d in detections if d["image_id"] == i and d["category_id"] == cat],
+                                 [g for g in gt_dict["annotations"] if g["image_id"] == i and g["category_id"] == cat],
+                                 AREA_RANGES[area], max_dets)
+                     for i in range(1, num_images + 1)]
+        num_objects = sum(p[3] for p in per_image)
+        if num_objects == 0:
+            continue
+        scores = np.concatenate([p[0] for p in per_image])
+        matched = np.concatenate([p[1] for p in per_image], axis=1)
+        ignore = np.concatenate([p[2] for p in per_image], axis=1)
+        result[cat], curves[cat] = average_precision(scores, matched, ignore, num_objects)
+    return result, curves
+
+
+ap_by_cat, curves = evaluate_by_hand(gt_dict, detections)
+ours = {
+    "AP": np.mean([ap.mean() for ap in ap_by_cat.values()]),
+    "AP50": np.mean([ap[0] for ap in ap_by_cat.values()]),
+    "AP75": np.mean([ap[5] for ap in ap_by_cat.values()]),
+}
+for area, name in [("small", "APs"), ("medium", "APm"), ("large", "APl")]:
+    per_area, _ = evaluate_by_hand(gt_dict, detections, area)
+    ours[name] = np.mean([ap.mean() for ap in per_area.values()]) if per_area else -1.0
+for name, value in ours.items():
+    print(f"{name:5s} {value:.4f}")
+
+# %% [markdown]
+# ## Check it: pycocotools, and the library's wrapper
+
+# %%
+with contextlib.redirect_stdout(io.StringIO()):           # pycocotools prints as it goes
+    coco_gt = COCO()
+    coco_gt.dataset = gt_dict
+    coco_gt.createIndex()
+    coco_eval = COCOeval(coco_gt, coco_gt.loadRes([dict(d) for d in detections]), "bbox")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+reference = dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], coco_eval.stats[:6]))
+for name in ours:
+    print(f"{name:5s} ours {ours[name]:.6f}   pycocotools {reference[name]:.6f}")
+    assert abs(ours[name] - reference[name]) < 1e-12, name
+
+lib_stats = coco_evaluate(coco_gt, [dict(d) for d in detections], "bbox")
+assert all(abs(lib_stats[k] - reference[k]) < 1e-12 for k in reference)
+print("minimaskrcnn.evaluate.coco_evaluate gives the same numbers")
+
+# %% [markdown]
+# ## See it
+# ### Precision-recall curves
+# Class 1 at IoU 0.5 and 0.75: the raw precision (thin), its upper envelope (thick) and the 101 points
+# COCO averages (dots). At 0.75 the noisier detections stop counting: recall tops out lower and the
+# false positives pile up earlier.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+for ax, t_idx in zip(axes, [0, 5]):
+    recall, precision, envelope, sampled = curves[1][t_idx]
+    ax.plot(recall, precision, lw=0.8, color="0.6", label="precision")
+    ax.plot(recall, envelope, lw=2, label="upper envelope")
+    ax.plot(RECALL_POINTS, sampled, ".", ms=3, label="101 points")
+    ax.set_title(f"class 1, IoU {IOU_THRESHOLDS[t_idx]:.2f}: AP = {ap_by_cat[1][t_idx]:.3f}")
+    ax.set_xlabel("recall"), ax.set_xlim(0, 1.02), ax.set_ylim(0, 1.02)
+axes[0].set_ylabel("precision"), axes[0].legend(fontsize=8)
+plt.show()
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3))
+for cat, ap in ap_by_cat.items():
+    ax.plot(IOU_THRESHOLDS, ap, "o-", label=f"class {cat}")
+mean_curve = np.mean(list(ap_by_cat.values()), axis=0)
+ax.plot(IOU_THRESHOLDS, mean_curve, "k--", label=f"mean: its average is AP = {mean_curve.mean():.3f}")
+ax.set_xlabel("IoU threshold"), ax.set_ylabel("AP"), ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ### Mask IoU
+# For mask AP, the IoU is between masks, computed by pycocotools on run-length encodings. By hand it is
+# just counting pixels:
+
+# %%
+masks = (rng.random((3, 60, 80)) < 0.1).cumsum(axis=2) % 2 == 1      # three blobby masks
+gt_masks = np.roll(masks, 3, axis=2)
+inter = (masks[:, None] & gt_masks[None]).sum((2, 3))
+union = (masks[:, None] | gt_masks[None]).sum((2, 3))
+ours_miou = inter / union
+rle = lambda m: [mask_utils.encode(np.asfortranarray(x.astype(np.uint8))) for x in m]
+coco_miou = mask_utils.iou(rle(masks), rle(gt_masks), [0, 0, 0])
+log("mask IoU (3 x 3)", ours_miou)
+assert np.allclose(ours_miou, coco_miou)
+print("equal to pycocotools.mask.iou")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1.** PASCAL VOC (2007) averaged the envelope at 11 recall points 0, 0.1, …, 1 instead of 101.
+# Write `ap_11_point(recall, precision)` (precision at recall r: the best precision at any recall ≥ r, 0 if
+# none) and compute `voc_ap50`, the mean over both classes of the 11-point AP at IoU 0.5. The check
+# compares it with our 101-point AP50.
+
+# %% tags=exercise-1
+def ap_11_point(recall, precision):
+    raise NotImplementedError  # your code here
+
+
+voc_ap50 = None
+
+# %% tags=check-1
+with exercise(1, "14_evaluation"):
+    r = np.array([0.1, 0.25, 0.25, 0.5, 0.65])
+    p = np.array([1.0, 1.0, 0.6, 0.7, 0.5])
+    assert abs(ap_11_point(r, p) - (3 * 1.0 + 3 * 0.7 + 1 * 0.5) / 11) < 1e-12, "check the toy curve by hand"
+    assert voc_ap50 is not None and abs(voc_ap50 - ours["AP50"]) < 0.05, "11 points or 101: close, not equal"
+    print(f"VOC 11-point AP50 {voc_ap50:.4f} vs COCO 101-point AP50 {ours['AP50']:.4f}")
+
+# %% [markdown]
+# **Exercise 2 (break it on purpose).** Skip the upper envelope: average the raw precision at the 101
+# recall points. Write `ap_without_envelope(recall, precision)` and compute `ap50_raw` over both classes
+# at IoU 0.5. Is it higher or lower than the real AP50, and why must it be?
+
+# %% tags=exercise-2
+def ap_without_envelope(recall, precision):
+    raise NotImplementedError  # your code here
+
+
+ap50_raw = None
+
+# %% tags=check-2
+with exercise(2, "14_evaluation"):
+    if ap50_raw is None:
+        raise NotImplementedError
+    expected = np.mean([np.mean([pr[i] if i < len(pr) else 0.0 for i in np.searchsorted(rc, RECALL_POINTS, side="left")])
+                        for rc, pr, _, _ in (curves[c][0] for c in curves)])
+    assert abs(ap50_raw - expected) < 1e-12
+    assert ap50_raw <= ours["AP50"] + 1e-12, "the envelope is never below the raw precision"
+    print(f"without the envelope AP50 = {ap50_raw:.4f}, with it {ours['AP50']:.4f}")
+
+# %% [markdown]
+# **Exercise 3 (why).** Mask R-CNN's gains from RoIAlign are largest at AP75. Using the curve of AP against
+# the IoU threshold, which statement is right? Set `answer_3`:
+#
+# * (a) AP@[.5:.95] weighs every threshold equally, so a method that localises better gains at the high
+#   thresholds, where detections that were hits at 0.5 turn into misses; AP50 cannot see that gain;
+# * (b) AP75 is computed on fewer images;
+# * (c) AP50 and AP75 always move together.
+
+# %% tags=exercise-3
+answer_3 = None
+
+# %% tags=check-3
+with exercise(3, "14_evaluation"):
+    if answer_3 is None:
+        raise NotImplementedError
+    assert answer_3 == "a"
+
+# %% [markdown]
+# ## Summary
+# * Matching: by score, each detection takes the best unmatched object with IoU ≥ t; duplicates are FPs.
+# * AP at t: the upper envelope of the precision-recall curve, read at 101 recall points, averaged.
+# * COCO AP: the mean over t = 0.50 … 0.95 and over classes; size ranges ignore objects outside them.
+#   Our loop gives pycocotools' numbers exactly.
+#
+# Next: lesson 13 trains a whole Mask R-CNN and measures it with these numbers.
