@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None, help="COCO instances JSON (default: the run's validation data)")
     p.add_argument("--images", default=None, help="image folder of those annotations")
     p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only")
-    p.add_argument("--iou-types", default="bbox,segm", help="bbox, segm or both")
+    p.add_argument("--iou-types", default=("bbox", "segm"), type=_iou_types, help="bbox, segm or bbox,segm")
     p.add_argument("--results-dir", default=None, help="where results_*.json go (default: the run folder)")
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None)
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for BLAS and Numba")
@@ -219,6 +219,13 @@ def _key_value(text: str) -> tuple[str, object]:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:
         return key.strip(), value
+
+
+def _iou_types(text: str) -> tuple[str, ...]:
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not types or any(t not in ("bbox", "segm") for t in types):
+        raise argparse.ArgumentTypeError(f"expected bbox, segm or bbox,segm, got {text!r}")
+    return types
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -309,7 +316,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         raise DataError(args.annotations, "the data set holds no images")
     indices = list(range(len(dataset)))[: args.max_images]
-    iou_types = tuple(t.strip() for t in args.iou_types.split(",") if t.strip())
+    iou_types = args.iou_types
     results_dir = args.results_dir or os.path.dirname(path)
     evaluate(model, dataset, iou_types=iou_types, indices=indices, results_dir=results_dir,
              verbose=True, progress=not args.no_progress)

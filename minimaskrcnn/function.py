@@ -109,11 +109,13 @@ class Context:
     """What one op's forward keeps for its backward.
 
     ``ctx.save_for_backward(a, b)`` keeps arrays (read back as ``ctx.saved_tensors``); small facts
-    are plain attributes (``ctx.x_shape = x.shape``).
+    are plain attributes (``ctx.x_shape = x.shape``). ``ctx.needs_input_grad[i]`` says whether
+    positional input i wants a gradient, so backward can skip work for the others.
     """
 
     def __init__(self) -> None:
         self.saved_tensors: tuple = ()
+        self.needs_input_grad: tuple = ()
 
     def save_for_backward(self, *arrays: Any) -> None:
         self.saved_tensors = arrays
@@ -161,6 +163,8 @@ class Function:
             isinstance(a, Tensor) and a.requires_grad for a in args
         )
         ctx = Context()
+        # which positional inputs want a gradient: backward may skip the others (e.g. dx of the stem conv)
+        ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         out = cls.forward(ctx, *arrays, **kwargs)
         where = None
         if _state.detect_anomaly:

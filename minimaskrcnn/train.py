@@ -83,12 +83,12 @@ class TrainConfig:
 
     # --- bookkeeping
     log_every: int = 10  # steps between log rows (averages over those steps)
-    val_every: int = 0  # steps between validations (0: only at the end)
+    val_every: int = 250  # steps between validations (0: only at the end); each costs a few seconds
     checkpoint_every: int = 250  # steps between checkpoints (one is always written at the end)
     val_iou_types: tuple[str, ...] = ("bbox", "segm")
     val_loss_images: int = 16  # validation losses over at most this many images (0: skip them)
     backend: str | None = None  # "numpy" | "numba" | "cuda"; None: keep the current one
-    threads: int | None = 1  # CPU threads for BLAS and Numba kernels (None: leave as they are); see limit_threads
+    threads: int | None = 1  # CPU threads of BLAS and Numba, process-wide (None: leave them); see limit_threads
     detect_anomaly: bool = False  # run every step in anomaly mode (slow; NaNs are caught anyway)
     progress: bool = True  # show a tqdm progress bar
 

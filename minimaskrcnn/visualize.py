@@ -112,10 +112,11 @@ def draw_boxes(
             draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), outline=color, width=width)
         if texts is not None and texts[i]:
             left, top, right, bottom = draw.textbbox((x1, y1), texts[i], font=font)
-            h = bottom - top
-            ty = y1 - h - 2 if y1 - h - 2 >= 0 else y1
-            draw.rectangle((x1, ty, x1 + (right - left) + 4, ty + h + 2), fill=color)
-            draw.text((x1 + 2, ty + 1 - (top - y1)), texts[i], fill=(255, 255, 255), font=font)
+            h, w = bottom - top, right - left
+            ty = y1 - h - 2 if y1 - h - 2 >= 0 else y1  # above the box, or inside it at the image top
+            tx = max(0.0, min(x1, canvas.width - w - 4))  # kept inside the image on the right
+            draw.rectangle((tx, ty, tx + w + 4, ty + h + 2), fill=color)
+            draw.text((tx + 2, ty + 1 - (top - y1)), texts[i], fill=(255, 255, 255), font=font)
     return np.asarray(canvas).copy()
 
 

@@ -162,14 +162,18 @@ class Conv2d(Function):
         L = dout.shape[2] * dout.shape[3]  # OH*OW
         dout = dout.reshape(N, G, C_out // G, L)
 
-        cols = _unfold(x, *geometry).reshape(N, G, C_per_group * KH * KW, L)
-        dw = _weight_grad(dout, cols).reshape(weight.shape)
-        w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
-        # dcols (N, G, C/G*KH*KW, L) overwrite cols' scratch memory (cols are used up) unless cols
-        # are x itself (1x1 kernels), whose dx must not alias scratch memory
-        dcols = None if _is_pointwise((KH, KW), ctx.padding) else cols
-        dcols = get_array_module(dout).matmul(w_mat.swapaxes(-1, -2), dout, out=dcols)
-        dx = _fold(dcols.reshape(N, C * KH * KW, L), x.shape, *geometry)
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dx = dw = None
+        cols = _unfold(x, *geometry).reshape(N, G, C_per_group * KH * KW, L) if need_dw else None
+        if need_dw:
+            dw = _weight_grad(dout, cols).reshape(weight.shape)
+        if need_dx:
+            w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
+            # dcols (N, G, C/G*KH*KW, L) overwrite cols' scratch memory (cols are used up) unless cols
+            # are x itself (1x1 kernels), whose dx must not alias scratch memory
+            dcols = None if cols is None or _is_pointwise((KH, KW), ctx.padding) else cols
+            dcols = get_array_module(dout).matmul(w_mat.swapaxes(-1, -2), dout, out=dcols)
+            dx = _fold(dcols.reshape(N, C * KH * KW, L), x.shape, *geometry)
         db = dout.sum(axis=(0, 3)).reshape(C_out) if ctx.has_bias else None  # (N, G, C_out/G, L) -> (C_out,)
         return dx, dw, db
 

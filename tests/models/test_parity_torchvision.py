@@ -53,7 +53,7 @@ def _pair_detections(ref: dict, got: dict) -> list[tuple[int, int]]:
         j = int(candidates[np.argmin(np.abs(candidates - i))])
         used[j] = True
         if i != j:  # a different rank: allowed only between near-equal scores
-            assert abs(rs[i] - rs[min(j, len(rs) - 1)]) <= SCORE_TOL, f"detection {i} came at rank {j}"
+            assert abs(rs[i] - rs[j]) <= SCORE_TOL, f"detection {i} came at rank {j}"
         pairs.append((i, j))
     return pairs
 

@@ -243,3 +243,21 @@ def test_bad_arguments_raise():
         conv_transpose2d(x, Tensor(np.zeros((4, 2, 3, 3))), stride=2, output_padding=2)
     with pytest.raises(ValueError, match="do not match"):
         linear(Tensor(np.zeros((2, 3))), Tensor(np.zeros((4, 5))))
+
+
+def test_backward_computes_only_the_gradients_asked_for(rng):
+    """The stem conv's input needs no gradient and a frozen conv's weight none: both still give
+    the right gradient for what does require one (ctx.needs_input_grad)."""
+    import minimaskrcnn as mm
+    from minimaskrcnn.ops.conv import conv2d as conv
+
+    x = rng.standard_normal((2, 3, 6, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    both_x, both_w = mm.Tensor(x.copy(), requires_grad=True), mm.Tensor(w.copy(), requires_grad=True)
+    conv(both_x, both_w, padding=1).sum().backward()
+    only_w = mm.Tensor(w.copy(), requires_grad=True)
+    conv(mm.Tensor(x.copy()), only_w, padding=1).sum().backward()
+    only_x = mm.Tensor(x.copy(), requires_grad=True)
+    conv(only_x, mm.Tensor(w.copy()), padding=1).sum().backward()
+    np.testing.assert_allclose(only_w.grad, both_w.grad, rtol=1e-12)
+    np.testing.assert_allclose(only_x.grad, both_x.grad, rtol=1e-12)
