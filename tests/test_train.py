@@ -136,3 +136,15 @@ def test_train_function_with_overrides(tmp_path):
     result = train(cfg, steps=2, name="via-train")
     assert result["step"] == 2 and result["run_dir"].endswith("via-train")
     assert dataclasses.replace(cfg, steps=2).steps == 2
+
+
+def test_limit_threads():
+    import numba
+
+    from minimaskrcnn.train import limit_threads
+
+    done = limit_threads(1)
+    assert done["numba"] and numba.get_num_threads() == 1
+    with open("/proc/self/maps") as f:
+        openblas = "openblas" in f.read().lower()
+    assert done["blas"] == openblas  # NumPy's OpenBLAS (that of the PyPI wheels) found and limited

@@ -1,7 +1,8 @@
 """A small configuration overfits two images: its training losses fall steadily (issue 4, "Must show").
 
 "r18-shapes" (ResNet-18 at width 0.25 with GroupNorm, 128-px inputs) from scratch, two synthetic
-shapes images, 30 steps of SGD with momentum. Everything is seeded. About 20-40 s on 2 cores.
+shapes images, 24 steps of SGD with momentum. Everything is seeded. About 20-30 s on 2 idle cores
+(0.8-1 s a step; several times that on a busy machine).
 """
 import numpy as np
 
@@ -10,7 +11,7 @@ from minimaskrcnn.models import LOSS_NAMES, build_model
 from minimaskrcnn.nn import init
 from minimaskrcnn.optim import SGD
 
-STEPS = 30
+STEPS = 24
 WINDOW = 6
 
 

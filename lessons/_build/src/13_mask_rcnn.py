@@ -68,7 +68,8 @@ print(f"\n{num_params:,} parameters; torchvision's ResNet-50 Mask R-CNN has 44,4
 
 # %%
 shapes_config = TrainConfig(
-    model="r18-shapes", name="lesson13-shapes", output_dir="runs", data_dir="runs/data/shapes",
+    model="r18-shapes", name="lesson13-shapes" + ("-quick" if QUICK else ""), output_dir="runs",
+    data_dir="runs/data/shapes" + ("-quick" if QUICK else ""),
     steps=6 if QUICK else 1000, batch_size=2 if QUICK else 4, lr=0.02, warmup_steps=2 if QUICK else 100,
     num_train_images=8 if QUICK else 600, num_val_images=4 if QUICK else 64,
     val_loss_images=0 if QUICK else 16, log_every=2 if QUICK else 20, checkpoint_every=0,
@@ -206,7 +207,7 @@ plt.show()
 
 # %%
 coco_config = TrainConfig(
-    model="r18-coco-tiny", name="lesson13-coco-overfit", output_dir="runs", dataset="coco-overfit",
+    model="r18-coco-tiny", name="lesson13-coco-overfit" + ("-quick" if QUICK else ""), output_dir="runs", dataset="coco-overfit",
     steps=2 if QUICK else 200, batch_size=2, lr=0.02, warmup_steps=1 if QUICK else 50, clip_grad_norm=10.0,
     min_size=128 if QUICK else 256, max_size=192 if QUICK else 384,
     val_loss_images=0, log_every=1 if QUICK else 10, checkpoint_every=0, hflip_prob=0.0,
