@@ -31,7 +31,8 @@ examples:
   minimaskrcnn train                                  # the README's run: shapes, r18-shapes
   minimaskrcnn train --steps 200 --name quick         # a shorter run in runs/quick/
   minimaskrcnn train --resume                         # continue runs/r18-shapes/ where it stopped
-  minimaskrcnn train --dataset coco-overfit --model r18-coco-tiny --steps 300   # overfit 8 COCO images
+  minimaskrcnn train --dataset coco-overfit --name overfit --min-size 192 --max-size 288 \\
+      --steps 450 --lr-milestones 400 --clip-grad-norm 10 --hflip-prob 0   # learn 8 COCO images by heart
   minimaskrcnn train --dataset coco --train-annotations ann/train.json --train-images img/ \\
       --val-annotations ann/val.json --val-images img_val/
   minimaskrcnn train --backend numpy --detect-anomaly # readable kernels, NaN hunting
@@ -39,7 +40,7 @@ examples:
 model configurations (--model): {configs}
 
 writes into <output-dir>/<name>/: log.jsonl (losses, lr, speed; val_* rows), curves.png,
-checkpoint.npz (+ .json; everything needed to resume bit for bit), config.json and the last
+checkpoint.npz (everything needed to resume bit for bit), config.json and the last
 validation's COCO results (results_bbox.json, results_segm.json)."""
 
 EVALUATE_EXAMPLES = """\

@@ -266,37 +266,26 @@ def ensure_shapes_data(data_dir: str, num_train: int, num_val: int, image_size: 
     """
     from minimaskrcnn.data.shapes import make_shapes_dataset
 
-    out = []
+    out: list[str] = []
     for split, n, seed in (("train", num_train, SHAPES_TRAIN_SEED), ("val", num_val, SHAPES_VAL_SEED)):
         split_dir = os.path.join(data_dir, split)
         meta_path = os.path.join(split_dir, "meta.json")
-        meta = {"num_images": int(n), "image_size": int(image_size), "seed": seed}
+        params = {"num_images": int(n), "image_size": int(image_size), "seed": seed}
         done = None
         if os.path.isfile(meta_path):
             with open(meta_path) as f:
                 done = json.load(f)
-        if done is None or done.get("params") != meta:
+        if done is None or done.get("params") != params:
             made = make_shapes_dataset(split_dir, num_images=int(n), image_size=int(image_size), seed=seed)
-            ann, img = _shapes_paths(made, split_dir)
+            # names relative to the split folder, so that the folder can move
+            names = {"annotations": os.path.relpath(made.annotation_file, split_dir),
+                     "images": os.path.relpath(made.image_dir, split_dir)}
             with open(meta_path, "w") as f:
-                json.dump({"params": meta, "annotations": ann, "images": img}, f)
+                json.dump({"params": params, **names}, f)
         else:
-            ann, img = done["annotations"], done["images"]
-        out += [ann, img]
+            names = done
+        out += [os.path.join(split_dir, names["annotations"]), os.path.join(split_dir, names["images"])]
     return tuple(out)
-
-
-def _shapes_paths(made, split_dir: str) -> tuple[str, str]:
-    """Annotation file and image folder of a generated shapes split, whatever the generator returned."""
-    if isinstance(made, (tuple, list)) and len(made) == 2:
-        return os.fspath(made[0]), os.fspath(made[1])
-    if isinstance(made, Mapping):
-        return os.fspath(made["annotation_file"]), os.fspath(made["image_dir"])
-    if hasattr(made, "annotation_file"):
-        return os.fspath(made.annotation_file), os.fspath(made.image_dir)
-    if isinstance(made, (str, os.PathLike)) and os.path.isfile(made):
-        return os.fspath(made), os.path.join(split_dir, "images")
-    raise DataError(split_dir, "the shapes generator returned no annotation file")
 
 
 def class_names_of(dataset) -> list[str]:
@@ -420,6 +409,8 @@ class Trainer:
             warmup_factor=config.warmup_factor, warmup_iters=config.warmup_steps,
         )
         self.step = 0
+        self.seconds_before = 0.0  # training time of the run before this process (when resumed)
+        self._fit_start: float | None = None
         self.last_checkpoint_step: int | None = None
         self.history: list[dict] = []
         self.last_val: dict[str, Any] = {}
@@ -494,6 +485,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "generators": self.generator_states(),
             "last_val": self.last_val,
+            "seconds": self.seconds_before + (time.perf_counter() - self._fit_start if self._fit_start else 0.0),
         }
 
     def save_checkpoint(self, path: str | None = None) -> str:
@@ -526,6 +518,7 @@ class Trainer:
         self.loader.load_state_dict(extra["loader"])
         self.set_generator_states(extra["generators"])
         self.step = int(extra["step"])
+        self.seconds_before = float(extra.get("seconds", 0.0))
         self.last_checkpoint_step = self.step
         self.checkpoint_path = path if os.path.dirname(path) == self.run_dir else self.checkpoint_path
         self.last_val = dict(extra.get("last_val") or {})
@@ -686,7 +679,7 @@ class Trainer:
         bar = _progress_bar(cfg.progress, total=cfg.steps, initial=self.step, desc=self.config.run_name)
         window: dict[str, list[float]] = defaultdict(list)
         smooth: dict[str, float] = {}
-        t_start = time.perf_counter()
+        t_start = self._fit_start = time.perf_counter()
         t_window = t_start
         images_window = 0
         values: dict[str, float] = {}
@@ -706,7 +699,7 @@ class Trainer:
                 bar.set_postfix_str(_postfix(smooth, speed))
                 if self.step % cfg.log_every == 0 or self.step == end:
                     row = {"step": self.step, **{k: float(np.mean(v)) for k, v in window.items()},
-                           "images_per_s": speed, "time": now - t_start}
+                           "images_per_s": speed, "time": self.seconds_before + now - t_start}
                     self._append_log(row)
                     window.clear()
                     t_window, images_window = now, 0
@@ -716,10 +709,13 @@ class Trainer:
                     bar.clear()
                     self.validate()
                     plot_log(self.history, self.curves_path)
+                    t_window, images_window = time.perf_counter(), 0  # the speed leaves validation out
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == end:
                     self.save_checkpoint()
         finally:
             bar.close()
+            self.seconds_before += time.perf_counter() - t_start
+            self._fit_start = None
         plot_log(self.history, self.curves_path)
         return {
             "step": self.step,

@@ -91,3 +91,25 @@ def test_lesson_runs_and_checks_pass(nb_path: Path, monkeypatch):
     except nbclient.exceptions.CellExecutionError as e:  # the message holds the cell and traceback
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # drop IPython's colours
         pytest.fail(f"{nb_path.name}: a cell failed\n{message[-6000:]}")
+
+
+def _parse_source():
+    """``parse_source`` of lessons/_build/build.py (the notebooks are generated from its sources)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lessons_build", LESSONS / "_build" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_source
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_matches_its_source(nb_path: Path):
+    """The stored notebook holds the text of lessons/_build/src/<name>.py (rebuild after editing it)."""
+    src = LESSONS / "_build" / "src" / f"{nb_path.stem}.py"
+    assert src.exists(), f"no source for {nb_path.name}"
+    expected = _parse_source()(src.read_text())
+    stored = nbformat.read(nb_path, as_version=4)
+    assert [c.cell_type for c in stored.cells] == [c.cell_type for c in expected.cells]
+    for i, (a, b) in enumerate(zip(stored.cells, expected.cells)):
+        assert a.source == b.source, f"{nb_path.name} cell {i} differs from {src.name}: run lessons/_build/build.py"
