@@ -340,7 +340,12 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 class _NoBar:
+    """What the code calls on a tqdm bar, doing nothing (progress off)."""
+
     def update(self, n: int = 1) -> None:
+        pass
+
+    def clear(self) -> None:
         pass
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -824,11 +824,7 @@ def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
         return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
     from minimaskrcnn.evaluate import _NoBar
 
-    class _Bar(_NoBar):
-        def clear(self) -> None:
-            pass
-
-    return _Bar()
+    return _NoBar()
 
 
 def plot_log(rows: Sequence[Mapping[str, Any]], path: str) -> None:
