@@ -17,7 +17,7 @@ EXIT_BAD_INPUT = 2
 
 MAIN_EXAMPLES = """\
 examples:
-  minimaskrcnn train                                  # shapes data, r18-shapes, ~15 min on 2 cores
+  minimaskrcnn train                                  # shapes data, r18-shapes, ~10 min on 2 cores
   minimaskrcnn evaluate runs/r18-shapes               # COCO AP of that run on its validation set
   minimaskrcnn predict runs/r18-shapes photo.jpg -o out/
   minimaskrcnn data shapes runs/data/shapes/train --num-images 200
@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None, help="kernels to run (default numba)")
     g.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads for BLAS and Numba (one pool of spinning threads at a time is fastest on small machines)")
+                   help="threads of the Numba kernels (default: every core)")
+    g.add_argument("--blas-threads", type=int, default=d.blas_threads,
+                   help="threads of NumPy's matrix products; 1 is fastest for the small models on few cores, "
+                        "where both thread pools spinning on the same cores slow a step down 2x")
     g.add_argument("--detect-anomaly", action="store_true", help="run every step in anomaly mode (slow)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -161,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-types", default=("bbox", "segm"), type=_iou_types, help="bbox, segm or bbox,segm")
     p.add_argument("--results-dir", default=None, help="where results_*.json go (default: the run folder)")
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None)
-    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for BLAS and Numba")
+    p.add_argument("--threads", type=int, default=d.threads, help="threads of the Numba kernels (default: every core)")
+    p.add_argument("--blas-threads", type=int, default=d.blas_threads, help="threads of NumPy's matrix products")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -174,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", default="predictions", help="where the PNGs go")
     p.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None)
-    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for BLAS and Numba")
+    p.add_argument("--threads", type=int, default=d.threads, help="threads of the Numba kernels (default: every core)")
+    p.add_argument("--blas-threads", type=int, default=d.blas_threads, help="threads of NumPy's matrix products")
     p.set_defaults(func=cmd_predict)
 
     # ----------------------------------------------------------------------------------- data
@@ -247,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         model=args.model, name=args.name, output_dir=args.output_dir, min_size=args.min_size, max_size=args.max_size,
-        model_kwargs=dict(args.model_arg) or None, threads=args.threads,
+        model_kwargs=dict(args.model_arg) or None, threads=args.threads, blas_threads=args.blas_threads,
         dataset=args.dataset, data_dir=args.data_dir, num_train_images=args.num_train_images,
         num_val_images=args.num_val_images, image_size=args.image_size,
         train_annotations=args.train_annotations, train_images=args.train_images,
@@ -303,7 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = args.checkpoint
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT_NAME)
-    _limit_threads(args.threads)
+    _limit_threads(args.threads, args.blas_threads)
     model, _ = load_model(path, backend=args.backend)
     if args.annotations:
         if not args.images:
@@ -329,7 +334,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from minimaskrcnn.predict import collect_image_paths, load_model, predict_files
 
     collect_image_paths(args.images)  # bad inputs fail before the model is loaded
-    _limit_threads(args.threads)
+    _limit_threads(args.threads, args.blas_threads)
     model, class_names = load_model(args.checkpoint, backend=args.backend)
     written = predict_files(model, args.images, args.output_dir, class_names, score_threshold=args.score_threshold)
     for path in written:
@@ -337,11 +342,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limit_threads(threads: int | None) -> None:
-    if threads is not None:
-        from minimaskrcnn.train import limit_threads
+def _limit_threads(threads: int | None, blas_threads: int | None) -> None:
+    from minimaskrcnn.train import limit_threads
 
-        limit_threads(threads)
+    limit_threads(threads, blas_threads)
 
 
 def cmd_data_shapes(args: argparse.Namespace) -> int:

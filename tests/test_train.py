@@ -143,8 +143,14 @@ def test_limit_threads():
 
     from minimaskrcnn.train import limit_threads
 
-    done = limit_threads(1)
-    assert done["numba"] and numba.get_num_threads() == 1
+    before = numba.get_num_threads()
+    assert limit_threads(None, None) == {"blas": False, "numba": False}  # None leaves each pool alone
+    assert numba.get_num_threads() == before
+    done = limit_threads(1, None)
+    assert done == {"blas": False, "numba": True} and numba.get_num_threads() == 1
+    done = limit_threads(None, 1)
     with open("/proc/self/maps") as f:
         openblas = "openblas" in f.read().lower()
-    assert done["blas"] == openblas  # NumPy's OpenBLAS (that of the PyPI wheels) found and limited
+    assert done == {"blas": openblas, "numba": False}  # NumPy's OpenBLAS (that of the PyPI wheels) found and limited
+    limit_threads(before, None)
+    assert numba.get_num_threads() == before
