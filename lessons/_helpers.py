@@ -47,7 +47,7 @@ class exercise:
         self.number = number
         self.lesson = lesson
 
-    def __enter__(self) -> "exercise":
+    def __enter__(self) -> exercise:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

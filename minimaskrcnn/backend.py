@@ -12,8 +12,8 @@ import importlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
 
 import numpy as np
 

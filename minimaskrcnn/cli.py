@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
 
@@ -366,7 +366,6 @@ def cmd_data_coco_sample(args: argparse.Namespace) -> int:
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     from minimaskrcnn.data import download
-
     from minimaskrcnn.errors import DataError
 
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None

@@ -7,7 +7,7 @@ can open the file and fix the one entry.
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -24,7 +24,7 @@ class DataError(ValueError):
     Attributes ``path``, ``record`` and ``problem`` keep the three parts for code that handles them.
     """
 
-    def __init__(self, path: Optional[PathLike], problem: str, record: Optional[str] = None):
+    def __init__(self, path: PathLike | None, problem: str, record: str | None = None):
         self.path = None if path is None else os.fspath(path)
         self.record = record
         self.problem = problem

@@ -11,7 +11,8 @@ import copy
 import io
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils

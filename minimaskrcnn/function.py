@@ -11,7 +11,8 @@ import contextlib
 import os
 import threading
 import traceback
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,7 @@ class Node:
 
     __slots__ = ("fn", "ctx", "parents", "where")
 
-    def __init__(self, fn: type["Function"], ctx: Context, parents: tuple, where: str | None):
+    def __init__(self, fn: type[Function], ctx: Context, parents: tuple, where: str | None):
         self.fn = fn
         self.ctx = ctx
         self.parents = parents  # one entry per positional forward argument: a Tensor or None

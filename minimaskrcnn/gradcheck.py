@@ -6,8 +6,8 @@ compares (f(x+eps) - f(x-eps)) / 2eps, contracted with a random upstream gradien
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -18,8 +18,9 @@ import pickle
 import struct
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,7 +63,7 @@ _LEGACY_PROTOCOL_VERSION = 1001
 class _Refused(Exception):
     """Raised inside the unpickler; turned into a CheckpointError that names the file."""
 
-    def __init__(self, problem: str, record: Optional[str] = None):
+    def __init__(self, problem: str, record: str | None = None):
         super().__init__(problem)
         self.problem = problem
         self.record = record
@@ -115,7 +116,7 @@ class _Storage:
 
     __slots__ = ("array", "bfloat16")
 
-    def __init__(self, array: Optional[np.ndarray], bfloat16: bool):
+    def __init__(self, array: np.ndarray | None, bfloat16: bool):
         self.array = array  # None during the first pass over a legacy file
         self.bfloat16 = bfloat16
 
@@ -137,7 +138,7 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _tensor_from_storage(storage, storage_offset, size, stride) -> Optional[np.ndarray]:
+def _tensor_from_storage(storage, storage_offset, size, stride) -> np.ndarray | None:
     """Build the array a torch tensor views: ``storage[offset + sum_i idx_i * stride_i]``.
 
     Args:
@@ -470,11 +471,11 @@ class Checkpoint(NamedTuple):
     """What :func:`load_checkpoint` returns (unpacks as ``model_state, optimizer_state, extra``)."""
 
     model_state: dict  # {name: array}
-    optimizer_state: Optional[dict]  # as given to save_checkpoint, or None
+    optimizer_state: dict | None  # as given to save_checkpoint, or None
     extra: dict  # step, config, RNG states, ... as given ({} when None was given)
 
 
-def _as_array(obj) -> Optional[np.ndarray]:
+def _as_array(obj) -> np.ndarray | None:
     """obj as a NumPy array if it is one (or a Tensor, or a CuPy array), else None."""
     if isinstance(obj, np.ndarray):
         return obj
@@ -586,8 +587,8 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
 def save_checkpoint(
     path: PathLike,
     model_state: Mapping[str, Any],
-    optimizer_state: Optional[Mapping[str, Any]] = None,
-    extra: Optional[Mapping[str, Any]] = None,
+    optimizer_state: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save a training checkpoint atomically, in a format that cannot carry code.
 

@@ -7,7 +7,8 @@ per input with the masks, boxes, class names and scores drawn (``minimaskrcnn pr
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

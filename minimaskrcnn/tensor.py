@@ -5,7 +5,8 @@ and accumulates gradients into the leaves' ``.grad``. Lesson 04 builds it.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class Tensor:
         return int(self.data.size)
 
     @property
-    def T(self) -> "Tensor":
+    def T(self) -> Tensor:
         return self.permute(*reversed(range(self.ndim)))
 
     @property
@@ -85,11 +86,11 @@ class Tensor:
     def item(self) -> float:
         return self.numpy().item()
 
-    def detach(self) -> "Tensor":
+    def detach(self) -> Tensor:
         """The same array, cut from the graph."""
         return Tensor(self.data)
 
-    def astype(self, dtype) -> "Tensor":
+    def astype(self, dtype) -> Tensor:
         from minimaskrcnn.ops.elementwise import Cast
 
         return Cast.apply(self, dtype=np.dtype(dtype))
@@ -139,7 +140,7 @@ class Tensor:
                     grads[key] = pg if key not in grads else grads[key] + pg
                 t._node = None  # free the graph as we go
 
-    def _topological_order(self) -> list["Tensor"]:
+    def _topological_order(self) -> list[Tensor]:
         """Tensors reachable from self, each after every tensor that uses it (iterative DFS)."""
         order: list[Tensor] = []
         visited: set[int] = set()

@@ -17,7 +17,8 @@ import os
 import random
 import time
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         for k in ("lr_milestones", "val_iou_types"):
@@ -663,7 +664,7 @@ class Trainer:
         return row
 
     # --------------------------------------------------------------------------------- the run
-    def fit(self, until_step: int | None = None, callback: Callable[["Trainer", dict], None] | None = None) -> dict:
+    def fit(self, until_step: int | None = None, callback: Callable[[Trainer, dict], None] | None = None) -> dict:
         """Train until ``config.steps`` (or ``until_step``, to stop early and resume later).
 
         Args:

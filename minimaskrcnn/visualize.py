@@ -7,7 +7,8 @@ lines and text), so that they work the same in a notebook, a test and the ``pred
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont

@@ -5,7 +5,6 @@ import pytest
 
 import minimaskrcnn as mm
 from minimaskrcnn import Function, Tensor, gradcheck
-from minimaskrcnn.ops import shape as shape_ops
 
 torch = pytest.importorskip("torch")
 

@@ -7,7 +7,6 @@ the test inserts the solution from lessons/solutions/ and the check again, which
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 

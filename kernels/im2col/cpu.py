@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 
+from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
-from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
 
 _THREADS_PER_BLOCK = 256
 

@@ -7,7 +7,6 @@ col2im is the adjoint: it adds each tap's slice back where it came from (overlap
 from __future__ import annotations
 
 import numpy as np
-
 from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from minimaskrcnn.kernels.max_pool import check_pooled_shape, max_pool_geometry
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 
+from minimaskrcnn.kernels.max_pool import check_pooled_shape, max_pool_geometry
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
-from minimaskrcnn.kernels.max_pool import check_pooled_shape, max_pool_geometry
 
 _THREADS_PER_BLOCK = 256
 

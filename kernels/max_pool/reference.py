@@ -7,7 +7,6 @@ Taps that fall in the padding never win (the padding is -inf in effect).
 from __future__ import annotations
 
 import numpy as np
-
 from minimaskrcnn.kernels.max_pool import check_pooled_shape, max_pool_geometry
 
 

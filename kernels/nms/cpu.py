@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from minimaskrcnn.kernels.nms import argsort_descending, check_nms_args
 
 

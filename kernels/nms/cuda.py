@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from minimaskrcnn.kernels.nms import argsort_descending, check_nms_args
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module, to_numpy
-from minimaskrcnn.kernels.nms import argsort_descending, check_nms_args
 
 THREADS_PER_BLOCK = 64  # one bit of a uint64 per column box
 

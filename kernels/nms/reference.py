@@ -5,7 +5,6 @@ See ``kernels/nms/__init__.py`` for the exact rules (torchvision's CPU semantics
 from __future__ import annotations
 
 import numpy as np
-
 from minimaskrcnn.kernels.nms import argsort_descending, check_nms_args
 
 

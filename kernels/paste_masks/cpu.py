@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from minimaskrcnn.kernels.paste_masks import check_paste_args
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
+from minimaskrcnn.kernels.paste_masks import check_paste_args
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
-from minimaskrcnn.kernels.paste_masks import check_paste_args
 
 THREADS_PER_BLOCK = 256
 

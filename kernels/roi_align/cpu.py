@@ -17,7 +17,6 @@ import math
 
 import numba
 import numpy as np
-
 from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
 
 CHANNELS_PER_TASK = 4  # channels one forward task interpolates together (the kernel names 4 sums)

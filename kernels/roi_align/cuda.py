@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 
+from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
 
 _THREADS_PER_BLOCK = 256
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
 
 

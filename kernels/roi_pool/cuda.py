@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 
+from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
+from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
-from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST
 
 _THREADS_PER_BLOCK = 256
 

@@ -11,8 +11,9 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -245,7 +246,7 @@ class CocoDataset:
         self,
         annotation_file: PathLike,
         image_dir: PathLike,
-        transforms: Optional[Callable] = None,
+        transforms: Callable | None = None,
         *,
         contiguous_labels: bool = False,
         remove_images_without_annotations: bool = False,

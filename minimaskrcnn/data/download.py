@@ -14,8 +14,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -63,7 +63,7 @@ def _download(url: str, dest: Path, timeout: float, progress: bool, what: str) -
             os.unlink(tmp)
 
 
-def _image_ok(path: Path, info: dict) -> Optional[str]:
+def _image_ok(path: Path, info: dict) -> str | None:
     """None if ``path`` is a readable image of the recorded size, else what is wrong."""
     try:
         with Image.open(path) as img:
@@ -91,8 +91,8 @@ def _read_annotations(source: Path, split: str) -> dict:
     return json.loads(source.read_text(encoding="utf-8"))
 
 
-def select_images(coco: dict, num_images: Optional[int] = None, categories: Optional[Sequence[str]] = None,
-                  seed: int = 0) -> tuple[list[int], Optional[set]]:
+def select_images(coco: dict, num_images: int | None = None, categories: Sequence[str] | None = None,
+                  seed: int = 0) -> tuple[list[int], set | None]:
     """Choose image ids: those with a (non-crowd) object of ``categories`` if given, then a seeded
     random ``num_images`` of them if given.
 
@@ -119,11 +119,11 @@ def select_images(coco: dict, num_images: Optional[int] = None, categories: Opti
 def download_coco(
     out_dir: PathLike,
     split: str = "val2017",
-    num_images: Optional[int] = None,
-    categories: Optional[Sequence[str]] = None,
+    num_images: int | None = None,
+    categories: Sequence[str] | None = None,
     *,
     base_url: str = COCO_BASE_URL,
-    annotations_url: Optional[str] = None,
+    annotations_url: str | None = None,
     seed: int = 0,
     progress: bool = True,
     timeout: float = 60.0,
@@ -223,7 +223,7 @@ def copy_sample(out_dir: PathLike) -> Path:
     return out_dir
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m minimaskrcnn.data.download --out DIR [--split S] [--num-images N]
     [--categories cat,dog]``."""
     parser = argparse.ArgumentParser(description="Download COCO 2017 annotations and a subset of its images.")

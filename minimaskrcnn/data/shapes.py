@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -74,7 +74,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def generate_shapes_image(
     rng: np.random.Generator,
-    image_size: Union[int, tuple[int, int]] = 128,
+    image_size: int | tuple[int, int] = 128,
     num_classes: int = len(SHAPE_CLASSES),
     min_objects: int = 1,
     max_objects: int = 4,
@@ -167,7 +167,7 @@ class ShapesDataset:
     area (M,) float32 (visible pixels), iscrowd (M,) int64 zeros.
     """
 
-    def __init__(self, num_images: int, image_size: Union[int, tuple[int, int]] = 128, seed: int = 0,
+    def __init__(self, num_images: int, image_size: int | tuple[int, int] = 128, seed: int = 0,
                  transforms=None, **generator_kwargs: Any):
         if num_images <= 0:
             raise ValueError(f"num_images must be positive, got {num_images}")
@@ -243,7 +243,7 @@ class ShapesDataset:
         }
 
 
-def make_shapes_dataset(out_dir: PathLike, num_images: int, image_size: Union[int, tuple[int, int]] = 128,
+def make_shapes_dataset(out_dir: PathLike, num_images: int, image_size: int | tuple[int, int] = 128,
                         seed: int = 0, **generator_kwargs: Any) -> ShapesFiles:
     """Write a shapes data set in COCO format: ``out_dir/images/NNNNNN.png`` and ``out_dir/instances.json``.
 

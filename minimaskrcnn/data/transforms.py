@@ -8,7 +8,8 @@ Lesson: lessons/ (the data pipeline).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def resize_nearest(masks: np.ndarray, out_height: int, out_width: int) -> np.nda
     return masks[:, source_index(in_h, out_height)][:, :, source_index(in_w, out_width)]
 
 
-def resize(image: np.ndarray, target: Optional[Target], min_size: int, max_size: int) -> tuple[np.ndarray, Optional[Target]]:
+def resize(image: np.ndarray, target: Target | None, min_size: int, max_size: int) -> tuple[np.ndarray, Target | None]:
     """Scale so that the shorter side is ``min_size``, unless the longer would exceed ``max_size``.
 
     As torchvision's GeneralizedRCNNTransform: ``scale = min(min_size / min(H, W), max_size / max(H, W))``,
@@ -130,7 +131,7 @@ def resize(image: np.ndarray, target: Optional[Target], min_size: int, max_size:
     return image, target
 
 
-def hflip(image: np.ndarray, target: Optional[Target]) -> tuple[np.ndarray, Optional[Target]]:
+def hflip(image: np.ndarray, target: Target | None) -> tuple[np.ndarray, Target | None]:
     """Mirror left-right: x -> W - x for boxes (x1' = W - x2, x2' = W - x1), columns reversed.
 
     Args:
@@ -165,12 +166,12 @@ class Resize:
         seed: seeds the generator used when no ``rng`` is passed to the call.
     """
 
-    def __init__(self, min_size: Union[int, Sequence[int]] = 800, max_size: int = 1333, seed: Optional[int] = None):
+    def __init__(self, min_size: int | Sequence[int] = 800, max_size: int = 1333, seed: int | None = None):
         self.min_size = (min_size,) if isinstance(min_size, int) else tuple(min_size)
         self.max_size = max_size
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, image, target=None, rng: Optional[np.random.Generator] = None):
+    def __call__(self, image, target=None, rng: np.random.Generator | None = None):
         size = self.min_size[0]
         if len(self.min_size) > 1:
             size = self.min_size[int((rng or self.rng).integers(len(self.min_size)))]
@@ -189,11 +190,11 @@ class RandomHorizontalFlip:
             per sample, which makes epochs reproducible and resumable).
     """
 
-    def __init__(self, p: float = 0.5, seed: Optional[int] = None):
+    def __init__(self, p: float = 0.5, seed: int | None = None):
         self.p = p
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, image, target=None, rng: Optional[np.random.Generator] = None):
+    def __call__(self, image, target=None, rng: np.random.Generator | None = None):
         if (rng or self.rng).random() < self.p:
             return hflip(image, target)
         return image, target
@@ -208,7 +209,7 @@ class Compose:
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = list(transforms)
 
-    def __call__(self, image, target=None, rng: Optional[np.random.Generator] = None):
+    def __call__(self, image, target=None, rng: np.random.Generator | None = None):
         for t in self.transforms:
             image, target = t(image, target) if rng is None else t(image, target, rng=rng)
         return image, target
@@ -255,8 +256,8 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 transforms: Optional[Callable] = None, hflip_prob: float = 0.0,
-                 indices: Optional[Sequence[int]] = None, collate_fn: Callable = collate):
+                 transforms: Callable | None = None, hflip_prob: float = 0.0,
+                 indices: Sequence[int] | None = None, collate_fn: Callable = collate):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset = dataset

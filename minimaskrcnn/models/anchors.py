@@ -6,7 +6,7 @@ ratios, centred on the cell's top-left pixel in input coordinates, exactly as to
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -107,7 +107,7 @@ class MaskRCNNConfig:
     mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     seed: int | None = None  # seeds the samplers and the training min_size choice (None: fresh entropy)
 
-    def with_overrides(self, **kwargs: Any) -> "MaskRCNNConfig":
+    def with_overrides(self, **kwargs: Any) -> MaskRCNNConfig:
         """A copy with torchvision-style keyword arguments applied (see ``TORCHVISION_KWARGS``).
 
         Also accepts ``num_classes``, ``seed`` and whole stages (``backbone=BackboneConfig(...)``).

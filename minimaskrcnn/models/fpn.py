@@ -7,7 +7,7 @@ RPN's largest anchors. Names as torchvision (``inner_blocks.0.0``, ``layer_block
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 from minimaskrcnn import nn
 from minimaskrcnn.models.configs import BackboneConfig
@@ -47,7 +47,7 @@ class FeaturePyramidNetwork(nn.Module):
                 nn.init.constant_(module.bias, 0.0)
         self.extra_blocks = extra_blocks
 
-    def forward(self, x: "OrderedDict") -> "OrderedDict":
+    def forward(self, x: OrderedDict) -> OrderedDict:
         """Args: name -> (N, C_l, H_l, W_l) Tensors, finest first. Returns: name -> (N, out_channels,
         H_l, W_l) Tensors, the same names plus those of the extra blocks ("pool")."""
         names = list(x.keys())
@@ -83,7 +83,7 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x, debug: dict | None = None) -> "OrderedDict":
+    def forward(self, x, debug: dict | None = None) -> OrderedDict:
         """(N, 3, H, W) Tensor -> OrderedDict "0".."3", "pool" of (N, out_channels, H / s, W / s) Tensors."""
         body_features = self.body(x)
         if debug is not None:

@@ -7,7 +7,8 @@ stage by stage with ``return_intermediates=True``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

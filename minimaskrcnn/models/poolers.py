@@ -7,7 +7,7 @@ the pooled features do. Lesson 07 (FPN) shows which RoI goes to which level.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

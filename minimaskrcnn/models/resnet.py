@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from minimaskrcnn import nn
 from minimaskrcnn.backend import get_array_module
@@ -166,7 +166,7 @@ class ResNetBody(nn.Module):
         layers += [block(self.inplanes, planes, norm_layer=norm_layer) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x) -> "OrderedDict":
+    def forward(self, x) -> OrderedDict:
         """(N, 3, H, W) Tensor -> OrderedDict "0", "1", ... of the returned stages' (N, C_l, H / s_l, W / s_l)
         Tensors, s_l = 4, 8, 16, 32 for layer1..layer4."""
         x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))

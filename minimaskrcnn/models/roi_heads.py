@@ -7,7 +7,7 @@ code with no gradient. torchvision's ``RoIHeads`` step for step. Lessons 11 (box
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

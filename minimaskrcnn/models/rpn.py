@@ -7,16 +7,16 @@ Lesson 08 (RPN) draws anchors by label and proposals before and after NMS.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from minimaskrcnn import nn
 from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.kernels.nms import argsort_descending
 from minimaskrcnn.models.anchors import AnchorGenerator
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops.box_coder import BoxCoder
-from minimaskrcnn.kernels.nms import argsort_descending
 from minimaskrcnn.ops.boxes import as_array, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler, Matcher
 from minimaskrcnn.ops.shape import cat

@@ -8,7 +8,8 @@ norm's running statistics) and child Modules, all found by assigning attributes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class Module:
         else:
             self._non_persistent_buffers.add(name)
 
-    def add_module(self, name: str, module: "Module | None") -> None:
+    def add_module(self, name: str, module: Module | None) -> None:
         """Add a child module under ``name`` (what attribute assignment does)."""
         self._check_name(name, "module")
         if module is not None and not isinstance(module, Module):
@@ -152,7 +153,7 @@ class Module:
         object.__delattr__(self, name)
 
     # ------------------------------------------------------------------------------ iteration
-    def named_modules(self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
         """(dotted name, module) for this module ("") and every descendant, parents before children."""
         if memo is None:
             memo = set()
@@ -166,11 +167,11 @@ class Module:
                 continue
             yield from module.named_modules(memo, prefix + ("." if prefix else "") + name, remove_duplicate)
 
-    def modules(self) -> Iterator["Module"]:
+    def modules(self) -> Iterator[Module]:
         for _, module in self.named_modules():
             yield module
 
-    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+    def named_children(self) -> Iterator[tuple[str, Module]]:
         """(name, module) of the direct children."""
         seen = set()
         for name, module in self._modules.items():
@@ -178,7 +179,7 @@ class Module:
                 seen.add(id(module))
                 yield name, module
 
-    def children(self) -> Iterator["Module"]:
+    def children(self) -> Iterator[Module]:
         for _, module in self.named_children():
             yield module
 
@@ -211,7 +212,7 @@ class Module:
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
-    def get_submodule(self, target: str) -> "Module":
+    def get_submodule(self, target: str) -> Module:
         """The descendant at dotted path ``target`` ("" is self), e.g. ``"backbone.body.layer1"``."""
         module = self
         for part in target.split(".") if target else []:
@@ -234,7 +235,7 @@ class Module:
             if module is not None:
                 yield from module._state_items(prefix + name + ".")
 
-    def state_dict(self, prefix: str = "") -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, prefix: str = "") -> OrderedDict[str, np.ndarray]:
         """Every parameter and persistent buffer, by dotted name, as a host NumPy array (a copy).
 
         Args:
@@ -301,17 +302,17 @@ class Module:
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------------------------------ modes
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         """Set training mode (``mode=True``) or eval mode on this module and every descendant."""
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         """Eval mode: batch norm uses its running statistics, detection heads return detections."""
         return self.train(False)
 
-    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
         """Freeze (False) or unfreeze every parameter."""
         for p in self.parameters():
             p.requires_grad = requires_grad
@@ -325,7 +326,7 @@ class Module:
             else:
                 p.grad = get_array_module(p.grad).zeros_like(p.grad)
 
-    def apply(self, fn: Callable[["Module"], Any]) -> "Module":
+    def apply(self, fn: Callable[[Module], Any]) -> Module:
         """Call ``fn`` on every descendant (children first) and then on self; returns self."""
         for module in self.children():
             module.apply(fn)
@@ -333,7 +334,7 @@ class Module:
         return self
 
     # ------------------------------------------------------------------------- dtype and device
-    def _apply(self, convert: Callable, floating_only: bool) -> "Module":
+    def _apply(self, convert: Callable, floating_only: bool) -> Module:
         """Replace the array of every parameter, buffer and gradient by ``convert(array)``.
 
         The Parameter objects stay the same (only ``.data`` changes), but convert before you
@@ -352,19 +353,19 @@ class Module:
                     t.grad = convert(t.grad)
         return self
 
-    def to_dtype(self, dtype) -> "Module":
+    def to_dtype(self, dtype) -> Module:
         """Cast floating-point parameters and buffers to ``dtype`` (integer buffers stay as they are)."""
         dtype = np.dtype(dtype)
         return self._apply(lambda a: a.astype(dtype), floating_only=True)
 
-    def double(self) -> "Module":
+    def double(self) -> Module:
         """float64 everywhere (what ``gradcheck`` needs)."""
         return self.to_dtype(np.float64)
 
-    def float(self) -> "Module":
+    def float(self) -> Module:
         return self.to_dtype(np.float32)
 
-    def to_device(self, device: str) -> "Module":
+    def to_device(self, device: str) -> Module:
         """Move every parameter and buffer to ``"cuda"`` (CuPy arrays) or ``"cpu"`` (NumPy arrays).
 
         Raises:
@@ -380,13 +381,13 @@ class Module:
             return self._apply(cp.asarray, floating_only=False)
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
-    def cpu(self) -> "Module":
+    def cpu(self) -> Module:
         return self.to_device("cpu")
 
-    def cuda(self) -> "Module":
+    def cuda(self) -> Module:
         return self.to_device("cuda")
 
-    def to(self, target) -> "Module":
+    def to(self, target) -> Module:
         """``to("cuda")``/``to("cpu")`` moves (see ``to_device``); ``to(np.float64)`` casts (see ``to_dtype``)."""
         if isinstance(target, str) and target in ("cpu", "cuda"):
             return self.to_device(target)

@@ -4,14 +4,7 @@ Differentiable: elementwise, reductions, shape/indexing, conv, pooling, norms, l
 roi_align, roi_pool. No gradient (plain array functions): box ops, NMS, box coding, matching,
 sampling, mask targets and pasting.
 """
-from minimaskrcnn.ops.elementwise import clamp, exp, log, matmul, relu, sigmoid, sqrt, where
-from minimaskrcnn.ops.reduce import max, mean, sum  # noqa: A004
-from minimaskrcnn.ops.shape import cat, concatenate, gather, index_add, permute, reshape, scatter_add, stack
-from minimaskrcnn.ops.conv import conv2d, conv_transpose2d, linear
-from minimaskrcnn.ops.pool import max_pool2d
-from minimaskrcnn.ops.norm import batch_norm, frozen_batch_norm, group_norm
-from minimaskrcnn.ops.loss import binary_cross_entropy_with_logits, cross_entropy, log_softmax, smooth_l1_loss, softmax
-from minimaskrcnn.ops.upsample import interpolate
+from minimaskrcnn.ops.box_coder import BoxCoder
 from minimaskrcnn.ops.boxes import (
     batched_nms,
     box_area,
@@ -21,8 +14,15 @@ from minimaskrcnn.ops.boxes import (
     nms,
     remove_small_boxes,
 )
-from minimaskrcnn.ops.box_coder import BoxCoder
+from minimaskrcnn.ops.conv import conv2d, conv_transpose2d, linear
+from minimaskrcnn.ops.elementwise import clamp, exp, log, matmul, relu, sigmoid, sqrt, where
+from minimaskrcnn.ops.loss import binary_cross_entropy_with_logits, cross_entropy, log_softmax, smooth_l1_loss, softmax
+from minimaskrcnn.ops.masks import paste_masks_in_image, project_masks_on_boxes
 from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler, Matcher
+from minimaskrcnn.ops.norm import batch_norm, frozen_batch_norm, group_norm
+from minimaskrcnn.ops.pool import max_pool2d
+from minimaskrcnn.ops.reduce import max, mean, sum  # noqa: A004
 from minimaskrcnn.ops.roi_align import RoIAlign, roi_align
 from minimaskrcnn.ops.roi_pool import RoIPool, roi_pool
-from minimaskrcnn.ops.masks import paste_masks_in_image, project_masks_on_boxes
+from minimaskrcnn.ops.shape import cat, concatenate, gather, index_add, permute, reshape, scatter_add, stack
+from minimaskrcnn.ops.upsample import interpolate

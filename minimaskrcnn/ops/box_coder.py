@@ -9,7 +9,7 @@ Lesson 07 (RPN) teaches it.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,7 +16,6 @@ from minimaskrcnn.backend import get_array_module, kernel
 from minimaskrcnn.function import Function
 from minimaskrcnn.kernels.im2col import as_pair, conv_output_size
 
-
 # ------------------------------------------------------------------------- scratch memory (CPU)
 # cols are KH*KW times larger than the input and live only inside one forward or backward. NumPy
 # arrays that large are mmap-ed afresh and page-faulted in on every call (glibc gives blocks over

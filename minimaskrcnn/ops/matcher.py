@@ -7,7 +7,7 @@ with at most a given fraction of positives. No gradient. Lesson 07 (RPN) teaches
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -6,7 +6,8 @@ picks reference, Numba or CUDA). Lesson: RoIAlign.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 

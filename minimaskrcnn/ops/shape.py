@@ -5,7 +5,7 @@ forward took it from (index ops accumulate with ``add.at`` so repeated indices a
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.function import Function

@@ -13,8 +13,9 @@ import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,11 +23,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fake_cupy  # noqa: E402
+from fake_cupy import simulated  # noqa: E402
 
 import minimaskrcnn  # noqa: E402
 from minimaskrcnn import optim  # noqa: E402
 from minimaskrcnn.backend import to_numpy  # noqa: E402
-from fake_cupy import simulated  # noqa: E402
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """im2col / col2im: the hand case, the spec's equation, backend parity, the adjoint identity, torch's unfold/fold."""
 import numpy as np
 import pytest
-
 from minimaskrcnn.kernels.im2col import conv_output_size, cpu, cuda, reference
 
 # (x_shape, kernel_size, stride, padding, dilation): square and (h, w) pairs, strides, padding

@@ -3,7 +3,6 @@ import importlib
 
 import numpy as np
 import pytest
-
 from minimaskrcnn.kernels.max_pool import max_pool_geometry, pool_output_size
 
 torch = pytest.importorskip("torch")

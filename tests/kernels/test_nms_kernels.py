@@ -6,7 +6,6 @@ gets small sets only.
 """
 import numpy as np
 import pytest
-
 from minimaskrcnn.kernels.nms import cpu, cuda, reference
 
 KERNELS = {"numpy": reference, "numba": cpu, "cuda": cuda}

@@ -2,7 +2,6 @@
 (outputs, argmax, input gradients) on random and edge-case RoIs, in float32 and float64."""
 import numpy as np
 import pytest
-
 from minimaskrcnn.kernels.roi_align import cpu as align_cpu
 from minimaskrcnn.kernels.roi_align import cuda as align_cuda
 from minimaskrcnn.kernels.roi_align import reference as align_ref

@@ -82,10 +82,10 @@ def test_multiscale_roi_align_forward_and_backward_match_torchvision(rng):
 
 
 def _tv_heads(torch, **kw):
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads as TVMaskHeads
-    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor as TVMaskPredictor
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVPredictor
     from torchvision.models.detection.faster_rcnn import TwoMLPHead as TVTwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads as TVMaskHeads
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor as TVMaskPredictor
     from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
     from torchvision.ops import MultiScaleRoIAlign as TVPool
 

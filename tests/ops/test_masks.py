@@ -1,9 +1,9 @@
 """Mask targets (project_masks_on_boxes) and mask pasting (paste_masks_in_image, every backend)."""
 import numpy as np
 import pytest
+from minimaskrcnn.kernels.paste_masks import reference as paste_reference
 
 import minimaskrcnn
-from minimaskrcnn.kernels.paste_masks import reference as paste_reference
 from minimaskrcnn.ops.masks import (
     expand_boxes,
     expand_masks,
