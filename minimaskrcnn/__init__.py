@@ -1,7 +1,8 @@
 """minimaskrcnn: Mask R-CNN from scratch in NumPy, with a manual autograd engine you can read.
 
 Start with ``Tensor`` and ``gradcheck``; layers are in ``minimaskrcnn.nn``, detection ops in
-``minimaskrcnn.ops`` and the model in ``minimaskrcnn.models``. The lessons/ notebooks teach each piece.
+``minimaskrcnn.ops`` and the model in ``minimaskrcnn.models``; ``record_intermediates`` looks inside a
+forward pass. The lessons/ notebooks teach each piece.
 """
 from minimaskrcnn.backend import get_backend, set_backend, use_backend
 from minimaskrcnn.function import (
@@ -15,6 +16,7 @@ from minimaskrcnn.function import (
     set_detect_anomaly,
 )
 from minimaskrcnn.gradcheck import gradcheck, rel_error
+from minimaskrcnn.intermediates import record_intermediates
 from minimaskrcnn.ops import cat, clamp, exp, gather, index_add, log, matmul, relu, scatter_add, sigmoid, stack, where
 from minimaskrcnn.tensor import Tensor, as_tensor, ones, tensor, zeros
 

@@ -109,6 +109,11 @@ def cupy_or_none() -> ModuleType | None:
     return cupy
 
 
+def is_cupy(a) -> bool:
+    """True for a CuPy array. Read from its type, so CuPy is never imported just to ask."""
+    return type(a).__module__.startswith("cupy")
+
+
 def unwrap(x):
     """The array inside a Tensor (or Parameter); anything else unchanged."""
     from minimaskrcnn.tensor import Tensor
@@ -116,11 +121,19 @@ def unwrap(x):
     return x.data if isinstance(x, Tensor) else x
 
 
+def as_array(x):
+    """The NumPy/CuPy array of ``x``: a Tensor's ``.data``, an array as it is (no copy, no device
+    change), anything else (lists, numbers) through ``np.asarray``."""
+    x = unwrap(x)
+    if isinstance(x, np.ndarray) or is_cupy(x):
+        return x
+    return np.asarray(x)
+
+
 def get_array_module(*arrays) -> ModuleType:
     """``cupy`` if any argument is a CuPy array, else ``numpy`` (Tensors are looked through)."""
     for a in arrays:
-        a = unwrap(a)
-        if type(a).__module__.startswith("cupy"):
+        if is_cupy(unwrap(a)):
             import cupy
 
             return cupy
@@ -141,9 +154,12 @@ def default_array_module() -> ModuleType:
 
 
 def to_numpy(a) -> np.ndarray:
-    """A host NumPy array from a NumPy or CuPy array (or a Tensor)."""
+    """A host NumPy array from a NumPy or CuPy array, a Tensor, or anything ``np.asarray`` takes.
+
+    NumPy arrays are returned as they are (no copy); CuPy arrays are copied to the host.
+    """
     a = unwrap(a)
-    if type(a).__module__.startswith("cupy"):
+    if is_cupy(a):
         return a.get()
     return np.asarray(a)
 

@@ -133,7 +133,7 @@ def detections_to_coco_results(
 def _np(x) -> np.ndarray:
     from minimaskrcnn.backend import to_numpy  # CuPy arrays (a GPU model's outputs) are copied to the host
 
-    return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else to_numpy(x)
+    return to_numpy(x)
 
 
 # ------------------------------------------------------------------------------- COCOeval

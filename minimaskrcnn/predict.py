@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from minimaskrcnn.backend import to_numpy
 from minimaskrcnn.errors import CheckpointError, ImageError
 from minimaskrcnn.visualize import draw_detections, save_image
 
@@ -56,9 +57,7 @@ def as_model_image(image: Any) -> np.ndarray:
         return load_image(image)
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
-    if hasattr(image, "numpy") and not isinstance(image, np.ndarray):
-        image = image.numpy()
-    a = np.asarray(image)
+    a = to_numpy(image)
     if a.ndim == 2:
         a = np.repeat(a[None], 3, axis=0)
     elif a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] not in (1, 3):
@@ -125,14 +124,13 @@ def predict_image(
         {"boxes": (N, 4) float32 (x1, y1, x2, y2) in image pixels, "labels": (N,) int64,
         "scores": (N,) float32, "masks": (N, 1, H, W) float32 probabilities} as NumPy arrays.
     """
-    from minimaskrcnn.backend import to_numpy  # CuPy arrays (a GPU model's outputs) are copied to the host
     from minimaskrcnn.function import no_grad
 
     x = as_model_image(image)
     model.eval()
     with no_grad():
         out = model([x])[0]
-    det = {k: (v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else to_numpy(v)) for k, v in out.items()}
+    det = {k: to_numpy(v) for k, v in out.items()}
     keep = det["scores"] >= score_threshold
     return {k: v[keep] for k, v in det.items()}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from minimaskrcnn.backend import default_array_module, get_array_module, to_numpy
+from minimaskrcnn.backend import default_array_module, get_array_module, to_numpy, unwrap
 from minimaskrcnn.function import Node, no_grad, run_backward
 
 
@@ -22,6 +22,10 @@ class Tensor:
             made into an array of the backend's array module (float lists become float32).
         requires_grad: whether ``backward`` should fill ``.grad`` for this tensor.
         dtype: optional dtype to convert to.
+
+    Axes are named as in PyTorch: ``x.sum(dim=1, keepdim=True)``, ``x.flatten(start_dim=1)``,
+    ``x.transpose(0, 1)``. NumPy's names are accepted as aliases where NumPy has the same method
+    (``x.sum(axis=1, keepdims=True)``, likewise ``mean`` and ``max``); giving both raises TypeError.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_node", "name", "__weakref__")
@@ -91,9 +95,7 @@ class Tensor:
         return Tensor(self.data)
 
     def astype(self, dtype) -> Tensor:
-        from minimaskrcnn.ops.elementwise import Cast
-
-        return Cast.apply(self, dtype=np.dtype(dtype))
+        return _elementwise.Cast.apply(self, dtype=np.dtype(dtype))
 
     def zero_grad(self) -> None:
         self.grad = None
@@ -162,54 +164,56 @@ class Tensor:
         return order
 
     # ------------------------------------------------------------------------------- operators
-    def __add__(self, other): return _ew().Add.apply(self, _wrap(other, self))
-    def __radd__(self, other): return _ew().Add.apply(_wrap(other, self), self)
-    def __sub__(self, other): return _ew().Sub.apply(self, _wrap(other, self))
-    def __rsub__(self, other): return _ew().Sub.apply(_wrap(other, self), self)
-    def __mul__(self, other): return _ew().Mul.apply(self, _wrap(other, self))
-    def __rmul__(self, other): return _ew().Mul.apply(_wrap(other, self), self)
-    def __truediv__(self, other): return _ew().Div.apply(self, _wrap(other, self))
-    def __rtruediv__(self, other): return _ew().Div.apply(_wrap(other, self), self)
-    def __neg__(self): return _ew().Neg.apply(self)
-    def __pow__(self, exponent: float): return _ew().Pow.apply(self, exponent=exponent)
-    def __matmul__(self, other): return _ew().MatMul.apply(self, _wrap(other, self))
-    def __rmatmul__(self, other): return _ew().MatMul.apply(_wrap(other, self), self)
-    def __getitem__(self, index): return _sh().GetItem.apply(self, index=_plain_index(index))
+    # (the ops modules are bound at the end of this file, once: they import Tensor themselves)
+    def __add__(self, other): return _elementwise.Add.apply(self, _wrap(other, self))
+    def __radd__(self, other): return _elementwise.Add.apply(_wrap(other, self), self)
+    def __sub__(self, other): return _elementwise.Sub.apply(self, _wrap(other, self))
+    def __rsub__(self, other): return _elementwise.Sub.apply(_wrap(other, self), self)
+    def __mul__(self, other): return _elementwise.Mul.apply(self, _wrap(other, self))
+    def __rmul__(self, other): return _elementwise.Mul.apply(_wrap(other, self), self)
+    def __truediv__(self, other): return _elementwise.Div.apply(self, _wrap(other, self))
+    def __rtruediv__(self, other): return _elementwise.Div.apply(_wrap(other, self), self)
+    def __neg__(self): return _elementwise.Neg.apply(self)
+    def __pow__(self, exponent: float): return _elementwise.Pow.apply(self, exponent=exponent)
+    def __matmul__(self, other): return _elementwise.MatMul.apply(self, _wrap(other, self))
+    def __rmatmul__(self, other): return _elementwise.MatMul.apply(_wrap(other, self), self)
+    def __getitem__(self, index): return _shape.GetItem.apply(self, index=_plain_index(index))
 
     # comparisons give plain boolean arrays: no gradient flows through them
-    def __lt__(self, other): return self.data < _raw(other)
-    def __le__(self, other): return self.data <= _raw(other)
-    def __gt__(self, other): return self.data > _raw(other)
-    def __ge__(self, other): return self.data >= _raw(other)
+    def __lt__(self, other): return self.data < unwrap(other)
+    def __le__(self, other): return self.data <= unwrap(other)
+    def __gt__(self, other): return self.data > unwrap(other)
+    def __ge__(self, other): return self.data >= unwrap(other)
 
     # --------------------------------------------------------------------------------- methods
-    def exp(self): return _ew().Exp.apply(self)
-    def log(self): return _ew().Log.apply(self)
-    def sqrt(self): return _ew().Sqrt.apply(self)
-    def abs(self): return _ew().Abs.apply(self)
-    def sigmoid(self): return _ew().Sigmoid.apply(self)
-    def relu(self): return _ew().Relu.apply(self)
-    def clamp(self, min=None, max=None): return _ew().Clamp.apply(self, min=min, max=max)
+    def exp(self): return _elementwise.Exp.apply(self)
+    def log(self): return _elementwise.Log.apply(self)
+    def sqrt(self): return _elementwise.Sqrt.apply(self)
+    def abs(self): return _elementwise.Abs.apply(self)
+    def sigmoid(self): return _elementwise.Sigmoid.apply(self)
+    def relu(self): return _elementwise.Relu.apply(self)
+    def clamp(self, min=None, max=None): return _elementwise.Clamp.apply(self, min=min, max=max)
 
-    def sum(self, axis=None, keepdims: bool = False):
-        from minimaskrcnn.ops.reduce import Sum
+    def sum(self, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):
+        """Sum over ``dim`` (an int, a tuple, or None for all); ``axis``/``keepdims`` are aliases."""
+        dim, keepdim = dim_or_axis(dim, axis, keepdim, keepdims, "sum")
+        return _reduce.Sum.apply(self, axis=dim, keepdims=keepdim)
 
-        return Sum.apply(self, axis=axis, keepdims=keepdims)
+    def mean(self, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):
+        """Mean over ``dim`` (an int, a tuple, or None for all); ``axis``/``keepdims`` are aliases."""
+        dim, keepdim = dim_or_axis(dim, axis, keepdim, keepdims, "mean")
+        return _reduce.Mean.apply(self, axis=dim, keepdims=keepdim)
 
-    def mean(self, axis=None, keepdims: bool = False):
-        from minimaskrcnn.ops.reduce import Mean
-
-        return Mean.apply(self, axis=axis, keepdims=keepdims)
-
-    def max(self, axis=None, keepdims: bool = False):
-        from minimaskrcnn.ops.reduce import Max
-
-        return Max.apply(self, axis=axis, keepdims=keepdims)
+    def max(self, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):
+        """Maximum over ``dim`` (values only, as NumPy; ties share the gradient); ``axis``/``keepdims``
+        are aliases."""
+        dim, keepdim = dim_or_axis(dim, axis, keepdim, keepdims, "max")
+        return _reduce.Max.apply(self, axis=dim, keepdims=keepdim)
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return _sh().Reshape.apply(self, shape=tuple(int(s) for s in shape))
+        return _shape.Reshape.apply(self, shape=tuple(int(s) for s in shape))
 
     def view(self, *shape):
         return self.reshape(*shape)
@@ -220,34 +224,18 @@ class Tensor:
         new = shape[:start_dim] + (int(np.prod(shape[start_dim : end + 1])),) + shape[end + 1 :]
         return self.reshape(new)
 
-    def permute(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return _sh().Permute.apply(self, axes=tuple(int(a) for a in axes))
+    def permute(self, *dims):
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        return _shape.Permute.apply(self, axes=tuple(int(d) for d in dims))
 
     def transpose(self, dim0: int, dim1: int):
-        axes = list(range(self.ndim))
-        axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
-        return self.permute(*axes)
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return self.permute(*dims)
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _ew():
-    from minimaskrcnn.ops import elementwise
-
-    return elementwise
-
-
-def _sh():
-    from minimaskrcnn.ops import shape
-
-    return shape
-
-
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
 def _wrap(x, like: Tensor) -> Tensor:
     """A Tensor for ``x``; Python numbers take ``like``'s dtype so float32 stays float32."""
     if isinstance(x, Tensor):
@@ -261,8 +249,8 @@ def _wrap(x, like: Tensor) -> Tensor:
 def _plain_index(index):
     """Indices may hold Tensors (e.g. an index Tensor): use their arrays."""
     if isinstance(index, tuple):
-        return tuple(_raw(i) for i in index)
-    return _raw(index)
+        return tuple(unwrap(i) for i in index)
+    return unwrap(index)
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype=None) -> Tensor:
@@ -289,3 +277,11 @@ def _shape(shape: Sequence) -> tuple:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         return tuple(shape[0])
     return tuple(shape)
+
+
+# The ops are Functions on arrays that return Tensors, so their modules import this one: they are
+# imported here, at the end, once every name above exists (the operators above look them up at call time).
+from minimaskrcnn.ops import elementwise as _elementwise  # noqa: E402
+from minimaskrcnn.ops import reduce as _reduce  # noqa: E402
+from minimaskrcnn.ops import shape as _shape  # noqa: E402
+from minimaskrcnn.ops._utils import dim_or_axis  # noqa: E402

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from minimaskrcnn.ops.matcher import BACKGROUND as NEGATIVE
+from minimaskrcnn.ops.matcher import IGNORE, POSITIVE
+
 # A palette of well-separated colours (matplotlib's tab10 then tab20's light tones), as 0-255 RGB.
 PALETTE = np.array(
     [
@@ -24,7 +27,6 @@ PALETTE = np.array(
     dtype=np.uint8,
 )
 # Anchor / proposal labels as the RPN assigns them (1 foreground, 0 background, -1 ignored).
-POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
 LABEL_COLORS = {POSITIVE: (0, 200, 0), NEGATIVE: (220, 40, 40), IGNORE: (150, 150, 150)}
 
 
@@ -45,9 +47,7 @@ def to_uint8_image(image: Any) -> np.ndarray:
     """
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB")).copy()
-    if hasattr(image, "numpy") and not isinstance(image, np.ndarray):
-        image = image.numpy()
-    a = np.asarray(image)
+    a = _np(image)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
         a = a.transpose(1, 2, 0)  # (C, H, W), the model's layout, to (H, W, C)
     if a.ndim == 2:
@@ -71,7 +71,7 @@ def _font(size: int = 12):
 def _np(x) -> np.ndarray:
     from minimaskrcnn.backend import to_numpy  # CuPy arrays (a GPU model's outputs) are copied to the host
 
-    return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else to_numpy(x)
+    return to_numpy(x)
 
 
 # ------------------------------------------------------------------------------------ boxes

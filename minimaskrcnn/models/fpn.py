@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from minimaskrcnn import nn
+from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import BackboneConfig
 from minimaskrcnn.models.resnet import ResNetBody, freeze_layers, make_norm_layer
 from minimaskrcnn.nn import functional as F
@@ -83,11 +84,13 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x, debug: dict | None = None) -> OrderedDict:
-        """(N, 3, H, W) Tensor -> OrderedDict "0".."3", "pool" of (N, out_channels, H / s, W / s) Tensors."""
+    def forward(self, x) -> OrderedDict:
+        """(N, 3, H, W) Tensor -> OrderedDict "0".."3", "pool" of (N, out_channels, H / s, W / s) Tensors.
+
+        Records (see ``minimaskrcnn.intermediates``) "body_features", the body's C2-C5.
+        """
         body_features = self.body(x)
-        if debug is not None:
-            debug["body_features"] = OrderedDict((k, v.numpy()) for k, v in body_features.items())
+        record("body_features", body_features)
         return self.fpn(body_features)
 
 

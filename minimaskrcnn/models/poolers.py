@@ -11,10 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import as_array, get_array_module
 from minimaskrcnn.function import Function
 from minimaskrcnn.nn import Module
-from minimaskrcnn.ops.boxes import as_array
 
 
 class LevelMapper:

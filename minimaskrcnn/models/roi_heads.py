@@ -12,15 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from minimaskrcnn import nn
-from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.backend import as_array, get_array_module
+from minimaskrcnn.intermediates import record
+from minimaskrcnn.models.configs import MaskRCNNConfig
+from minimaskrcnn.models.poolers import MultiScaleRoIAlign
 from minimaskrcnn.nn import functional as F
+from minimaskrcnn.ops._utils import sigmoid_array, softmax_array
 from minimaskrcnn.ops.box_coder import BoxCoder
-from minimaskrcnn.ops.boxes import as_array, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from minimaskrcnn.ops.boxes import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from minimaskrcnn.ops.masks import project_masks_on_boxes
-from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler, Matcher
-
-BACKGROUND = 0  # class label of background RoIs
-IGNORE = -1  # label of RoIs between the IoU thresholds (never sampled)
+from minimaskrcnn.ops.matcher import BACKGROUND, IGNORE, BalancedPositiveNegativeSampler, Matcher
 
 
 # ------------------------------------------------------------------------------- modules
@@ -147,7 +148,7 @@ def fastrcnn_loss(class_logits, box_regression, labels: Sequence[np.ndarray], re
 
 
 def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
-                  gt_labels: Sequence[np.ndarray], mask_matched_idxs: Sequence[np.ndarray], debug: dict | None = None):
+                  gt_labels: Sequence[np.ndarray], mask_matched_idxs: Sequence[np.ndarray]):
     """Mask loss: per-pixel BCE on the gt class's channel only, against the gt mask cropped by the RoI.
 
     Args:
@@ -159,6 +160,8 @@ def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequen
 
     Returns:
         scalar Tensor, the mean BCE over K * S * S pixels.
+
+    Records (see ``minimaskrcnn.intermediates``): "mask_targets" (K, S, S), "mask_labels" (K,).
     """
     discretization_size = mask_logits.shape[-1]
     xp = get_array_module(mask_logits)
@@ -169,9 +172,8 @@ def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequen
     ]
     labels = xp.concatenate(labels).astype(np.int64)
     mask_targets = xp.concatenate(mask_targets, axis=0)
-    if debug is not None:
-        debug["mask_targets"] = mask_targets
-        debug["mask_labels"] = labels
+    record("mask_targets", mask_targets)
+    record("mask_labels", labels)
     if mask_targets.size == 0:
         return mask_logits.sum() * 0
     picked = mask_logits[xp.arange(labels.shape[0]), labels]
@@ -191,16 +193,8 @@ def maskrcnn_inference(mask_logits: np.ndarray, labels: Sequence[np.ndarray]) ->
     xp = get_array_module(mask_logits)
     boxes_per_image = [len(lbl) for lbl in labels]
     labels = xp.concatenate(labels) if labels else xp.zeros(0, dtype=np.int64)
-    picked = mask_logits[xp.arange(mask_logits.shape[0]), labels][:, None]
-    e = xp.exp(-xp.abs(picked))
-    mask_prob = xp.where(picked >= 0, 1 / (1 + e), e / (1 + e)).astype(picked.dtype, copy=False)
+    mask_prob = sigmoid_array(mask_logits[xp.arange(mask_logits.shape[0]), labels][:, None])
     return xp.split(mask_prob, np.cumsum(boxes_per_image)[:-1].tolist(), axis=0)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, as torch.softmax (shift by the max)."""
-    e = get_array_module(x).exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------- the heads
@@ -237,6 +231,44 @@ class RoIHeads(nn.Module):
         self.mask_roi_pool = mask_roi_pool
         self.mask_head = mask_head
         self.mask_predictor = mask_predictor
+
+    @classmethod
+    def from_config(cls, config: MaskRCNNConfig, in_channels: int, *, box_roi_pool: nn.Module | None = None,
+                    box_head: nn.Module | None = None, box_predictor: nn.Module | None = None,
+                    mask_roi_pool: nn.Module | None = None, mask_head: nn.Module | None = None,
+                    mask_predictor: nn.Module | None = None, **kwargs) -> RoIHeads:
+        """The heads that ``config.box`` and ``config.mask`` describe, with any part given replacing its default.
+
+        Args:
+            config: the whole model's configuration (``num_classes``, the FPN levels to pool from,
+                the box and mask heads; the sampler is seeded with ``config.seed + 1``).
+            in_channels: C, the channels of the pooled feature maps (the backbone's ``out_channels``).
+            box_roi_pool, box_head, box_predictor, mask_roi_pool, mask_head, mask_predictor: parts
+                to use instead of the configured ``MultiScaleRoIAlign``, ``TwoMLPHead``,
+                ``FastRCNNPredictor``, ``MaskRCNNHeads`` and ``MaskRCNNPredictor`` (the defaults are
+                built in this order, so their initial weights do not depend on which are given).
+            **kwargs: further constructor arguments, for a subclass that takes more.
+        """
+        b, m = config.box, config.mask
+        featmap_names = [str(i) for i in range(len(config.backbone.returned_layers))]
+        if box_roi_pool is None:
+            box_roi_pool = MultiScaleRoIAlign(featmap_names, b.roi_output_size, b.sampling_ratio)
+        if box_head is None:
+            box_head = TwoMLPHead(in_channels * b.roi_output_size ** 2, b.representation_size)
+        if box_predictor is None:
+            box_predictor = FastRCNNPredictor(b.representation_size, config.num_classes)
+        if mask_roi_pool is None:
+            mask_roi_pool = MultiScaleRoIAlign(featmap_names, m.roi_output_size, m.sampling_ratio)
+        if mask_head is None:
+            mask_head = MaskRCNNHeads(in_channels, m.layers, m.dilation)
+        if mask_predictor is None:
+            mask_predictor = MaskRCNNPredictor(m.layers[-1], m.dim_reduced, config.num_classes)
+        return cls(
+            box_roi_pool, box_head, box_predictor, b.fg_iou_thresh, b.bg_iou_thresh, b.batch_size_per_image,
+            b.positive_fraction, b.bbox_reg_weights, b.score_thresh, b.nms_thresh, b.detections_per_img,
+            mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
+            min_size=b.min_size, seed=None if config.seed is None else config.seed + 1, **kwargs,
+        )
 
     def has_mask(self) -> bool:
         return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
@@ -320,7 +352,7 @@ class RoIHeads(nn.Module):
         num_classes = class_logits.shape[-1]
         boxes_per_image = [len(p) for p in proposals]
         pred_boxes = self.box_coder.decode(box_regression, list(proposals))
-        pred_scores = _softmax(class_logits)
+        pred_scores = softmax_array(class_logits)
         split_at = np.cumsum(boxes_per_image)[:-1].tolist()
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(xp.split(pred_boxes, split_at), xp.split(pred_scores, split_at), image_shapes):
@@ -342,7 +374,7 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------------- forward
     def forward(self, features: dict, proposals: Sequence[np.ndarray], image_shapes: Sequence[tuple[int, int]],
-                targets: Sequence[dict] | None = None, debug: dict | None = None) -> tuple[list, dict]:
+                targets: Sequence[dict] | None = None) -> tuple[list, dict]:
         """Box and mask branches.
 
         Args:
@@ -351,26 +383,27 @@ class RoIHeads(nn.Module):
             image_shapes: (h, w) of each image (resized, before padding).
             targets: in training, dicts with "boxes" (M_i, 4), "labels" (M_i,) int64 and "masks"
                 (M_i, H, W) uint8, in input pixels.
-            debug: if a dict, intermediate results are stored in it (see ``MaskRCNN``).
 
         Returns:
             (result, losses): in eval mode, one dict per image with "boxes" (D_i, 4), "labels",
             "scores" and "masks" (D_i, 1, S, S) probabilities in each box (NumPy arrays, input
             pixels); in training, [] and {"loss_classifier", "loss_box_reg", "loss_mask"}.
+
+        Records (see ``minimaskrcnn.intermediates``): "class_logits", "box_regression",
+        "mask_proposals", "mask_logits"; in training "roi_proposals", "roi_matched_idxs",
+        "roi_labels", "roi_regression_targets", "mask_targets", "mask_labels".
         """
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-            if debug is not None:
-                debug["roi_proposals"] = proposals
-                debug["roi_matched_idxs"] = matched_idxs
-                debug["roi_labels"] = labels
-                debug["roi_regression_targets"] = regression_targets
+            record("roi_proposals", proposals)
+            record("roi_matched_idxs", matched_idxs)
+            record("roi_labels", labels)
+            record("roi_regression_targets", regression_targets)
         box_features = self.box_roi_pool(features, proposals, image_shapes)
         box_features = self.box_head(box_features)
         class_logits, box_regression = self.box_predictor(box_features)
-        if debug is not None:
-            debug["class_logits"] = to_numpy(class_logits.data)
-            debug["box_regression"] = to_numpy(box_regression.data)
+        record("class_logits", class_logits)
+        record("box_regression", box_regression)
 
         result: list[dict] = []
         losses = {}
@@ -390,16 +423,14 @@ class RoIHeads(nn.Module):
                 pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positive)]
             else:
                 mask_proposals = [r["boxes"] for r in result]
-            if debug is not None:
-                debug["mask_proposals"] = mask_proposals
+            record("mask_proposals", mask_proposals)
             num_masks = sum(len(p) for p in mask_proposals)
             mask_logits = None
             if num_masks > 0:
                 mask_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
                 mask_features = self.mask_head(mask_features)
                 mask_logits = self.mask_predictor(mask_features)
-                if debug is not None:
-                    debug["mask_logits"] = to_numpy(mask_logits.data)
+                record("mask_logits", mask_logits)
             if self.training:
                 if mask_logits is None:
                     # no positive RoI in the batch: a zero loss that still reaches the predictor
@@ -408,7 +439,7 @@ class RoIHeads(nn.Module):
                     gt_masks = [as_array(t["masks"]) for t in targets]
                     gt_labels = [as_array(t["labels"]) for t in targets]
                     losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels,
-                                                        pos_matched_idxs, debug)
+                                                        pos_matched_idxs)
             else:
                 size = 2 * self.mask_roi_pool.output_size[0]
                 if mask_logits is None:

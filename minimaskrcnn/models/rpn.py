@@ -12,19 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from minimaskrcnn import nn
-from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.backend import as_array, get_array_module
+from minimaskrcnn.intermediates import is_recording, record
 from minimaskrcnn.kernels.nms import argsort_descending
 from minimaskrcnn.models.anchors import AnchorGenerator
+from minimaskrcnn.models.configs import MaskRCNNConfig
 from minimaskrcnn.nn import functional as F
+from minimaskrcnn.ops._utils import sigmoid_array
 from minimaskrcnn.ops.box_coder import BoxCoder
-from minimaskrcnn.ops.boxes import as_array, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler, Matcher
+from minimaskrcnn.ops.boxes import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from minimaskrcnn.ops.matcher import BACKGROUND, IGNORE, POSITIVE, BalancedPositiveNegativeSampler, Matcher
 from minimaskrcnn.ops.shape import cat
-
-# anchor labels of the RPN's training targets
-POSITIVE = 1.0
-NEGATIVE = 0.0
-IGNORE = -1.0
 
 
 class RPNHead(nn.Module):
@@ -93,8 +91,8 @@ def concat_box_prediction_layers(box_cls: Sequence, box_regression: Sequence) ->
         C = AxC // A
         box_cls_flattened.append(permute_and_flatten(box_cls_per_level, N, A, C, H, W))
         box_regression_flattened.append(permute_and_flatten(box_regression_per_level, N, A, 4, H, W))
-    box_cls = cat(box_cls_flattened, axis=1)
-    box_regression = cat(box_regression_flattened, axis=1)
+    box_cls = cat(box_cls_flattened, dim=1)
+    box_regression = cat(box_regression_flattened, dim=1)
     N, R, C = box_cls.shape
     return box_cls.reshape(N * R, C), box_regression.reshape(N * R, 4)
 
@@ -156,6 +154,29 @@ class RegionProposalNetwork(nn.Module):
         self.score_thresh = score_thresh
         self.min_size = min_size
 
+    @classmethod
+    def from_config(cls, config: MaskRCNNConfig, in_channels: int, *, anchor_generator: AnchorGenerator | None = None,
+                    head: nn.Module | None = None) -> RegionProposalNetwork:
+        """The RPN that ``config.anchors`` and ``config.rpn`` describe, its sampler seeded with ``config.seed``.
+
+        Args:
+            config: the whole model's configuration.
+            in_channels: C, the channels of every feature level (the backbone's ``out_channels``).
+            anchor_generator, head: parts to use instead of the configured ones (the head must give
+                as many anchors per location as the generator).
+        """
+        if anchor_generator is None:
+            anchor_generator = AnchorGenerator(config.anchors.sizes, config.anchors.aspect_ratios)
+        r = config.rpn
+        if head is None:
+            head = RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=r.head_conv_depth)
+        return cls(
+            anchor_generator, head, r.fg_iou_thresh, r.bg_iou_thresh, r.batch_size_per_image, r.positive_fraction,
+            dict(training=r.pre_nms_top_n_train, testing=r.pre_nms_top_n_test),
+            dict(training=r.post_nms_top_n_train, testing=r.post_nms_top_n_test),
+            r.nms_thresh, score_thresh=r.score_thresh, min_size=r.min_size, seed=config.seed,
+        )
+
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n["training" if self.training else "testing"]
 
@@ -171,7 +192,7 @@ class RegionProposalNetwork(nn.Module):
             targets: list of N dicts with "boxes" (M_i, 4) in input pixels.
 
         Returns:
-            (labels, matched_gt_boxes): lists of N (R,) float32 arrays of POSITIVE (1), NEGATIVE (0)
+            (labels, matched_gt_boxes): lists of N (R,) float32 arrays of POSITIVE (1), BACKGROUND (0)
             or IGNORE (-1), and (R, 4) arrays, the gt box each anchor is matched to (gt 0 for
             unmatched anchors: their regression target is never used).
         """
@@ -186,13 +207,13 @@ class RegionProposalNetwork(nn.Module):
             match_quality_matrix = box_iou(gt_boxes, anchors_per_image)
             matched_idxs = self.proposal_matcher(match_quality_matrix)
             matched_gt_boxes.append(gt_boxes[xp.maximum(matched_idxs, 0)])
-            labels_per_image = xp.where(matched_idxs >= 0, POSITIVE, NEGATIVE).astype(np.float32)
+            labels_per_image = xp.where(matched_idxs >= 0, POSITIVE, BACKGROUND).astype(np.float32)
             labels_per_image[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = IGNORE
             labels.append(labels_per_image)
         return labels, matched_gt_boxes
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels: Sequence[np.ndarray],
-                     regression_targets: Sequence[np.ndarray], debug: dict | None = None) -> tuple:
+                     regression_targets: Sequence[np.ndarray]) -> tuple:
         """Objectness (BCE) and box (smooth L1, beta 1/9) losses on a balanced sample of anchors.
 
         Args:
@@ -212,9 +233,8 @@ class RegionProposalNetwork(nn.Module):
         sampled_inds = xp.concatenate([sampled_pos_inds, sampled_neg_inds])
         labels = xp.concatenate(labels)
         regression_targets = xp.concatenate(regression_targets, axis=0)
-        if debug is not None:
-            debug["rpn_sampled_pos_idx"] = sampled_pos_inds
-            debug["rpn_sampled_neg_idx"] = sampled_neg_inds
+        record("rpn_sampled_pos_idx", sampled_pos_inds)
+        record("rpn_sampled_neg_idx", sampled_neg_inds)
         dtype = pred_bbox_deltas.dtype
         box_loss = F.smooth_l1_loss(
             pred_bbox_deltas[sampled_pos_inds],
@@ -229,7 +249,7 @@ class RegionProposalNetwork(nn.Module):
 
     # -------------------------------------------------------------------- proposals
     def filter_proposals(self, proposals: np.ndarray, objectness: np.ndarray, image_shapes: Sequence[tuple[int, int]],
-                         num_anchors_per_level: Sequence[int], debug: dict | None = None) -> tuple[list, list]:
+                         num_anchors_per_level: Sequence[int]) -> tuple[list, list]:
         """Select proposals: top-n per level, clip, drop tiny and low-score boxes, NMS per level, top-n. No gradient.
 
         Args:
@@ -250,8 +270,9 @@ class RegionProposalNetwork(nn.Module):
         objectness = objectness[batch_idx, top_n_idx]
         levels = levels[top_n_idx]
         proposals = proposals[batch_idx, top_n_idx]
-        objectness_prob = _sigmoid(objectness)
+        objectness_prob = sigmoid_array(objectness)
 
+        recording = is_recording()
         final_boxes, final_scores, before_nms = [], [], []
         for boxes, scores, lvl, img_shape in zip(proposals, objectness_prob, levels, image_shapes):
             boxes = clip_boxes_to_image(boxes, img_shape)
@@ -259,18 +280,17 @@ class RegionProposalNetwork(nn.Module):
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
             keep = xp.nonzero(scores >= self.score_thresh)[0]
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
-            if debug is not None:
+            if recording:
                 before_nms.append({"boxes": boxes, "scores": scores, "levels": lvl})
             keep = batched_nms(boxes, scores, lvl, self.nms_thresh)
             keep = keep[: self.post_nms_top_n()]
             final_boxes.append(boxes[keep])
             final_scores.append(scores[keep])
-        if debug is not None:
-            debug["proposals_before_nms"] = before_nms
+        if recording:
+            record("proposals_before_nms", before_nms)
         return final_boxes, final_scores
 
-    def forward(self, images, features: dict, targets: Sequence[dict] | None = None,
-                debug: dict | None = None) -> tuple[list, dict]:
+    def forward(self, images, features: dict, targets: Sequence[dict] | None = None) -> tuple[list, dict]:
         """Propose boxes (and, in training, compute the RPN losses).
 
         Args:
@@ -278,7 +298,11 @@ class RegionProposalNetwork(nn.Module):
                 the clipping).
             features: name -> (N, C, H_l, W_l) Tensor, every FPN level including "pool".
             targets: in training, list of N dicts with "boxes" (M_i, 4) in input pixels.
-            debug: if a dict, intermediate results are stored in it (see ``MaskRCNN``).
+
+        Records (see ``minimaskrcnn.intermediates``): "anchors", "anchors_per_level",
+        "num_anchors_per_level", "objectness", "pred_bbox_deltas", "proposals_before_nms",
+        "proposals", "proposal_scores"; in training "rpn_labels", "rpn_matched_gt_boxes",
+        "rpn_regression_targets", "rpn_sampled_pos_idx", "rpn_sampled_neg_idx".
 
         Returns:
             (boxes, losses): N (P_i, 4) proposal arrays and {"loss_objectness", "loss_rpn_box_reg"}
@@ -295,20 +319,19 @@ class RegionProposalNetwork(nn.Module):
         if xp is not np:  # the anchors are made (and cached) on the host: one copy to the device
             anchors = [xp.asarray(anchors[0])] * num_images
         num_anchors_per_level = [int(o.shape[1] * o.shape[2] * o.shape[3]) for o in objectness]
-        if debug is not None:
-            debug["anchors"] = anchors
-            debug["anchors_per_level"] = self.anchor_generator.anchors_per_level(image_size, grid_sizes, dtype)
-            debug["num_anchors_per_level"] = num_anchors_per_level
-            debug["objectness"] = [to_numpy(o.data) for o in objectness]
-            debug["pred_bbox_deltas"] = [to_numpy(d.data) for d in pred_bbox_deltas]
+        record("anchors", anchors)
+        if is_recording():
+            record("anchors_per_level", self.anchor_generator.anchors_per_level(image_size, grid_sizes, dtype))
+        record("num_anchors_per_level", num_anchors_per_level)
+        record("objectness", objectness)
+        record("pred_bbox_deltas", pred_bbox_deltas)
         objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
         proposals = self.box_coder.decode(pred_bbox_deltas.data, anchors).reshape(num_images, -1, 4)
         boxes, scores = self.filter_proposals(
-            proposals, objectness.data.reshape(num_images, -1), images.image_sizes, num_anchors_per_level, debug
+            proposals, objectness.data.reshape(num_images, -1), images.image_sizes, num_anchors_per_level
         )
-        if debug is not None:
-            debug["proposals"] = boxes
-            debug["proposal_scores"] = scores
+        record("proposals", boxes)
+        record("proposal_scores", scores)
 
         losses = {}
         if self.training:
@@ -317,19 +340,12 @@ class RegionProposalNetwork(nn.Module):
             labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets)
             with np.errstate(divide="ignore", invalid="ignore"):  # zero boxes of gt-less images: unused
                 regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
-            if debug is not None:
-                debug["rpn_labels"] = labels
-                debug["rpn_matched_gt_boxes"] = matched_gt_boxes
-                debug["rpn_regression_targets"] = list(regression_targets)
+            record("rpn_labels", labels)
+            record("rpn_matched_gt_boxes", matched_gt_boxes)
+            record("rpn_regression_targets", list(regression_targets))
             loss_objectness, loss_rpn_box_reg = self.compute_loss(
-                objectness, pred_bbox_deltas, labels, regression_targets, debug
+                objectness, pred_bbox_deltas, labels, regression_targets
             )
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
         return boxes, losses
 
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) without overflow, in x's dtype."""
-    xp = get_array_module(x)
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)

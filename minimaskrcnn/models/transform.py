@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.models.configs import TransformConfig
 from minimaskrcnn.nn import Module
 
 
@@ -178,6 +179,12 @@ class GeneralizedRCNNTransform(Module):
         self.size_divisible = size_divisible
         self.fixed_size = fixed_size
         self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_config(cls, config: TransformConfig, seed: int | None = None) -> GeneralizedRCNNTransform:
+        """The transform a ``TransformConfig`` describes; ``seed`` seeds the training min_size choice."""
+        return cls(config.min_size, config.max_size, config.image_mean, config.image_std,
+                   size_divisible=config.size_divisible, seed=seed)
 
     def forward(self, images: Sequence[Any], targets: list[dict] | None = None) -> tuple[ImageList, list[dict] | None]:
         """Transform a list of images (and targets) into a padded batch.

@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 
-from minimaskrcnn.kernels.im2col import as_pair
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn import init
 from minimaskrcnn.nn.module import Module, Parameter
+from minimaskrcnn.ops._utils import pair
 
 
 def _empty(shape: tuple, dtype) -> Parameter:
@@ -42,11 +42,11 @@ class _ConvNd(Module):
         if padding_mode != "zeros":
             raise NotImplementedError(f"padding_mode={padding_mode!r}: only 'zeros' is supported")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = as_pair(kernel_size, "kernel_size")
-        self.stride = as_pair(stride, "stride")
-        self.padding = as_pair(padding, "padding")
-        self.output_padding = as_pair(output_padding, "output_padding")
-        self.dilation = as_pair(dilation, "dilation")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        self.output_padding = pair(output_padding, "output_padding")
+        self.dilation = pair(dilation, "dilation")
         self.padding_mode = padding_mode
         if transposed:
             self.weight = _empty((in_channels, out_channels // groups, *self.kernel_size), dtype)

@@ -284,7 +284,7 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            value = to_numpy(value.data if isinstance(value, Tensor) else value)
+            value = to_numpy(value)
             if tuple(value.shape) != t.shape:
                 errors.append(f"size mismatch for {name}: copying a param with shape {tuple(value.shape)}, "
                               f"the shape in the current model is {t.shape}")

@@ -1,8 +1,12 @@
-"""MaxPool2d: the max pooling layer (ResNet's stem)."""
+"""Pooling layers: MaxPool2d (ResNet's stem), and RoIPool and RoIAlign (one fixed-size grid per box),
+as modules over the functions of ops/pool.py, ops/roi_pool.py and ops/roi_align.py."""
 from __future__ import annotations
 
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn.module import Module
+from minimaskrcnn.ops.roi_align import BoxesLike, roi_align
+from minimaskrcnn.ops.roi_pool import roi_pool
+from minimaskrcnn.tensor import Tensor
 
 
 class MaxPool2d(Module):
@@ -33,3 +37,44 @@ class MaxPool2d(Module):
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                 f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class RoIAlign(Module):
+    """RoIAlign as a layer, as torchvision.ops.RoIAlign: ``RoIAlign(7, 1 / 4, 2, True)(features, boxes)``.
+
+    See ``minimaskrcnn.ops.roi_align.roi_align`` for the arguments and shapes. It has no parameters.
+    """
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input, rois: BoxesLike) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
+
+
+class RoIPool(Module):
+    """RoIPool as a layer, as torchvision.ops.RoIPool: ``RoIPool(7, 1 / 16)(features, boxes)``.
+
+    See ``minimaskrcnn.ops.roi_pool.roi_pool`` for the arguments and shapes. It has no parameters.
+    """
+
+    def __init__(self, output_size, spatial_scale: float):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input, rois: BoxesLike) -> Tensor:
+        return roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"

@@ -2,7 +2,8 @@
 
 Differentiable: elementwise, reductions, shape/indexing, conv, pooling, norms, losses, resizing,
 roi_align, roi_pool. No gradient (plain array functions): box ops, NMS, box coding, matching,
-sampling, mask targets and pasting.
+sampling, mask targets and pasting. Layers (Modules, such as RoIAlign and RoIPool) live in
+``minimaskrcnn.nn``: nothing here imports it.
 """
 from minimaskrcnn.ops.box_coder import BoxCoder
 from minimaskrcnn.ops.boxes import (
@@ -22,7 +23,7 @@ from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler, Matcher
 from minimaskrcnn.ops.norm import batch_norm, frozen_batch_norm, group_norm
 from minimaskrcnn.ops.pool import max_pool2d
 from minimaskrcnn.ops.reduce import max, mean, sum  # noqa: A004
-from minimaskrcnn.ops.roi_align import RoIAlign, roi_align
-from minimaskrcnn.ops.roi_pool import RoIPool, roi_pool
+from minimaskrcnn.ops.roi_align import roi_align
+from minimaskrcnn.ops.roi_pool import roi_pool
 from minimaskrcnn.ops.shape import cat, concatenate, gather, index_add, permute, reshape, scatter_add, stack
 from minimaskrcnn.ops.upsample import interpolate

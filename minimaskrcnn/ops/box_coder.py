@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module
-from minimaskrcnn.ops.boxes import as_array
+from minimaskrcnn.backend import as_array, get_array_module
 
 
 class BoxCoder:

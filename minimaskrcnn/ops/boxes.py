@@ -7,22 +7,12 @@ Lesson 06 (anchors and IoU) and lesson 09 (post-processing, NMS) teach them.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module, kernel, unwrap
+from minimaskrcnn.backend import as_array, get_array_module, kernel
 from minimaskrcnn.kernels.nms import argsort_descending
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
-
-
-def as_array(x: Any):
-    """The NumPy/CuPy array of ``x``: a Tensor's ``.data``, an array as it is, else ``np.asarray(x)``."""
-    x = unwrap(x)
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
-        return x
-    return np.asarray(x)
 
 
 def _upcast(a):

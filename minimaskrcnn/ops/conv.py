@@ -14,7 +14,8 @@ import numpy as np
 
 from minimaskrcnn.backend import get_array_module, kernel
 from minimaskrcnn.function import Function
-from minimaskrcnn.kernels.im2col import as_pair, conv_output_size
+from minimaskrcnn.kernels.im2col import conv_output_size
+from minimaskrcnn.ops._utils import pair
 
 # ------------------------------------------------------------------------- scratch memory (CPU)
 # cols are KH*KW times larger than the input and live only inside one forward or backward. NumPy
@@ -191,7 +192,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
         (N, C_out, OH, OW) Tensor (or (C_out, OH, OW) for an unbatched input), input's dtype,
         OH = (H + 2*padding - dilation*(KH - 1) - 1) // stride + 1, likewise OW.
     """
-    stride, padding, dilation = as_pair(stride, "stride"), as_pair(padding, "padding"), as_pair(dilation, "dilation")
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     if input.ndim == 3:
         out = Conv2d.apply(input.reshape(1, *input.shape), weight, bias, stride=stride, padding=padding,
                            dilation=dilation, groups=int(groups))
@@ -291,9 +292,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         (N, C_out, OH, OW) Tensor, input's dtype,
         OH = (H - 1)*stride - 2*padding + dilation*(KH - 1) + output_padding + 1, likewise OW.
     """
-    kwargs = dict(stride=as_pair(stride, "stride"), padding=as_pair(padding, "padding"),
-                  output_padding=as_pair(output_padding, "output_padding"), groups=int(groups),
-                  dilation=as_pair(dilation, "dilation"))
+    kwargs = dict(stride=pair(stride, "stride"), padding=pair(padding, "padding"),
+                  output_padding=pair(output_padding, "output_padding"), groups=int(groups),
+                  dilation=pair(dilation, "dilation"))
     if input.ndim == 3:
         out = ConvTranspose2d.apply(input.reshape(1, *input.shape), weight, bias, **kwargs)
         return out.reshape(out.shape[1:])

@@ -5,8 +5,9 @@ with ``unbroadcast``. Lesson 04 derives each backward.
 """
 from __future__ import annotations
 
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import get_array_module, unwrap
 from minimaskrcnn.function import Function, unbroadcast
+from minimaskrcnn.ops._utils import sigmoid_array
 
 
 class Add(Function):
@@ -138,9 +139,7 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx, x):
-        xp = get_array_module(x)
-        e = xp.exp(-abs(x))  # in (0, 1]: never overflows
-        out = xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        out = sigmoid_array(x)  # exp(-|x|) in (0, 1]: never overflows
         ctx.save_for_backward(out)
         return out
 
@@ -250,10 +249,8 @@ def matmul(a, b): return MatMul.apply(a, b)
 
 def where(condition, a, b):
     """Elementwise ``condition ? a : b``; gradients flow to a and b, none to the condition."""
-    from minimaskrcnn.tensor import Tensor, as_tensor
+    from minimaskrcnn.tensor import Tensor, _wrap, as_tensor
 
-    condition = condition.data if isinstance(condition, Tensor) else condition
+    condition = unwrap(condition)
     like = a if isinstance(a, Tensor) else b
-    from minimaskrcnn.tensor import _wrap
-
     return Where.apply(condition, _wrap(a, as_tensor(like)), _wrap(b, as_tensor(like)))

@@ -8,8 +8,9 @@ derives each backward.
 """
 from __future__ import annotations
 
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import get_array_module, unwrap
 from minimaskrcnn.function import Function, unbroadcast
+from minimaskrcnn.ops._utils import log_softmax_array, sigmoid_array, softmax_array
 from minimaskrcnn.tensor import Tensor
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -40,20 +41,13 @@ def _reduce_backward(dout, shape, reduction: str):
     return xp.broadcast_to(g, shape)
 
 
-def _log_softmax(x, axis: int):
-    """log(softmax(x)) computed as (x - max) - log(sum(exp(x - max))): no overflow for any x."""
-    xp = get_array_module(x)
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
-
-
 # ------------------------------------------------------------------------------ softmax family
 class LogSoftmax(Function):
     """log(softmax(x)) along an axis (fused: stable, and its backward needs only the output)."""
 
     @staticmethod
     def forward(ctx, x, dim=-1):
-        out = _log_softmax(x, dim)
+        out = log_softmax_array(x, dim)
         ctx.save_for_backward(out)
         ctx.dim = dim
         return out
@@ -70,7 +64,7 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx, x, dim=-1):
-        out = get_array_module(x).exp(_log_softmax(x, dim))
+        out = softmax_array(x, dim)
         ctx.save_for_backward(out)
         ctx.dim = dim
         return out
@@ -123,7 +117,7 @@ class CrossEntropy(Function):
         if xp.__name__ == "numpy" and bool(((safe_target < 0) | (safe_target >= L)).any()):
             raise IndexError(f"cross_entropy: target values must be in [0, {L}) or ignore_index={ignore_index}")
         rows = xp.arange(K)
-        log_prob = _log_softmax(logits, 1)
+        log_prob = log_softmax_array(logits, 1)
         row_weight = valid.astype(logits.dtype)  # (K,): 0 for ignored rows
         if weight is not None:
             row_weight = row_weight * weight[safe_target]
@@ -173,7 +167,7 @@ def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, 
         # (K, L, d1, ...) -> (K*d1*..., L): PyTorch's "K-dimensional" case
         moved = input.permute(0, *range(2, input.ndim), 1)
         spatial = moved.shape[:-1]
-        flat_target = (target.data if isinstance(target, Tensor) else target).reshape(-1)
+        flat_target = unwrap(target).reshape(-1)
         loss = CrossEntropy.apply(moved.reshape(-1, input.shape[1]), flat_target, weight,
                                   ignore_index=ignore_index, reduction=reduction)
         return loss.reshape(spatial) if reduction == "none" else loss
@@ -256,10 +250,7 @@ class BinaryCrossEntropyWithLogits(Function):
     @staticmethod
     def backward(ctx, dout):
         x, target, weight, pos_weight, softplus_neg = ctx.saved_tensors
-        xp = get_array_module(x)
-        e = xp.exp(-abs(x))  # sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x), both without overflow
-        sig_pos = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-        sig_neg = xp.where(x >= 0, e / (1 + e), 1 / (1 + e))
+        sig_pos, sig_neg = sigmoid_array(x), sigmoid_array(-x)  # sigmoid(-x) = 1 - sigmoid(x), without cancellation
         # dx = sigmoid(x) - t, written as (1 - t) sigmoid(x) - t sigmoid(-x) so that it keeps its
         # precision when sigmoid(x) is within rounding of t (confident logits)
         if pos_weight is None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module, kernel
+from minimaskrcnn.backend import as_array, get_array_module, kernel
 from minimaskrcnn.function import no_grad
-from minimaskrcnn.ops.boxes import as_array
 from minimaskrcnn.ops.roi_align import roi_align
 
 

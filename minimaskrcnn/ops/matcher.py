@@ -11,8 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module
-from minimaskrcnn.ops.boxes import as_array
+from minimaskrcnn.backend import as_array, get_array_module
+
+# Labels of the training targets, for anchors (RPN) and RoIs (box head) alike
+POSITIVE = 1  # an anchor matched to an object (the RPN's one class); a foreground RoI carries its gt class (>= 1)
+BACKGROUND = 0  # a negative anchor, a background RoI
+IGNORE = -1  # between the IoU thresholds: never sampled, so no loss
 
 
 class Matcher:
@@ -112,8 +116,9 @@ class BalancedPositiveNegativeSampler:
         """Draw the positives and negatives of each image. No gradient.
 
         Args:
-            matched_idxs: list of (N_i,) int arrays, one per image: >= 1 positive, 0 negative,
-                -1 ignored (labels, or matched indices shifted as the caller needs).
+            matched_idxs: list of (N_i,) int arrays, one per image: >= POSITIVE (1) positive,
+                BACKGROUND (0) negative, IGNORE (-1) ignored (labels, or matched indices shifted as
+                the caller needs).
 
         Returns:
             ``(pos_idx, neg_idx)``: two lists of (N_i,) uint8 masks, 1 where an element was
@@ -125,8 +130,8 @@ class BalancedPositiveNegativeSampler:
         for matched_idxs_per_image in matched_idxs:
             matched_idxs_per_image = as_array(matched_idxs_per_image)
             xp = get_array_module(matched_idxs_per_image)
-            positive = xp.nonzero(matched_idxs_per_image >= 1)[0]
-            negative = xp.nonzero(matched_idxs_per_image == 0)[0]
+            positive = xp.nonzero(matched_idxs_per_image >= POSITIVE)[0]
+            negative = xp.nonzero(matched_idxs_per_image == BACKGROUND)[0]
 
             # 1. how many of each: positives first, up to their fraction; negatives fill the batch
             num_pos = min(int(positive.size), int(self.batch_size_per_image * self.positive_fraction))

@@ -1,8 +1,13 @@
-"""Reductions: sum, mean and max over axes, with their backward (broadcast the gradient back)."""
+"""Reductions: sum, mean and max over axes, with their backward (broadcast the gradient back).
+
+The Functions take NumPy's ``axis``/``keepdims`` (they run on arrays); the functional wrappers and
+Tensor's methods take PyTorch's ``dim``/``keepdim`` and accept NumPy's names as aliases.
+"""
 from __future__ import annotations
 
 from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.function import Function
+from minimaskrcnn.ops._utils import dim_or_axis
 
 
 def _axes(axis, ndim: int) -> tuple:
@@ -69,6 +74,18 @@ class Max(Function):
         return (g * is_max / count).astype(dout.dtype)
 
 
-def sum(x, axis=None, keepdims: bool = False): return Sum.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
-def mean(x, axis=None, keepdims: bool = False): return Mean.apply(x, axis=axis, keepdims=keepdims)
-def max(x, axis=None, keepdims: bool = False): return Max.apply(x, axis=axis, keepdims=keepdims)  # noqa: A001
+# ------------------------------------------------------------------------- functional wrappers
+# PyTorch's dim/keepdim, with NumPy's axis/keepdims accepted as aliases (as on Tensor's methods)
+def sum(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):  # noqa: A001
+    dim, keepdim = dim_or_axis(dim, axis, keepdim, keepdims, "sum")
+    return Sum.apply(x, axis=dim, keepdims=keepdim)
+
+
+def mean(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):
+    dim, keepdim = dim_or_axis(dim, axis, keepdim, keepdims, "mean")
+    return Mean.apply(x, axis=dim, keepdims=keepdim)
+
+
+def max(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):  # noqa: A001
+    dim, keepdim = dim_or_axis(dim, axis, keepdim, keepdims, "max")
+    return Max.apply(x, axis=dim, keepdims=keepdim)

@@ -7,36 +7,22 @@ picks reference, Numba or CUDA). Lesson: RoIAlign.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module, kernel
+from minimaskrcnn.backend import get_array_module, kernel, unwrap
 from minimaskrcnn.function import Function
-from minimaskrcnn.nn.module import Module
+from minimaskrcnn.ops._utils import pair
 from minimaskrcnn.tensor import Tensor
 
-BoxesLike = Union[Tensor, np.ndarray, Sequence]
-
-
-def _pair(value, name: str = "output_size") -> tuple[int, int]:
-    """``(v, v)`` for an int, the two ints of a pair (torch.nn.modules.utils._pair)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-def _array(a):
-    return a.data if isinstance(a, Tensor) else a
+BoxesLike = Tensor | np.ndarray | Sequence
 
 
 def check_roi_boxes_shape(boxes: BoxesLike) -> None:
     """Raise ValueError unless ``boxes`` is a (K, 5) array/Tensor or a list of (Ki, 4) ones."""
     if isinstance(boxes, (list, tuple)):
         for i, b in enumerate(boxes):
-            shape = tuple(_array(b).shape)
+            shape = tuple(unwrap(b).shape)
             if len(shape) != 2 or shape[1] != 4:
                 raise ValueError(f"boxes[{i}] must be (Ki, 4) [x1, y1, x2, y2], got shape {shape}")
     elif hasattr(boxes, "shape"):
@@ -58,7 +44,7 @@ def convert_boxes_to_roi_format(boxes: Sequence) -> np.ndarray:
         rois: (sum Ki, 5) [batch_idx, x1, y1, x2, y2], the boxes' dtype (float32 for an empty list),
         NumPy or CuPy as the boxes; row order: image 0's boxes, then image 1's, ...
     """
-    arrays = [_array(b) for b in boxes]
+    arrays = [unwrap(b) for b in boxes]
     if not arrays:
         return np.zeros((0, 5), dtype=np.float32)
     xp = get_array_module(*arrays)
@@ -71,7 +57,7 @@ def convert_boxes_to_roi_format(boxes: Sequence) -> np.ndarray:
 def as_rois(boxes: BoxesLike, like) -> object:
     """``boxes`` (see ``roi_align``) as a (K, 5) array of ``like``'s dtype and array module, no gradient."""
     check_roi_boxes_shape(boxes)
-    rois = _array(boxes) if not isinstance(boxes, (list, tuple)) else convert_boxes_to_roi_format(boxes)
+    rois = unwrap(boxes) if not isinstance(boxes, (list, tuple)) else convert_boxes_to_roi_format(boxes)
     xp = get_array_module(like)
     return xp.ascontiguousarray(xp.asarray(rois, dtype=like.dtype))
 
@@ -130,30 +116,8 @@ def roi_align(
 
     Note: a sample outside [-1, H] x [-1, W] counts as 0 but still counts in the average.
     """
-    PH, PW = _pair(output_size)
-    x = _array(input)
+    PH, PW = pair(output_size, "output_size")
+    x = unwrap(input)
     rois = as_rois(boxes, x)
     return RoIAlignFunction.apply(input, rois, PH, PW, float(spatial_scale), int(sampling_ratio), bool(aligned))
 
-
-class RoIAlign(Module):
-    """RoIAlign as a layer, as torchvision.ops.RoIAlign: ``RoIAlign(7, 1 / 4, 2, True)(features, boxes)``.
-
-    See ``roi_align`` for the arguments and shapes. It has no parameters.
-    """
-
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
-        super().__init__()
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
-
-    def forward(self, input, rois: BoxesLike) -> Tensor:
-        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
-
-    def extra_repr(self) -> str:
-        return (
-            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
-        )

@@ -6,10 +6,10 @@ whose lesson compares the two. The hot loops are in kernels/roi_pool/.
 """
 from __future__ import annotations
 
-from minimaskrcnn.backend import get_array_module, kernel
+from minimaskrcnn.backend import get_array_module, kernel, unwrap
 from minimaskrcnn.function import Function
-from minimaskrcnn.nn.module import Module
-from minimaskrcnn.ops.roi_align import BoxesLike, _array, _pair, as_rois
+from minimaskrcnn.ops._utils import pair
+from minimaskrcnn.ops.roi_align import BoxesLike, as_rois
 from minimaskrcnn.tensor import Tensor
 
 
@@ -48,24 +48,7 @@ def roi_pool(input, boxes: BoxesLike, output_size, spatial_scale: float = 1.0) -
     Note: box corners are rounded to whole pixels (halves away from zero), the misalignment that
     RoIAlign removes.
     """
-    PH, PW = _pair(output_size)
-    rois = as_rois(boxes, _array(input))
+    PH, PW = pair(output_size, "output_size")
+    rois = as_rois(boxes, unwrap(input))
     return RoIPoolFunction.apply(input, rois, PH, PW, float(spatial_scale))
 
-
-class RoIPool(Module):
-    """RoIPool as a layer, as torchvision.ops.RoIPool: ``RoIPool(7, 1 / 16)(features, boxes)``.
-
-    See ``roi_pool`` for the arguments and shapes. It has no parameters.
-    """
-
-    def __init__(self, output_size, spatial_scale: float):
-        super().__init__()
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
-
-    def forward(self, input, rois: BoxesLike) -> Tensor:
-        return roi_pool(input, rois, self.output_size, self.spatial_scale)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import get_array_module, unwrap
 from minimaskrcnn.function import Function
+from minimaskrcnn.ops._utils import dim_or_axis
 
 
 class Reshape(Function):
@@ -136,12 +137,17 @@ class Stack(Function):
 # ------------------------------------------------------------------------- functional wrappers
 def reshape(x, shape): return Reshape.apply(x, shape=tuple(shape))
 def permute(x, axes): return Permute.apply(x, axes=tuple(axes))
-def gather(x, axis: int, idx): return Gather.apply(x, _raw(idx), axis=axis)
+def gather(x, dim: int | None = None, idx=None, *, axis: int | None = None):
+    """``out[..., i, ...] = x[..., idx[..., i, ...], ...]`` along ``dim`` (``torch.gather``; ``axis`` is an alias)."""
+    dim, _ = dim_or_axis(dim, axis, where="gather")
+    if dim is None or idx is None:
+        raise TypeError("gather: dim and idx are required")
+    return Gather.apply(x, unwrap(idx), axis=dim)
 
 
 def index_add(base, idx, src):
     """``base`` with ``src[i]`` added at row ``idx[i]`` (repeats accumulate)."""
-    return IndexAdd.apply(base, _raw(idx), src)
+    return IndexAdd.apply(base, unwrap(idx), src)
 
 
 def scatter_add(base, idx, src):
@@ -149,25 +155,22 @@ def scatter_add(base, idx, src):
     return index_add(base, idx, src)
 
 
-def cat(xs: Sequence, axis: int = 0):
-    """Concatenate Tensors along ``axis`` (``torch.cat``)."""
+def cat(xs: Sequence, dim: int | None = None, *, axis: int | None = None):
+    """Concatenate Tensors along ``dim`` (``torch.cat``; default 0, ``axis`` is an alias)."""
+    dim, _ = dim_or_axis(dim, axis, where="cat")
     xs = list(xs)
     if len(xs) == 1:
         return _as_tensor(xs[0])
-    return Concatenate.apply(*xs, axis=axis)
+    return Concatenate.apply(*xs, axis=0 if dim is None else dim)
 
 
 concatenate = cat
 
 
-def stack(xs: Sequence, axis: int = 0):
-    return Stack.apply(*list(xs), axis=axis)
-
-
-def _raw(x):
-    from minimaskrcnn.backend import unwrap
-
-    return unwrap(x)
+def stack(xs: Sequence, dim: int | None = None, *, axis: int | None = None):
+    """Stack Tensors along a new ``dim`` (``torch.stack``; default 0, ``axis`` is an alias)."""
+    dim, _ = dim_or_axis(dim, axis, where="stack")
+    return Stack.apply(*list(xs), axis=0 if dim is None else dim)
 
 
 def _as_tensor(x):

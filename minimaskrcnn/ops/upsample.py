@@ -12,6 +12,7 @@ import numpy as np
 
 from minimaskrcnn.backend import get_array_module
 from minimaskrcnn.function import Function
+from minimaskrcnn.ops._utils import pair
 from minimaskrcnn.tensor import Tensor
 
 
@@ -151,14 +152,6 @@ class UpsampleBilinear(Function):
         return _add_along_axis(dblended * xp.asarray(cw0), c0, W, 3) + _add_along_axis(dblended * xp.asarray(cw1), c1, W, 3)
 
 
-def _pair(value, name: str) -> tuple:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"interpolate: {name} must be a number or a pair for 4-D input, got {value!r}")
-        return tuple(value)
-    return (value, value)
-
-
 def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest", align_corners: bool | None = None,
                 recompute_scale_factor: bool | None = None, antialias: bool = False) -> Tensor:
     """Resize an (N, C, H, W) Tensor, as ``torch.nn.functional.interpolate``.
@@ -187,10 +180,10 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
         raise ValueError("interpolate: give exactly one of size and scale_factor")
     H, W = input.shape[2], input.shape[3]
     if size is not None:
-        out_h, out_w = (int(s) for s in _pair(size, "size"))
+        out_h, out_w = pair(size, "interpolate: size")
         scales = (None, None)
     else:
-        scales = tuple(float(s) for s in _pair(scale_factor, "scale_factor"))
+        scales = pair(scale_factor, "interpolate: scale_factor", float)
         out_h, out_w = math.floor(H * scales[0]), math.floor(W * scales[1])
         if recompute_scale_factor:
             scales = (None, None)

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 
+from minimaskrcnn import record_intermediates
 from minimaskrcnn.io import load_torch_state_dict
 from minimaskrcnn.models import maskrcnn_resnet50_fpn
 
@@ -44,7 +45,8 @@ def _pair_detections(ref: dict, got: dict) -> list[tuple[int, int]]:
     used = np.zeros(len(gb), bool)
     pairs = []
     for i in range(len(rb)):
-        close = (~used) & (gl == rl[i]) & (np.abs(gb - rb[i]).max(axis=1) <= BOX_TOL) & (np.abs(gs - rs[i]) <= SCORE_TOL)
+        close = ((~used) & (gl == rl[i]) & (np.abs(gb - rb[i]).max(axis=1) <= BOX_TOL)
+                 & (np.abs(gs - rs[i]) <= SCORE_TOL))
         candidates = np.nonzero(close)[0]
         if len(candidates) == 0:
             # only the last ranks may differ, when their scores tie with the cut-off at detections_per_img
@@ -91,7 +93,8 @@ def test_maskrcnn_resnet50_fpn_matches_torchvision(tmp_path):
     tv.rpn.register_forward_hook(lambda module, inputs, output: captured.update(proposals=output[0]) and None)
     with torch.no_grad():
         expected = tv([torch.from_numpy(img) for img in images])
-    got, intermediates = ours(images, return_intermediates=True)
+    with record_intermediates() as intermediates:
+        got = ours(images)
 
     # the RPN proposals: the same boxes (in any order among near-equal objectness)
     for e, g in zip(captured["proposals"], intermediates["proposals"]):

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from minimaskrcnn import Tensor
+from minimaskrcnn import Tensor, record_intermediates
 from minimaskrcnn.models.poolers import LevelMapper, MultiScaleRoIAlign, infer_scale
 from minimaskrcnn.models.roi_heads import (
     FastRCNNPredictor,
@@ -130,8 +130,8 @@ def test_eval_detections_match_torchvision(rng):
     with torch.no_grad():
         expected, _ = tv(OrderedDict((k, torch.from_numpy(v.numpy())) for k, v in feats.items()),
                          [torch.from_numpy(p) for p in proposals], IMAGE_SIZES)
-    debug = {}
-    got, losses = ours(feats, proposals, IMAGE_SIZES, debug=debug)
+    with record_intermediates() as rec:
+        got, losses = ours(feats, proposals, IMAGE_SIZES)
     assert losses == {}
     for e, g in zip(expected, got):
         assert set(g) == {"boxes", "labels", "scores", "masks"} and len(g["boxes"]) == 40
@@ -140,7 +140,7 @@ def test_eval_detections_match_torchvision(rng):
         np.testing.assert_allclose(g["scores"], e["scores"].numpy(), rtol=0, atol=1e-6)
         assert g["masks"].shape == (40, 1, 28, 28)
         np.testing.assert_allclose(g["masks"], e["masks"].numpy(), rtol=0, atol=1e-5)
-    assert debug["class_logits"].shape == (105, L) and debug["mask_logits"].shape == (80, L, 28, 28)
+    assert rec["class_logits"].shape == (105, L) and rec["mask_logits"].shape == (80, L, 28, 28)
 
 
 @pytest.mark.reference
@@ -157,8 +157,8 @@ def test_training_losses_and_gradients_match_torchvision(rng):
     _, expected = tv(OrderedDict((k, torch.from_numpy(v.numpy())) for k, v in feats.items()),
                      [torch.from_numpy(p) for p in proposals], IMAGE_SIZES, tv_targets)
     sum(expected.values()).backward()
-    debug = {}
-    _, got = ours(feats, proposals, IMAGE_SIZES, targets, debug=debug)
+    with record_intermediates() as rec:
+        _, got = ours(feats, proposals, IMAGE_SIZES, targets)
     assert set(got) == {"loss_classifier", "loss_box_reg", "loss_mask"}
     for k in got:
         np.testing.assert_allclose(got[k].item(), expected[k].item(), rtol=1e-4)
@@ -166,9 +166,10 @@ def test_training_losses_and_gradients_match_torchvision(rng):
     tv_params = dict(tv.named_parameters())
     for name, p in ours.named_parameters():
         np.testing.assert_allclose(p.grad, tv_params[name].grad.numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
-    # the debug record: sampled RoIs include the gt boxes, mask targets are 28x28 in [0, 1]
-    assert all(len(p) == 36 for p in debug["roi_proposals"])
-    assert debug["mask_targets"].shape[1:] == (28, 28) and 0 <= debug["mask_targets"].min() <= debug["mask_targets"].max() <= 1
+    # the record: sampled RoIs include the gt boxes, mask targets are 28x28 in [0, 1]
+    assert all(len(p) == 36 for p in rec["roi_proposals"])
+    mask_targets = rec["mask_targets"]
+    assert mask_targets.shape[1:] == (28, 28) and 0 <= mask_targets.min() <= mask_targets.max() <= 1
 
 
 @pytest.mark.reference

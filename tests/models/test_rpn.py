@@ -5,18 +5,12 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from minimaskrcnn import Tensor
+from minimaskrcnn import Tensor, record_intermediates
 from minimaskrcnn.models.anchors import AnchorGenerator
-from minimaskrcnn.models.rpn import (
-    IGNORE,
-    NEGATIVE,
-    POSITIVE,
-    RegionProposalNetwork,
-    RPNHead,
-    concat_box_prediction_layers,
-    top_n_idx_per_level,
-)
+from minimaskrcnn.models.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers, top_n_idx_per_level
 from minimaskrcnn.models.transform import ImageList
+from minimaskrcnn.ops.matcher import BACKGROUND as NEGATIVE
+from minimaskrcnn.ops.matcher import IGNORE, POSITIVE
 
 SIZES = ((16,), (32,), (64,), (128,), (256,))
 RATIOS = ((0.5, 1.0, 2.0),) * 5
@@ -122,15 +116,15 @@ def test_proposals_match_torchvision(rng):
     with torch.no_grad():
         expected, _ = tv(TVImageList(torch.zeros(2, 3, 128, 160), IMAGE_SIZES),
                          OrderedDict((k, torch.from_numpy(v)) for k, v in feats.items()))
-    debug = {}
-    got, losses = ours(ImageList(np.zeros((2, 3, 128, 160), np.float32), IMAGE_SIZES),
-                       OrderedDict((k, Tensor(v)) for k, v in feats.items()), debug=debug)
+    with record_intermediates() as rec:
+        got, losses = ours(ImageList(np.zeros((2, 3, 128, 160), np.float32), IMAGE_SIZES),
+                           OrderedDict((k, Tensor(v)) for k, v in feats.items()))
     assert losses == {}
     for e, g in zip(expected, got):
         assert g.shape == tuple(e.shape) and len(g) == 30
         np.testing.assert_allclose(g, e.numpy(), rtol=0, atol=1e-3)
-    assert set(debug) >= {"anchors", "objectness", "pred_bbox_deltas", "proposals_before_nms", "proposals"}
-    assert sum(debug["num_anchors_per_level"]) == len(debug["anchors"][0])
+    assert set(rec) >= {"anchors", "objectness", "pred_bbox_deltas", "proposals_before_nms", "proposals"}
+    assert sum(rec["num_anchors_per_level"]) == len(rec["anchors"][0])
 
 
 @pytest.mark.reference

@@ -5,7 +5,8 @@ import pytest
 
 from minimaskrcnn import Tensor, gradcheck, use_backend
 from minimaskrcnn.backend import cupy_or_none, to_numpy
-from minimaskrcnn.ops.roi_align import RoIAlign, convert_boxes_to_roi_format, roi_align
+from minimaskrcnn.nn import RoIAlign
+from minimaskrcnn.ops.roi_align import convert_boxes_to_roi_format, roi_align
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 

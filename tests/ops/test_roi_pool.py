@@ -5,7 +5,8 @@ import pytest
 
 from minimaskrcnn import Tensor, gradcheck, use_backend
 from minimaskrcnn.backend import cupy_or_none, kernel, to_numpy
-from minimaskrcnn.ops.roi_pool import RoIPool, roi_pool
+from minimaskrcnn.nn import RoIPool
+from minimaskrcnn.ops.roi_pool import roi_pool
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 
