@@ -32,20 +32,19 @@
 # same code as torchvision's ResNet-50 model (`maskrcnn_resnet50_fpn`), only smaller.
 
 # %%
-import dataclasses
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from _helpers import QUICK, exercise, log
 from matplotlib.patches import Rectangle
 
 import minimaskrcnn as mm
 from minimaskrcnn import visualize
-from minimaskrcnn.evaluate import evaluate, format_stats_table
+from minimaskrcnn.evaluate import format_stats_table
 from minimaskrcnn.models import build_model
 from minimaskrcnn.models.configs import get_config
 from minimaskrcnn.train import TrainConfig, Trainer, read_log
-from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)
@@ -109,7 +108,8 @@ model.eval()
 val_ds = trainer.val_dataset
 class_names = trainer.class_names
 image, target = val_ds[1]
-output, inter = model([image], return_intermediates=True)
+with mm.record_intermediates() as inter:
+    output = model([image])
 for key in ("images", "image_sizes"):
     log(key, inter[key]) if key == "images" else print(key, inter[key])
 for name, f in inter["features"].items():
@@ -158,7 +158,8 @@ plt.show()
 # %%
 model.train()
 train_image, train_target = trainer.train_dataset[3]
-losses, tinter = model([train_image], [train_target], return_intermediates=True)
+with mm.record_intermediates() as tinter:
+    losses = model([train_image], [train_target])
 print({k: round(v.item(), 4) for k, v in losses.items()})
 model.eval()
 
@@ -184,7 +185,7 @@ picked = tinter["mask_logits"][np.arange(len(mask_labels)), mask_labels]
 predicted_28 = 1 / (1 + np.exp(-picked))
 n = min(8, len(targets_28))
 fig = visualize.show_masks(np.concatenate([targets_28[:n], predicted_28[:n]]),
-                           titles=[f"target {class_names[l]}" for l in mask_labels[:n]] + ["predicted"] * n, cols=n)
+                           titles=[f"target {class_names[lbl]}" for lbl in mask_labels[:n]] + ["predicted"] * n, cols=n)
 plt.show()
 
 # %% [markdown]

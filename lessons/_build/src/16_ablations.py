@@ -38,18 +38,33 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from _helpers import QUICK, exercise
 from pycocotools.cocoeval import COCOeval
 
 import minimaskrcnn as mm
 from minimaskrcnn import nn, visualize
 from minimaskrcnn.evaluate import detections_to_coco_results, label_to_category_id_of, run_model
+from minimaskrcnn.models import (
+    GeneralizedRCNNTransform,
+    MaskRCNN,
+    RegionProposalNetwork,
+    get_config,
+    resnet_fpn_backbone,
+)
 from minimaskrcnn.models.poolers import MergeLevels, MultiScaleRoIAlign, convert_to_roi_format, setup_scales
-from minimaskrcnn.models.roi_heads import MaskRCNNPredictor, RoIHeads, fastrcnn_loss, maskrcnn_loss
+from minimaskrcnn.models.roi_heads import (
+    FastRCNNPredictor,
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+    RoIHeads,
+    TwoMLPHead,
+    fastrcnn_loss,
+    maskrcnn_loss,
+)
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops.masks import project_masks_on_boxes
 from minimaskrcnn.ops.roi_pool import roi_pool
-from minimaskrcnn.train import TrainConfig, Trainer, build_model_from_config
-from _helpers import QUICK, exercise, log
+from minimaskrcnn.train import TrainConfig, Trainer
 
 plt.rcParams["figure.dpi"] = 80
 
@@ -93,7 +108,7 @@ class ClassAgnosticMaskPredictor(nn.Module):
 
     def forward(self, x):
         single = self.inner(x)                                  # (K, 1, S, S)
-        return mm.cat([single] * self.num_classes, axis=1)      # (K, L, S, S), all channels equal
+        return mm.cat([single] * self.num_classes, dim=1)       # (K, L, S, S), all channels equal
 
 
 class SoftmaxMaskPredictor(MaskRCNNPredictor):
@@ -129,9 +144,13 @@ class Variant:
 
 
 class AblationRoIHeads(RoIHeads):
-    def forward(self, features, proposals, image_shapes, targets=None, debug=None):
+    def __init__(self, *args, variant, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.variant = variant
+
+    def forward(self, features, proposals, image_shapes, targets=None):
         if not self.training:
-            return super().forward(features, proposals, image_shapes, targets, debug)
+            return super().forward(features, proposals, image_shapes, targets)
         v = self.variant
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         class_logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
@@ -179,19 +198,29 @@ base_config = TrainConfig(
 
 
 def build_variant(variant, config):
-    model = build_model_from_config(config, num_classes=4)
-    heads = model.roi_heads
-    if variant.pool == "pool":
-        heads.box_roi_pool = MultiScaleRoIPool(heads.box_roi_pool.featmap_names, heads.box_roi_pool.output_size, 2)
-        heads.mask_roi_pool = MultiScaleRoIPool(heads.mask_roi_pool.featmap_names, heads.mask_roi_pool.output_size, 2)
-    m = model.config.mask
-    if variant.agnostic:
-        heads.mask_predictor = ClassAgnosticMaskPredictor(m.layers[-1], m.dim_reduced, 4)
-    elif variant.mask_loss == "softmax":
-        heads.mask_predictor = SoftmaxMaskPredictor(m.layers[-1], m.dim_reduced, 4)
-    heads.__class__ = AblationRoIHeads
-    heads.variant = variant
-    return model
+    """The r18-shapes model with the variant's parts, assembled from parts in the pipeline's order, so that
+    every variant starts from the same weights wherever it has the same layers."""
+    model_config = get_config(config.model, num_classes=4, seed=config.seed, min_size=config.min_size,
+                              max_size=config.max_size)
+    b, m, levels = model_config.box, model_config.mask, ["0", "1", "2", "3"]
+    nn.init.manual_seed(config.seed)
+    backbone = resnet_fpn_backbone(model_config.backbone)
+    C = backbone.out_channels
+    rpn = RegionProposalNetwork.from_config(model_config, C)
+    Pool = MultiScaleRoIPool if variant.pool == "pool" else MultiScaleRoIAlign
+    MaskPredictor = (ClassAgnosticMaskPredictor if variant.agnostic
+                     else SoftmaxMaskPredictor if variant.mask_loss == "softmax" else MaskRCNNPredictor)
+    roi_heads = AblationRoIHeads.from_config(
+        model_config, C, variant=variant,
+        box_roi_pool=Pool(levels, b.roi_output_size, b.sampling_ratio),
+        box_head=TwoMLPHead(C * b.roi_output_size ** 2, b.representation_size),
+        box_predictor=FastRCNNPredictor(b.representation_size, 4),
+        mask_roi_pool=Pool(levels, m.roi_output_size, m.sampling_ratio),
+        mask_head=MaskRCNNHeads(C, m.layers, m.dilation),
+        mask_predictor=MaskPredictor(m.layers[-1], m.dim_reduced, 4),
+    )
+    transform = GeneralizedRCNNTransform.from_config(model_config.transform, seed=model_config.seed)
+    return MaskRCNN(backbone, rpn, roi_heads, transform, config=model_config)
 
 
 def segm_ap_for(model, dataset, category_ids):
