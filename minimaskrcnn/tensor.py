@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from minimaskrcnn.backend import default_array_module, get_array_module, to_numpy, unwrap
+from minimaskrcnn.backend import default_array_module, get_array_module, is_cupy, to_numpy, unwrap
 from minimaskrcnn.function import Node, no_grad, run_backward
 
 
@@ -36,7 +36,7 @@ class Tensor:
             data = data.data
         if isinstance(data, np.generic):  # a NumPy scalar (e.g. from a full reduction) keeps its dtype
             data = np.asarray(data)
-        if type(data).__module__.startswith("cupy") or isinstance(data, np.ndarray):
+        if is_cupy(data) or isinstance(data, np.ndarray):
             if dtype is not None and data.dtype != dtype:
                 data = data.astype(dtype)
         else:

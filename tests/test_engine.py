@@ -32,7 +32,8 @@ def _parity(ours, theirs, arrays, seed=1):
     out_t.backward(torch.from_numpy(dout))
     _assert_close(out.data, out_t, name="output")
     for i, (x, t) in enumerate(zip(xs, ts)):
-        _assert_close(x.grad if x.grad is not None else np.zeros(x.shape), t.grad if t.grad is not None else torch.zeros(t.shape), name=f"grad {i}")
+        _assert_close(x.grad if x.grad is not None else np.zeros(x.shape),
+                      t.grad if t.grad is not None else torch.zeros(t.shape), name=f"grad {i}")
     return xs
 
 
@@ -135,8 +136,10 @@ def test_getitem_gradcheck_and_torch(index, rng):
     x = rng.standard_normal((3, 4))
     index = index if len(index) > 1 else index[0]
     _check(lambda t: t[index], [x])
-    t_index = tuple(torch.from_numpy(i) if isinstance(i, np.ndarray) else i for i in index) if isinstance(index, tuple) else (
-        torch.from_numpy(index) if isinstance(index, np.ndarray) else index)
+    def to_torch(i):
+        return torch.from_numpy(i) if isinstance(i, np.ndarray) else i
+
+    t_index = tuple(to_torch(i) for i in index) if isinstance(index, tuple) else to_torch(index)
     _parity(lambda t: t[index], lambda t: t[t_index], [x])
 
 
@@ -316,3 +319,23 @@ def test_without_anomaly_mode_the_nan_just_propagates():
     x = _t([1.0, 2.0])
     out = (x - 1.5).log().sum()
     assert np.isnan(out.item())
+
+
+def test_dim_is_the_axis_name_and_axis_its_alias(rng):
+    x = Tensor(rng.standard_normal((2, 3, 4)))
+    for method in ("sum", "mean", "max"):
+        by_dim = getattr(x, method)(dim=1, keepdim=True).numpy()
+        assert by_dim.shape == (2, 1, 4)
+        np.testing.assert_array_equal(getattr(x, method)(axis=1, keepdims=True).numpy(), by_dim)
+        np.testing.assert_array_equal(getattr(x, method)(1, True).numpy(), by_dim)  # torch's positional order
+        np.testing.assert_array_equal(getattr(mm.ops, method)(x, dim=(0, 2)).numpy(),
+                                      getattr(x, method)(axis=(0, 2)).numpy())
+        with pytest.raises(TypeError, match="dim or its alias axis"):
+            getattr(x, method)(dim=0, axis=0)
+        with pytest.raises(TypeError, match="keepdim or its alias keepdims"):
+            getattr(x, method)(0, keepdim=True, keepdims=True)
+    np.testing.assert_array_equal(mm.cat([x, x], dim=2).numpy(), mm.cat([x, x], axis=2).numpy())
+    assert mm.cat([x, x]).shape == (4, 3, 4) and mm.stack([x, x], dim=-1).shape == (2, 3, 4, 2)
+    assert mm.gather(x, dim=2, idx=np.zeros((2, 3, 1), np.int64)).shape == (2, 3, 1)
+    with pytest.raises(TypeError, match="dim or its alias axis"):
+        mm.stack([x, x], dim=0, axis=0)

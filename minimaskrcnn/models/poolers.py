@@ -85,7 +85,8 @@ def setup_scales(feature_sizes: Sequence[Sequence[int]], image_shapes: Sequence[
     scales = [infer_scale(size, original) for size in feature_sizes]
     lvl_min = -math.log2(scales[0])
     lvl_max = -math.log2(scales[-1])
-    return scales, LevelMapper(int(lvl_min), int(lvl_max), canonical_scale=canonical_scale, canonical_level=canonical_level)
+    mapper = LevelMapper(int(lvl_min), int(lvl_max), canonical_scale=canonical_scale, canonical_level=canonical_level)
+    return scales, mapper
 
 
 def convert_to_roi_format(boxes: Sequence) -> np.ndarray:

@@ -355,7 +355,8 @@ class RoIHeads(nn.Module):
         pred_scores = softmax_array(class_logits)
         split_at = np.cumsum(boxes_per_image)[:-1].tolist()
         all_boxes, all_scores, all_labels = [], [], []
-        for boxes, scores, image_shape in zip(xp.split(pred_boxes, split_at), xp.split(pred_scores, split_at), image_shapes):
+        per_image = zip(xp.split(pred_boxes, split_at), xp.split(pred_scores, split_at), image_shapes)
+        for boxes, scores, image_shape in per_image:
             boxes = clip_boxes_to_image(boxes, image_shape)
             labels = xp.broadcast_to(xp.arange(num_classes), scores.shape)
             # drop the background column, then one candidate per (RoI, class)

@@ -262,7 +262,8 @@ class GeneralizedRCNNTransform(Module):
             batch[i, : img.shape[0], : img.shape[1], : img.shape[2]] = img
         return batch
 
-    def postprocess(self, result: list[dict], image_sizes: Sequence[tuple[int, int]], original_image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
+    def postprocess(self, result: list[dict], image_sizes: Sequence[tuple[int, int]],
+                    original_image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
         """Map detections from the resized images back to the original images. No gradient.
 
         Args:

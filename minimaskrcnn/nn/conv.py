@@ -38,7 +38,8 @@ class _ConvNd(Module):
                  bias: bool, padding_mode: str, device, dtype, transposed: bool, output_padding=0):
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must be divisible by groups ({groups})")
         if padding_mode != "zeros":
             raise NotImplementedError(f"padding_mode={padding_mode!r}: only 'zeros' is supported")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups

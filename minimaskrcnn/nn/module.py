@@ -76,7 +76,8 @@ class Module:
         """Add a Parameter (or None, a declared but absent one such as ``bias=False``) under ``name``."""
         self._check_name(name, "parameter")
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"cannot assign {type(param).__name__} as parameter {name!r} (a Parameter or None is required)")
+            raise TypeError(f"cannot assign {type(param).__name__} as parameter {name!r} "
+                            "(a Parameter or None is required)")
         self._forget(name)
         self._parameters[name] = param
 
@@ -123,11 +124,13 @@ class Module:
             self.add_module(name, value)
         elif params is not None and name in params:
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} (a Parameter or None is required)")
+                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
+                                "(a Parameter or None is required)")
             params[name] = None
         elif params is not None and name in self._modules:
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} (a Module or None is required)")
+                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} "
+                                "(a Module or None is required)")
             self._modules[name] = None
         elif params is not None and name in self._buffers:
             if value is not None and not isinstance(value, Tensor):
@@ -153,7 +156,8 @@ class Module:
         object.__delattr__(self, name)
 
     # ------------------------------------------------------------------------------ iteration
-    def named_modules(self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
+    def named_modules(self, memo: set | None = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
         """(dotted name, module) for this module ("") and every descendant, parents before children."""
         if memo is None:
             memo = set()
@@ -193,7 +197,8 @@ class Module:
                 seen.add(id(value))
                 yield module_prefix + ("." if module_prefix else "") + name, value
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, Parameter) of this module's parameters and, with ``recurse``, its descendants'.
 
         A parameter shared by two modules is listed once (under its first name).
@@ -204,7 +209,8 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
         """(dotted name, Tensor) of every buffer (persistent or not)."""
         yield from self._named_members("_buffers", prefix, recurse, remove_duplicate)
 

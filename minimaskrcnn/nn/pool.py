@@ -22,7 +22,8 @@ class MaxPool2d(Module):
     Shape: (N, C, H, W) -> (N, C, OH, OW), OH = floor((H + 2P - D(K - 1) - 1) / S) + 1.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False, ceil_mode: bool = False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
+                 ceil_mode: bool = False):
         super().__init__()
         if return_indices:
             raise NotImplementedError("MaxPool2d: return_indices=True is not supported")

@@ -228,7 +228,8 @@ class MatMul(Function):
         if a.ndim == 1 and b.ndim == 1:
             return dout * b, dout * a
         if b.ndim == 1:
-            return xp.multiply.outer(dout, b), xp.tensordot(a, dout, axes=(tuple(range(a.ndim - 1)), tuple(range(dout.ndim))))
+            db = xp.tensordot(a, dout, axes=(tuple(range(a.ndim - 1)), tuple(range(dout.ndim))))
+            return xp.multiply.outer(dout, b), db
         if a.ndim == 1:  # (K,) @ (..., K, N) -> (..., N): sum the batch axes back into a
             da = (b @ dout[..., None])[..., 0]
             return unbroadcast(da, a.shape), a[:, None] * dout[..., None, :]

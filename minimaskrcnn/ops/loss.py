@@ -110,7 +110,8 @@ class CrossEntropy(Function):
         if target.dtype.kind not in "iu":
             raise TypeError(f"cross_entropy: target must hold integer class indices, got {target.dtype}")
         if target.shape != (K,):
-            raise ValueError(f"cross_entropy: target has shape {target.shape}, expected ({K},) for logits {logits.shape}")
+            raise ValueError(f"cross_entropy: target has shape {target.shape}, "
+                             f"expected ({K},) for logits {logits.shape}")
         valid = target != ignore_index
         safe_target = xp.where(valid, target, 0)  # ignored rows point at class 0, then weigh 0
         # the range check would be a sync on the GPU: there, as in PyTorch, it is left out

@@ -43,7 +43,8 @@ def nearest_source_index(in_size: int, out_size: int, scale_factor: float | None
     return np.minimum(src, in_size - 1)
 
 
-def linear_source_weights(in_size: int, out_size: int, align_corners: bool, scale_factor: float | None = None, dtype=np.float64) -> tuple:
+def linear_source_weights(in_size: int, out_size: int, align_corners: bool, scale_factor: float | None = None,
+                          dtype=np.float64) -> tuple:
     """For each output position, the two input positions ``mode="bilinear"`` blends, and their weights.
 
     Without ``align_corners`` pixel centres line up: ``src = max((dst + 0.5) * scale - 0.5, 0)``,
@@ -149,7 +150,8 @@ class UpsampleBilinear(Function):
         H, W = ctx.x_shape[2], ctx.x_shape[3]
         rw0, rw1 = xp.asarray(rw0)[:, None], xp.asarray(rw1)[:, None]
         dblended = _add_along_axis(dout * rw0, r0, H, 2) + _add_along_axis(dout * rw1, r1, H, 2)
-        return _add_along_axis(dblended * xp.asarray(cw0), c0, W, 3) + _add_along_axis(dblended * xp.asarray(cw1), c1, W, 3)
+        return (_add_along_axis(dblended * xp.asarray(cw0), c0, W, 3)
+                + _add_along_axis(dblended * xp.asarray(cw1), c1, W, 3))
 
 
 def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest", align_corners: bool | None = None,
