@@ -157,8 +157,6 @@ class Function:
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any):
-        from minimaskrcnn.tensor import Tensor
-
         arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
         needs_grad = _state.grad_enabled and any(
             isinstance(a, Tensor) and a.requires_grad for a in args
@@ -234,3 +232,7 @@ def as_array_like(value, like):
     if isinstance(value, (int, float, bool, np.number)):
         return xp.asarray(value, dtype=like.dtype)
     return value
+
+
+# Tensor's module imports this one (a Tensor records its op as a Node), so Tensor is bound here, at the end.
+from minimaskrcnn.tensor import Tensor  # noqa: E402

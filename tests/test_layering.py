@@ -43,11 +43,20 @@ def test_ops_import_neither_nn_nor_models(path):
     assert not upward, f"ops/{path.name} imports {sorted(upward)}: ops sit below nn and models"
 
 
-def test_tensor_binds_its_ops_once():
-    tree = ast.parse((PACKAGE / "tensor.py").read_text())
-    in_functions = [node.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.Lambda))
-                    for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
-    assert in_functions == [], f"imports inside tensor.py's functions, lines {in_functions}"
+def _imports_inside_functions(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text())
+    return [node.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.Lambda))
+            for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+@pytest.mark.parametrize("path", [PACKAGE / "tensor.py", PACKAGE / "function.py"] + _modules("ops"),
+                         ids=lambda p: p.name)
+def test_the_engine_and_ops_bind_their_imports_once(path):
+    # an import inside a function runs on every call (Tensor's operators, Function.apply)
+    assert _imports_inside_functions(path) == [], f"imports inside {path.name}'s functions"
+
+
+def test_tensor_binds_the_ops_modules():
     assert {"minimaskrcnn.ops.elementwise", "minimaskrcnn.ops.shape", "minimaskrcnn.ops.reduce"} <= _imported_modules(
         PACKAGE / "tensor.py")
 

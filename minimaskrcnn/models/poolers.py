@@ -14,6 +14,7 @@ import numpy as np
 from minimaskrcnn.backend import as_array, get_array_module
 from minimaskrcnn.function import Function
 from minimaskrcnn.nn import Module
+from minimaskrcnn.ops.roi_align import roi_align
 
 
 class LevelMapper:
@@ -157,8 +158,6 @@ class MultiScaleRoIAlign(Module):
         Returns:
             (K, C, PH, PW) Tensor, K = sum K_i, RoIs in the order of the concatenated lists.
         """
-        from minimaskrcnn.ops.roi_align import roi_align
-
         x_filtered = [v for k, v in features.items() if k in self.featmap_names]
         scales, mapper = setup_scales([tuple(x.shape[-2:]) for x in x_filtered], image_shapes,
                                       self.canonical_scale, self.canonical_level)

@@ -15,6 +15,7 @@ import numpy as np
 from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.models.configs import TransformConfig
 from minimaskrcnn.nn import Module
+from minimaskrcnn.ops.masks import paste_masks_in_image
 
 
 # --------------------------------------------------------------------------- array resizing
@@ -276,8 +277,6 @@ class GeneralizedRCNNTransform(Module):
             the same dicts with "boxes" in original pixels and "masks" (D, 1, h, w) pasted into
             the original image (torchvision's paste_masks_in_image, padding 1).
         """
-        from minimaskrcnn.ops.masks import paste_masks_in_image
-
         if self.training:
             return result
         for pred, im_s, o_im_s in zip(result, image_sizes, original_image_sizes):

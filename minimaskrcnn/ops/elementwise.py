@@ -8,6 +8,7 @@ from __future__ import annotations
 from minimaskrcnn.backend import get_array_module, unwrap
 from minimaskrcnn.function import Function, unbroadcast
 from minimaskrcnn.ops._utils import sigmoid_array
+from minimaskrcnn.tensor import Tensor, _wrap, as_tensor
 
 
 class Add(Function):
@@ -250,8 +251,6 @@ def matmul(a, b): return MatMul.apply(a, b)
 
 def where(condition, a, b):
     """Elementwise ``condition ? a : b``; gradients flow to a and b, none to the condition."""
-    from minimaskrcnn.tensor import Tensor, _wrap, as_tensor
-
     condition = unwrap(condition)
     like = a if isinstance(a, Tensor) else b
     return Where.apply(condition, _wrap(a, as_tensor(like)), _wrap(b, as_tensor(like)))

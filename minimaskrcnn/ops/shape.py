@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from minimaskrcnn.backend import get_array_module, unwrap
 from minimaskrcnn.function import Function
 from minimaskrcnn.ops._utils import dim_or_axis
+from minimaskrcnn.tensor import as_tensor
 
 
 class Reshape(Function):
@@ -160,7 +161,7 @@ def cat(xs: Sequence, dim: int | None = None, *, axis: int | None = None):
     dim, _ = dim_or_axis(dim, axis, where="cat")
     xs = list(xs)
     if len(xs) == 1:
-        return _as_tensor(xs[0])
+        return as_tensor(xs[0])
     return Concatenate.apply(*xs, axis=0 if dim is None else dim)
 
 
@@ -172,8 +173,3 @@ def stack(xs: Sequence, dim: int | None = None, *, axis: int | None = None):
     dim, _ = dim_or_axis(dim, axis, where="stack")
     return Stack.apply(*list(xs), axis=0 if dim is None else dim)
 
-
-def _as_tensor(x):
-    from minimaskrcnn.tensor import as_tensor
-
-    return as_tensor(x)
