@@ -177,7 +177,7 @@ class Tensor:
     def __pow__(self, exponent: float): return _elementwise.Pow.apply(self, exponent=exponent)
     def __matmul__(self, other): return _elementwise.MatMul.apply(self, _wrap(other, self))
     def __rmatmul__(self, other): return _elementwise.MatMul.apply(_wrap(other, self), self)
-    def __getitem__(self, index): return _shape.GetItem.apply(self, index=_plain_index(index))
+    def __getitem__(self, index): return _shape_ops.GetItem.apply(self, index=_plain_index(index))
 
     # comparisons give plain boolean arrays: no gradient flows through them
     def __lt__(self, other): return self.data < unwrap(other)
@@ -213,7 +213,7 @@ class Tensor:
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return _shape.Reshape.apply(self, shape=tuple(int(s) for s in shape))
+        return _shape_ops.Reshape.apply(self, shape=tuple(int(s) for s in shape))
 
     def view(self, *shape):
         return self.reshape(*shape)
@@ -227,7 +227,7 @@ class Tensor:
     def permute(self, *dims):
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = tuple(dims[0])
-        return _shape.Permute.apply(self, axes=tuple(int(d) for d in dims))
+        return _shape_ops.Permute.apply(self, axes=tuple(int(d) for d in dims))
 
     def transpose(self, dim0: int, dim1: int):
         dims = list(range(self.ndim))
@@ -283,5 +283,5 @@ def _shape(shape: Sequence) -> tuple:
 # imported here, at the end, once every name above exists (the operators above look them up at call time).
 from minimaskrcnn.ops import elementwise as _elementwise  # noqa: E402
 from minimaskrcnn.ops import reduce as _reduce  # noqa: E402
-from minimaskrcnn.ops import shape as _shape  # noqa: E402
+from minimaskrcnn.ops import shape as _shape_ops  # noqa: E402
 from minimaskrcnn.ops._utils import dim_or_axis  # noqa: E402

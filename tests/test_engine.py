@@ -339,3 +339,9 @@ def test_dim_is_the_axis_name_and_axis_its_alias(rng):
     assert mm.gather(x, dim=2, idx=np.zeros((2, 3, 1), np.int64)).shape == (2, 3, 1)
     with pytest.raises(TypeError, match="dim or its alias axis"):
         mm.stack([x, x], dim=0, axis=0)
+
+
+def test_zeros_and_ones():
+    z, o = mm.zeros(2, 3), mm.ones((1, 2), dtype=np.float64, requires_grad=True)
+    assert z.shape == (2, 3) and z.dtype == np.float32 and not z.numpy().any()
+    assert o.shape == (1, 2) and o.dtype == np.float64 and o.requires_grad and o.numpy().all()
