@@ -13,62 +13,19 @@ A sample outside the map gets weights 0 in the tables (torchvision's pre_calc do
 """
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
+from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels.roi_align import _scalar
 
 CHANNELS_PER_TASK = 4  # channels one forward task interpolates together (the kernel names 4 sums)
 
 
-@numba.njit(cache=True)
-def roi_geometry(rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    """As reference.roi_geometry: ``(b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count)``."""
-    T = rois.dtype.type
-    scale = T(spatial_scale)
-    b = int(rois[k, 0])
-    offset = T(0.5) if aligned else T(0.0)
-    roi_start_w = rois[k, 1] * scale - offset
-    roi_start_h = rois[k, 2] * scale - offset
-    roi_end_w = rois[k, 3] * scale - offset
-    roi_end_h = rois[k, 4] * scale - offset
-    roi_width = roi_end_w - roi_start_w
-    roi_height = roi_end_h - roi_start_h
-    if not aligned:  # legacy: force malformed RoIs to 1x1
-        roi_width = max(roi_width, T(1.0))
-        roi_height = max(roi_height, T(1.0))
-    bin_size_h = roi_height / T(pooled_height)
-    bin_size_w = roi_width / T(pooled_width)
-    grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_height / T(pooled_height)))
-    grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_width / T(pooled_width)))
-    count = T(max(grid_h * grid_w, 1))
-    return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count
-
-
-@numba.njit(cache=True)
-def sample_coord(roi_start, p, bin_size, i, grid, T):
-    """As reference.sample_coord."""
-    return roi_start + T(p) * bin_size + T(i + 0.5) * bin_size / T(grid)
-
-
-@numba.njit(cache=True)
-def interp_1d(coord, size, T):
-    """As reference.interp_1d: ``(inside, low, high, l, h)``."""
-    if not (coord >= -1.0 and coord <= size):
-        return False, 0, 0, T(0.0), T(0.0)
-    if coord <= 0:
-        coord = T(0.0)
-    low = int(coord)
-    if low >= size - 1:
-        low = size - 1
-        high = size - 1
-        coord = T(low)
-    else:
-        high = low + 1
-    l = coord - T(low)
-    h = T(1.0) - l
-    return True, low, high, l, h
+# _scalar.py's helpers (which reference.py calls as plain Python), compiled for the CPU
+roi_geometry, sample_coord, interp_1d = compile_helpers(
+    numba.njit(cache=True), _scalar.roi_geometry, _scalar.sample_coord, _scalar.interp_1d
+)
 
 
 @numba.njit(cache=True)
@@ -114,13 +71,13 @@ def sample_tables(rois, spatial_scale, pooled_height, pooled_width, sampling_rat
         for ph in range(PH):
             for iy in range(gh):
                 y = sample_coord(roi_start_h, ph, bin_size_h, iy, gh, T)
-                _, low, high, l, h = interp_1d(y, H, T)  # outside: l = h = 0
+                _, low, high, l, h = interp_1d(y, H, T)  # noqa: E741 (outside: l = h = 0)
                 r = row_start[k] + ph * gh + iy
                 y_low[r], y_high[r], ly[r], hy[r] = low, high, l, h
         for pw in range(PW):
             for ix in range(gw):
                 x = sample_coord(roi_start_w, pw, bin_size_w, ix, gw, T)
-                _, low, high, l, h = interp_1d(x, W, T)
+                _, low, high, l, h = interp_1d(x, W, T)  # noqa: E741
                 s = col_start[k] + pw * gw + ix
                 x_low[s], x_high[s], lx[s], hx[s] = low, high, l, h
     return batch_idx, count, grid_h, grid_w, row_start, col_start, y_low, y_high, ly, hy, x_low, x_high, lx, hx
@@ -213,8 +170,7 @@ def roi_align_forward(
     Returns:
         output: (K, C, PH, PW), input's dtype.
     """
-    check_roi_inputs(input, rois, "roi_align")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_align")
     N, C, H, W = input.shape
     K = rois.shape[0]
     if K * C == 0:
@@ -249,10 +205,7 @@ def roi_align_backward(
     Returns:
         dx: (N, C, H, W), dout's dtype.
     """
-    N, C, H, W = (int(s) for s in input_shape)
-    check_rois(rois, dout.dtype, N, "roi_align")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
-    check_dout_shape(dout.shape, rois.shape, input_shape, PH, PW, "roi_align")
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, pooled_height, pooled_width, "roi_align")
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)
     if rois.shape[0] * C == 0:
         return dx

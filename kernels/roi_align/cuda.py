@@ -11,63 +11,18 @@ Works on CuPy arrays on a GPU and on NumPy arrays under NUMBA_ENABLE_CUDASIM=1 (
 """
 from __future__ import annotations
 
-import math
-
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
+from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels._cuda import launch
+from minimaskrcnn.kernels.roi_align import _scalar
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
 
-_THREADS_PER_BLOCK = 256
-
-
-@cuda.jit(device=True)
-def roi_geometry(rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    """As reference.roi_geometry: ``(b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count)``."""
-    T = rois.dtype.type
-    scale = T(spatial_scale)
-    b = int(rois[k, 0])
-    offset = T(0.5) if aligned else T(0.0)
-    roi_start_w = rois[k, 1] * scale - offset
-    roi_start_h = rois[k, 2] * scale - offset
-    roi_end_w = rois[k, 3] * scale - offset
-    roi_end_h = rois[k, 4] * scale - offset
-    roi_width = roi_end_w - roi_start_w
-    roi_height = roi_end_h - roi_start_h
-    if not aligned:
-        roi_width = max(roi_width, T(1.0))
-        roi_height = max(roi_height, T(1.0))
-    bin_size_h = roi_height / T(pooled_height)
-    bin_size_w = roi_width / T(pooled_width)
-    grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_height / T(pooled_height)))
-    grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_width / T(pooled_width)))
-    count = T(max(grid_h * grid_w, 1))
-    return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count
-
-
-@cuda.jit(device=True)
-def sample_coord(roi_start, p, bin_size, i, grid, T):
-    """As reference.sample_coord."""
-    return roi_start + T(p) * bin_size + T(i + 0.5) * bin_size / T(grid)
-
-
-@cuda.jit(device=True)
-def interp_1d(coord, size, T):
-    """As reference.interp_1d: ``(inside, low, high, l, h)``."""
-    if not (coord >= -1.0 and coord <= size):
-        return False, 0, 0, T(0.0), T(0.0)
-    if coord <= 0:
-        coord = T(0.0)
-    low = int(coord)
-    if low >= size - 1:
-        low = size - 1
-        high = size - 1
-        coord = T(low)
-    else:
-        high = low + 1
-    l = coord - T(low)
-    h = T(1.0) - l
-    return True, low, high, l, h
+# _scalar.py's helpers (which reference.py calls as plain Python), compiled as CUDA device functions
+roi_geometry, sample_coord, interp_1d = compile_helpers(
+    cuda.jit(device=True), _scalar.roi_geometry, _scalar.sample_coord, _scalar.interp_1d
+)
 
 
 @cuda.jit
@@ -132,12 +87,6 @@ def _backward_kernel(dout, rois, spatial_scale, sampling_ratio, aligned, dx):
                 cuda.atomic.add(dx, (b, c, y_high, x_high), g * (ly * lx))
 
 
-def _launch_shape(count: int) -> tuple[int, int]:
-    """(blocks, threads per block) for ``count`` threads; small launches get one small block."""
-    threads = min(_THREADS_PER_BLOCK, max(count, 1))
-    return (count + threads - 1) // threads, threads
-
-
 def roi_align_forward(
     input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
 ):
@@ -151,17 +100,14 @@ def roi_align_forward(
     Returns:
         output: (K, C, PH, PW), input's dtype and array module.
     """
-    check_roi_inputs(input, rois, "roi_align")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_align")
     xp = get_array_module(input)
     K, C = rois.shape[0], input.shape[1]
     output = xp.zeros((K, C, PH, PW), dtype=input.dtype)
-    if output.size:
-        blocks, threads = _launch_shape(output.size)
-        _forward_kernel[blocks, threads](
-            xp.ascontiguousarray(input), xp.ascontiguousarray(rois), float(spatial_scale), int(sampling_ratio),
-            bool(aligned), output,
-        )
+    launch(
+        _forward_kernel, output.size, xp.ascontiguousarray(input), xp.ascontiguousarray(rois), float(spatial_scale),
+        int(sampling_ratio), bool(aligned), output,
+    )
     return output
 
 
@@ -188,16 +134,11 @@ def roi_align_backward(
     Returns:
         dx: (N, C, H, W), dout's dtype and array module.
     """
-    N, C, H, W = (int(s) for s in input_shape)
-    check_rois(rois, dout.dtype, N, "roi_align")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
-    check_dout_shape(dout.shape, rois.shape, input_shape, PH, PW, "roi_align")
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, pooled_height, pooled_width, "roi_align")
     xp = get_array_module(dout)
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype)
-    if dout.size:
-        blocks, threads = _launch_shape(dout.size)
-        _backward_kernel[blocks, threads](
-            xp.ascontiguousarray(dout), xp.ascontiguousarray(rois), float(spatial_scale), int(sampling_ratio),
-            bool(aligned), dx,
-        )
+    launch(
+        _backward_kernel, dout.size, xp.ascontiguousarray(dout), xp.ascontiguousarray(rois), float(spatial_scale),
+        int(sampling_ratio), bool(aligned), dx,
+    )
     return dx

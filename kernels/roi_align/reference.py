@@ -3,88 +3,14 @@
 Loops over RoIs k, bins (ph, pw) and the sample grid (iy, ix); the channels are the one axis the
 sampling does not depend on, so each line handles all C of them at once (``input[b, :, y, x]``).
 All coordinate arithmetic is done in the input's dtype, in torchvision's order, so that float32
-results match torchvision's to rounding. See ``minimaskrcnn.kernels.roi_align`` for the equations.
+results match torchvision's to rounding; the scalar helpers (geometry, sample coordinates, 1-D
+interpolation) are ``_scalar.py``'s, as plain Python. See ``minimaskrcnn.kernels.roi_align`` for the equations.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
-
-
-def roi_geometry(
-    rois, k: int, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
-):
-    """Where RoI k lies on the feature map and how densely its bins are sampled.
-
-    Args:
-        rois: (K, 5) float32/float64, [batch_idx, x1, y1, x2, y2] in input-image pixels.
-        k: which RoI.
-        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned: as ``roi_align_forward``.
-
-    Returns:
-        ``(b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count)``: the image
-        index, the top-left corner and bin size in feature-map pixels (rois' dtype), the samples per
-        bin along each axis and their number ``max(grid_h * grid_w, 1)`` (rois' dtype).
-    """
-    T = rois.dtype.type
-    scale = T(spatial_scale)
-    b = int(rois[k, 0])
-    offset = T(0.5) if aligned else T(0.0)  # aligned: sample at pixel centres (Detectron2)
-    roi_start_w = rois[k, 1] * scale - offset
-    roi_start_h = rois[k, 2] * scale - offset
-    roi_end_w = rois[k, 3] * scale - offset
-    roi_end_h = rois[k, 4] * scale - offset
-    roi_width = roi_end_w - roi_start_w
-    roi_height = roi_end_h - roi_start_h
-    if not aligned:  # legacy: force malformed (smaller than one pixel) RoIs to 1x1
-        roi_width = max(roi_width, T(1.0))
-        roi_height = max(roi_height, T(1.0))
-    bin_size_h = roi_height / T(pooled_height)
-    bin_size_w = roi_width / T(pooled_width)
-    # sampling_ratio <= 0: about one sample per feature-map pixel of the bin
-    grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_height / T(pooled_height)))
-    grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_width / T(pooled_width)))
-    count = T(max(grid_h * grid_w, 1))  # an empty grid (zero-size aligned RoI) gives 0, not 0/0
-    return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count
-
-
-def sample_coord(roi_start, p: int, bin_size, i: int, grid: int, T):
-    """Coordinate of sample i (of ``grid``) in bin p along one axis: evenly spaced, half a step in.
-
-    T is the scalar type (np.float32 or np.float64) all the arithmetic is done in.
-    """
-    return roi_start + T(p) * bin_size + T(i + 0.5) * bin_size / T(grid)
-
-
-def interp_1d(coord, size: int, T):
-    """Linear interpolation along one axis of length ``size``, with RoIAlign's border rule.
-
-    Args:
-        coord: the sample coordinate, in feature-map pixels.
-        size: H for y, W for x.
-        T: the scalar type (np.float32 or np.float64) all the arithmetic is done in.
-
-    Returns:
-        ``(inside, low, high, l, h)``: whether coord lies in [-1, size] (outside, the sample
-        counts as 0), the two pixels read and their weights: pixel ``low`` gets ``h = 1 - l`` and
-        pixel ``high`` gets ``l``. Bilinear weights are products: w1 = hy*hx, w2 = hy*lx, w3 = ly*hx,
-        w4 = ly*lx for (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high).
-    """
-    if not (coord >= -1.0 and coord <= size):  # NaN lands here too
-        return False, 0, 0, T(0.0), T(0.0)
-    if coord <= 0:  # in [-1, 0]: read pixel 0
-        coord = T(0.0)
-    low = int(coord)
-    if low >= size - 1:  # at or past the last pixel: read it
-        low = high = size - 1
-        coord = T(low)
-    else:
-        high = low + 1
-    l = coord - T(low)
-    h = T(1.0) - l
-    return True, low, high, l, h
+from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
+from minimaskrcnn.kernels.roi_align._scalar import interp_1d, roi_geometry, sample_coord
 
 
 def roi_align_forward(
@@ -103,8 +29,7 @@ def roi_align_forward(
     Returns:
         output: (K, C, PH, PW), input's dtype.
     """
-    check_roi_inputs(input, rois, "roi_align")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_align")
     N, C, H, W = input.shape
     K = rois.shape[0]
     T = input.dtype.type  # every coordinate is computed in the input's precision, as torchvision does
@@ -157,10 +82,7 @@ def roi_align_backward(
     Returns:
         dx: (N, C, H, W), dout's dtype.
     """
-    N, C, H, W = (int(s) for s in input_shape)
-    check_rois(rois, dout.dtype, N, "roi_align")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_align")
-    check_dout_shape(dout.shape, rois.shape, input_shape, PH, PW, "roi_align")
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, pooled_height, pooled_width, "roi_align")
     T = dout.dtype.type
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)
     for k in range(rois.shape[0]):

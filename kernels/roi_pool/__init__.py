@@ -12,7 +12,9 @@ For RoI k = [b, x1, y1, x2, y2] every backend computes what torchvision.ops.roi_
 
 The backward sends dout[k, c, ph, pw] to input[b, c] at the saved argmax (nothing for -1). RoIAlign
 (kernels/roi_align) replaced it in Mask R-CNN because the rounding misaligns the bins.
-``reference.py`` is NumPy (the spec), ``cpu.py`` Numba, ``cuda.py`` Numba-CUDA. Lesson: RoIAlign.
+``reference.py`` is NumPy (the spec), ``cpu.py`` Numba, ``cuda.py`` Numba-CUDA; the scalar helpers
+they share (``round_half_away``, ``pool_geometry``, ``bin_range``) are written once in ``_scalar.py``,
+the argument checks in ``kernels/_checks.py``. Lesson: RoIAlign.
 """
 from __future__ import annotations
 

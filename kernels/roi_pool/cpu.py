@@ -8,49 +8,19 @@ alone adds into dx[b, c]: no races, and a fixed summation order (deterministic).
 """
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
-from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST
+from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST, _scalar
 
 CHANNELS_PER_TASK = 4  # channels one forward task scans together (the kernel names 4 maxima)
 
 
-@numba.njit(cache=True)
-def round_half_away(v):
-    """As reference.round_half_away: C's round, halves away from zero."""
-    a = abs(v)
-    r = math.floor(a)
-    if a - r >= 0.5:
-        r += 1
-    return int(r) if v >= 0 else -int(r)
-
-
-@numba.njit(cache=True)
-def pool_geometry(rois, k, spatial_scale, pooled_height, pooled_width):
-    """As reference.pool_geometry: ``(b, roi_start_h, roi_start_w, bin_size_h, bin_size_w)``."""
-    T = rois.dtype.type
-    scale = T(spatial_scale)
-    b = int(rois[k, 0])
-    roi_start_w = round_half_away(rois[k, 1] * scale)
-    roi_start_h = round_half_away(rois[k, 2] * scale)
-    roi_end_w = round_half_away(rois[k, 3] * scale)
-    roi_end_h = round_half_away(rois[k, 4] * scale)
-    roi_width = max(roi_end_w - roi_start_w + 1, 1)
-    roi_height = max(roi_end_h - roi_start_h + 1, 1)
-    bin_size_h = T(roi_height) / T(pooled_height)
-    bin_size_w = T(roi_width) / T(pooled_width)
-    return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w
-
-
-@numba.njit(cache=True)
-def bin_range(p, bin_size, roi_start, size, T):
-    """As reference.bin_range: pixels [start, end) of bin p, clipped to [0, size]."""
-    start = int(math.floor(T(p) * bin_size)) + roi_start
-    end = int(math.ceil(T(p + 1) * bin_size)) + roi_start
-    return min(max(start, 0), size), min(max(end, 0), size)
+# _scalar.py's helpers (which reference.py calls as plain Python), compiled for the CPU
+round_half_away, pool_geometry, bin_range = compile_helpers(
+    numba.njit(cache=True), _scalar.round_half_away, _scalar.pool_geometry, _scalar.bin_range
+)
 
 
 @numba.njit(cache=True)
@@ -154,8 +124,7 @@ def roi_pool_forward(input, rois, spatial_scale: float, pooled_height: int, pool
     Returns:
         output: (K, C, PH, PW) input's dtype; argmax: (K, C, PH, PW) int32, ``h*W + w`` or -1.
     """
-    check_roi_inputs(input, rois, "roi_pool")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_pool")
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_pool")
     N, C, H, W = input.shape
     K = rois.shape[0]
     output = np.empty((K, C, PH, PW), dtype=input.dtype)  # every element is written
@@ -179,10 +148,8 @@ def roi_pool_backward(dout, rois, argmax, input_shape):
     Returns:
         dx: (N, C, H, W), dout's dtype.
     """
-    N, C, H, W = (int(s) for s in input_shape)
-    check_rois(rois, dout.dtype, N, "roi_pool")
     K, _, PH, PW = argmax.shape
-    check_dout_shape(dout.shape, rois.shape, input_shape, PH, PW, "roi_pool")
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, PH, PW, "roi_pool")
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)
     if K * C == 0:
         return dx

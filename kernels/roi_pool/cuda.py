@@ -11,50 +11,18 @@ Works on CuPy arrays on a GPU and on NumPy arrays under NUMBA_ENABLE_CUDASIM=1 (
 """
 from __future__ import annotations
 
-import math
-
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
-from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST
+from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels._cuda import launch
+from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST, _scalar
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
 
-_THREADS_PER_BLOCK = 256
-
-
-@cuda.jit(device=True)
-def round_half_away(v):
-    """As reference.round_half_away: C's round, halves away from zero."""
-    a = abs(v)
-    r = math.floor(a)
-    if a - r >= 0.5:
-        r += 1
-    return int(r) if v >= 0 else -int(r)
-
-
-@cuda.jit(device=True)
-def pool_geometry(rois, k, spatial_scale, pooled_height, pooled_width):
-    """As reference.pool_geometry: ``(b, roi_start_h, roi_start_w, bin_size_h, bin_size_w)``."""
-    T = rois.dtype.type
-    scale = T(spatial_scale)
-    b = int(rois[k, 0])
-    roi_start_w = round_half_away(rois[k, 1] * scale)
-    roi_start_h = round_half_away(rois[k, 2] * scale)
-    roi_end_w = round_half_away(rois[k, 3] * scale)
-    roi_end_h = round_half_away(rois[k, 4] * scale)
-    roi_width = max(roi_end_w - roi_start_w + 1, 1)
-    roi_height = max(roi_end_h - roi_start_h + 1, 1)
-    bin_size_h = T(roi_height) / T(pooled_height)
-    bin_size_w = T(roi_width) / T(pooled_width)
-    return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w
-
-
-@cuda.jit(device=True)
-def bin_range(p, bin_size, roi_start, size, T):
-    """As reference.bin_range: pixels [start, end) of bin p, clipped to [0, size]."""
-    start = int(math.floor(T(p) * bin_size)) + roi_start
-    end = int(math.ceil(T(p + 1) * bin_size)) + roi_start
-    return min(max(start, 0), size), min(max(end, 0), size)
+# _scalar.py's helpers (which reference.py calls as plain Python), compiled as CUDA device functions
+round_half_away, pool_geometry, bin_range = compile_helpers(
+    cuda.jit(device=True), _scalar.round_half_away, _scalar.pool_geometry, _scalar.bin_range
+)
 
 
 @cuda.jit
@@ -101,12 +69,6 @@ def _backward_kernel(dout, rois, argmax, dx):
         cuda.atomic.add(dx, (b, c, idx // W, idx % W), dout[k, c, ph, pw])  # atomic: shared winners
 
 
-def _launch_shape(count: int) -> tuple[int, int]:
-    """(blocks, threads per block) for ``count`` threads; small launches get one small block."""
-    threads = min(_THREADS_PER_BLOCK, max(count, 1))
-    return (count + threads - 1) // threads, threads
-
-
 def roi_pool_forward(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
     """Max-pool every RoI to PH x PW integer-pixel bins (see reference.roi_pool_forward).
 
@@ -119,17 +81,13 @@ def roi_pool_forward(input, rois, spatial_scale: float, pooled_height: int, pool
         output: (K, C, PH, PW) input's dtype; argmax: (K, C, PH, PW) int32, ``h*W + w`` or -1;
         input's array module.
     """
-    check_roi_inputs(input, rois, "roi_pool")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_pool")
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_pool")
     xp = get_array_module(input)
     K, C = rois.shape[0], input.shape[1]
     output = xp.zeros((K, C, PH, PW), dtype=input.dtype)
     argmax = xp.full((K, C, PH, PW), EMPTY_BIN, dtype=xp.int32)
-    if output.size:
-        blocks, threads = _launch_shape(output.size)
-        _forward_kernel[blocks, threads](
-            xp.ascontiguousarray(input), xp.ascontiguousarray(rois), float(spatial_scale), output, argmax
-        )
+    launch(_forward_kernel, output.size, xp.ascontiguousarray(input), xp.ascontiguousarray(rois), float(spatial_scale),
+           output, argmax)
     return output, argmax
 
 
@@ -147,15 +105,10 @@ def roi_pool_backward(dout, rois, argmax, input_shape):
     Returns:
         dx: (N, C, H, W), dout's dtype and array module.
     """
-    N, C, H, W = (int(s) for s in input_shape)
-    check_rois(rois, dout.dtype, N, "roi_pool")
     K, _, PH, PW = argmax.shape
-    check_dout_shape(dout.shape, rois.shape, input_shape, PH, PW, "roi_pool")
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, PH, PW, "roi_pool")
     xp = get_array_module(dout)
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype)
-    if dout.size:
-        blocks, threads = _launch_shape(dout.size)
-        _backward_kernel[blocks, threads](
-            xp.ascontiguousarray(dout), xp.ascontiguousarray(rois), xp.ascontiguousarray(argmax), dx
-        )
+    launch(_backward_kernel, dout.size, xp.ascontiguousarray(dout), xp.ascontiguousarray(rois),
+           xp.ascontiguousarray(argmax), dx)
     return dx

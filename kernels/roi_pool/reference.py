@@ -1,61 +1,15 @@
 """RoIPool in NumPy, written like the equations: the spec of every backend and the lesson's code.
 
 Loops over RoIs k, bins (ph, pw) and the pixels (h, w) of each bin; each line handles all C
-channels at once (``input[b, :, h, w]``). See ``minimaskrcnn.kernels.roi_pool`` for the equations.
+channels at once (``input[b, :, h, w]``). The scalar helpers (rounding, geometry, bin ranges) are
+``_scalar.py``'s, as plain Python. See ``minimaskrcnn.kernels.roi_pool`` for the equations.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from minimaskrcnn.kernels.roi_align import check_dout_shape, check_pooled_size, check_roi_inputs, check_rois
+from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
 from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST
-
-
-def round_half_away(v) -> int:
-    """C's ``round``: the nearest integer, halves away from zero (np.round sends halves to even)."""
-    a = abs(v)
-    r = math.floor(a)
-    if a - r >= 0.5:  # exact: a - floor(a) loses no bits
-        r += 1
-    return int(r) if v >= 0 else -int(r)
-
-
-def pool_geometry(rois, k: int, spatial_scale: float, pooled_height: int, pooled_width: int):
-    """Where RoI k lies on the feature map, in whole pixels.
-
-    Args:
-        rois: (K, 5) float32/float64, [batch_idx, x1, y1, x2, y2] in input-image pixels.
-        k: which RoI.
-        spatial_scale, pooled_height, pooled_width: as ``roi_pool_forward``.
-
-    Returns:
-        ``(b, roi_start_h, roi_start_w, bin_size_h, bin_size_w)``: the image index, the rounded
-        top-left pixel (ints) and the bin size in pixels (rois' dtype).
-    """
-    T = rois.dtype.type
-    scale = T(spatial_scale)
-    b = int(rois[k, 0])
-    roi_start_w = round_half_away(rois[k, 1] * scale)
-    roi_start_h = round_half_away(rois[k, 2] * scale)
-    roi_end_w = round_half_away(rois[k, 3] * scale)
-    roi_end_h = round_half_away(rois[k, 4] * scale)
-    roi_width = max(roi_end_w - roi_start_w + 1, 1)  # pixels x1..x2 inclusive; malformed RoIs are 1x1
-    roi_height = max(roi_end_h - roi_start_h + 1, 1)
-    bin_size_h = T(roi_height) / T(pooled_height)
-    bin_size_w = T(roi_width) / T(pooled_width)
-    return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w
-
-
-def bin_range(p: int, bin_size, roi_start: int, size: int, T) -> tuple[int, int]:
-    """Pixels [start, end) of bin p along one axis: floor/ceil of the bin's edges, clipped to [0, size].
-
-    T is the scalar type (np.float32 or np.float64) of the arithmetic. Neighbouring bins can share
-    a pixel; a bin wholly outside the map is empty (end <= start).
-    """
-    start = int(math.floor(T(p) * bin_size)) + roi_start
-    end = int(math.ceil(T(p + 1) * bin_size)) + roi_start
-    return min(max(start, 0), size), min(max(end, 0), size)
+from minimaskrcnn.kernels.roi_pool._scalar import bin_range, pool_geometry, round_half_away
 
 
 def roi_pool_forward(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
@@ -72,8 +26,7 @@ def roi_pool_forward(input, rois, spatial_scale: float, pooled_height: int, pool
         argmax: (K, C, PH, PW) int32: ``h * W + w`` of the first maximum in row-major order, -1
             (EMPTY_BIN) for an empty bin. NaN never wins (as torchvision's CPU kernel).
     """
-    check_roi_inputs(input, rois, "roi_pool")
-    PH, PW = check_pooled_size(pooled_height, pooled_width, "roi_pool")
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_pool")
     N, C, H, W = input.shape
     K = rois.shape[0]
     T = input.dtype.type
@@ -113,10 +66,8 @@ def roi_pool_backward(dout, rois, argmax, input_shape):
     Returns:
         dx: (N, C, H, W), dout's dtype.
     """
-    N, C, H, W = (int(s) for s in input_shape)
-    check_rois(rois, dout.dtype, N, "roi_pool")
     K, _, PH, PW = argmax.shape
-    check_dout_shape(dout.shape, rois.shape, input_shape, PH, PW, "roi_pool")
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, PH, PW, "roi_pool")
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)
     for k in range(K):
         b = int(rois[k, 0])
