@@ -4,7 +4,7 @@ A convolution is then one matrix product per image (``weight (C_out, C*KH*KW) @ 
 runs at BLAS speed. The column layout, the same in every backend, is
 
     cols: (N, C*KH*KW, OH*OW), row = (c*KH + kh)*KW + kw, column = oh*OW + ow,
-    cols[n, row, column] = x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]  (0 outside the image)
+    cols[n, row, column] = x[n, c, oh*SH - pad_h + kh*DH, ow*SW - pad_w + kw*DW]  (0 outside the image)
 
 so that ``weight.reshape(C_out, -1) @ cols[n]`` is already the (C_out, OH*OW) output of image n in
 NCHW order: neither the forward nor the backward of a convolution needs a transpose copy.
@@ -38,6 +38,31 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def window_args(kernel_size, stride, padding, dilation) -> tuple:
+    """The (height, width) pairs of a sliding window's arguments, checked (im2col's and max pooling's).
+
+    Args:
+        kernel_size, stride, padding, dilation: ints or (height, width) pairs.
+
+    Returns:
+        ``(KH, KW, SH, SW, pad_h, pad_w, DH, DW)``, all Python ints.
+
+    Raises:
+        ValueError: for a value that is not an int or a pair, non-positive kernel/stride/dilation or
+            negative padding.
+    """
+    KH, KW = as_pair(kernel_size, "kernel_size")
+    SH, SW = as_pair(stride, "stride")
+    pad_h, pad_w = as_pair(padding, "padding")
+    DH, DW = as_pair(dilation, "dilation")
+    if min(KH, KW, SH, SW, DH, DW) < 1 or min(pad_h, pad_w) < 0:
+        raise ValueError(
+            f"kernel_size, stride, dilation must be >= 1 and padding >= 0, got kernel_size={(KH, KW)}, "
+            f"stride={(SH, SW)}, padding={(pad_h, pad_w)}, dilation={(DH, DW)}"
+        )
+    return KH, KW, SH, SW, pad_h, pad_w, DH, DW
+
+
 def im2col_geometry(x_shape, kernel_size, stride, padding, dilation) -> tuple:
     """Check the arguments of im2col/col2im and return the sizes the kernels need.
 
@@ -46,7 +71,7 @@ def im2col_geometry(x_shape, kernel_size, stride, padding, dilation) -> tuple:
         kernel_size, stride, padding, dilation: ints or (height, width) pairs.
 
     Returns:
-        ``(N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``, all Python ints.
+        ``(N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW)``, all Python ints.
 
     Raises:
         ValueError: for a non-4-D shape, non-positive kernel/stride/dilation, negative padding,
@@ -55,28 +80,20 @@ def im2col_geometry(x_shape, kernel_size, stride, padding, dilation) -> tuple:
     if len(x_shape) != 4:
         raise ValueError(f"im2col expects an (N, C, H, W) array, got shape {tuple(x_shape)}")
     N, C, H, W = (int(s) for s in x_shape)
-    KH, KW = as_pair(kernel_size, "kernel_size")
-    SH, SW = as_pair(stride, "stride")
-    PH, PW = as_pair(padding, "padding")
-    DH, DW = as_pair(dilation, "dilation")
-    if min(KH, KW, SH, SW, DH, DW) < 1 or min(PH, PW) < 0:
-        raise ValueError(
-            f"kernel_size, stride, dilation must be >= 1 and padding >= 0, got kernel_size={(KH, KW)}, "
-            f"stride={(SH, SW)}, padding={(PH, PW)}, dilation={(DH, DW)}"
-        )
-    OH = conv_output_size(H, KH, SH, PH, DH)
-    OW = conv_output_size(W, KW, SW, PW, DW)
+    KH, KW, SH, SW, pad_h, pad_w, DH, DW = window_args(kernel_size, stride, padding, dilation)
+    OH = conv_output_size(H, KH, SH, pad_h, DH)
+    OW = conv_output_size(W, KW, SW, pad_w, DW)
     if OH < 1 or OW < 1:
         raise ValueError(
             f"kernel {(KH, KW)} with dilation {(DH, DW)} does not fit in the padded input "
-            f"{(H + 2 * PH, W + 2 * PW)}"
+            f"{(H + 2 * pad_h, W + 2 * pad_w)}"
         )
-    return N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW
+    return N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW
 
 
 def check_cols_shape(cols_shape, geometry: tuple) -> None:
     """Raise ValueError unless ``cols_shape`` is (N, C*KH*KW, OH*OW) for ``geometry``."""
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
     expected = (N, C * KH * KW, OH * OW)
     if tuple(int(s) for s in cols_shape) != expected:
         raise ValueError(f"cols has shape {tuple(cols_shape)}, expected (N, C*KH*KW, OH*OW) = {expected}")

@@ -9,31 +9,32 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from minimaskrcnn.kernels._checks import check_float
 from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
 
 
 @numba.njit(cache=True, inline="always")
-def _inside_range(kw: int, W: int, SW: int, PW: int, DW: int, OW: int) -> tuple:
-    """[ow_lo, ow_hi): the output columns whose tap kw reads an image pixel, 0 <= ow*SW - PW + kw*DW < W."""
-    ow_lo = -((kw * DW - PW) // SW)  # ceil((PW - kw*DW) / SW)
-    ow_hi = -((kw * DW - PW - W) // SW)  # ceil((W + PW - kw*DW) / SW)
+def _inside_range(kw: int, W: int, SW: int, pad_w: int, DW: int, OW: int) -> tuple:
+    """[ow_lo, ow_hi): the output columns whose tap kw reads an image pixel, 0 <= ow*SW - pad_w + kw*DW < W."""
+    ow_lo = -((kw * DW - pad_w) // SW)  # ceil((pad_w - kw*DW) / SW)
+    ow_hi = -((kw * DW - pad_w - W) // SW)  # ceil((W + pad_w - kw*DW) / SW)
     ow_lo = min(max(ow_lo, 0), OW)
     ow_hi = min(max(ow_hi, ow_lo), OW)
     return ow_lo, ow_hi
 
 
 @numba.njit(cache=True, parallel=True)
-def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+def _im2col_kernel(x, cols, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW):
     N, C, H, W = x.shape
     for task in numba.prange(N * C * KH * KW):
         # task -> (n, c, kh, kw); row = (c*KH + kh)*KW + kw is the row of cols[n] it fills
         n, row = task // (C * KH * KW), task % (C * KH * KW)
         c, kh, kw = row // (KH * KW), (row // KW) % KH, row % KW
         image, cols_row = x[n, c], cols[n, row]  # (H, W) and (OH*OW,) views
-        ow_lo, ow_hi = _inside_range(kw, W, SW, PW, DW, OW)
-        iw_lo = ow_lo * SW - PW + kw * DW  # the image column output column ow_lo reads
+        ow_lo, ow_hi = _inside_range(kw, W, SW, pad_w, DW, OW)
+        iw_lo = ow_lo * SW - pad_w + kw * DW  # the image column output column ow_lo reads
         for oh in range(OH):
-            ih = oh * SH - PH + kh * DH  # the image row tap kh of output row oh reads
+            ih = oh * SH - pad_h + kh * DH  # the image row tap kh of output row oh reads
             start = oh * OW  # column of (oh, 0) in cols
             if ih < 0 or ih >= H:
                 cols_row[start : start + OW] = 0  # the whole output row reads zero padding
@@ -43,12 +44,12 @@ def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
                 cols_row[start + ow_lo : start + ow_hi] = image[ih, iw_lo : iw_lo + ow_hi - ow_lo]
             else:
                 for ow in range(ow_lo, ow_hi):
-                    cols_row[start + ow] = image[ih, ow * SW - PW + kw * DW]
+                    cols_row[start + ow] = image[ih, ow * SW - pad_w + kw * DW]
             cols_row[start + ow_hi : start + OW] = 0
 
 
 @numba.njit(cache=True, parallel=True)
-def _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+def _col2im_kernel(cols, dx, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW):
     N, C, H, W = dx.shape
     for task in numba.prange(N * C):
         n, c = task // C, task % C  # this task owns dx[n, c]: nobody else writes there
@@ -57,10 +58,10 @@ def _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
         for kh in range(KH):
             for kw in range(KW):
                 cols_row = cols[n, (c * KH + kh) * KW + kw]
-                ow_lo, ow_hi = _inside_range(kw, W, SW, PW, DW, OW)
-                iw_lo = ow_lo * SW - PW + kw * DW
+                ow_lo, ow_hi = _inside_range(kw, W, SW, pad_w, DW, OW)
+                iw_lo = ow_lo * SW - pad_w + kw * DW
                 for oh in range(OH):
-                    ih = oh * SH - PH + kh * DH
+                    ih = oh * SH - pad_h + kh * DH
                     if ih < 0 or ih >= H:
                         continue  # this tap read the zero padding: nothing to give back
                     start = oh * OW
@@ -68,12 +69,7 @@ def _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
                         image[ih, iw_lo : iw_lo + ow_hi - ow_lo] += cols_row[start + ow_lo : start + ow_hi]
                     else:
                         for ow in range(ow_lo, ow_hi):
-                            image[ih, ow * SW - PW + kw * DW] += cols_row[start + ow]
-
-
-def _check_float(a: np.ndarray, name: str) -> None:
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+                            image[ih, ow * SW - pad_w + kw * DW] += cols_row[start + ow]
 
 
 def im2col(x: np.ndarray, kernel_size, stride=1, padding=0, dilation=1, out=None) -> np.ndarray:
@@ -87,14 +83,14 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0, dilation=1, out=None
     Returns:
         cols: (N, C*KH*KW, OH*OW), x's dtype (``out`` when given).
     """
-    _check_float(x, "x")
+    check_float(x, "x")
     geometry = im2col_geometry(x.shape, kernel_size, stride, padding, dilation)
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
     x = np.ascontiguousarray(x)
     if out is None:
         out = np.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
     check_out(out, (N, C * KH * KW, OH * OW), x.dtype)
-    _im2col_kernel(x, out, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    _im2col_kernel(x, out, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW)
     return out
 
 
@@ -109,11 +105,11 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0, dilation
     Returns:
         dx: (N, C, H, W), cols' dtype.
     """
-    _check_float(cols, "cols")
+    check_float(cols, "cols")
     geometry = im2col_geometry(x_shape, kernel_size, stride, padding, dilation)
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
     check_cols_shape(cols.shape, geometry)
     cols = np.ascontiguousarray(cols)
     dx = np.empty((N, C, H, W), dtype=cols.dtype)
-    _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    _col2im_kernel(cols, dx, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW)
     return dx

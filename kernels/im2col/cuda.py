@@ -1,28 +1,30 @@
 """im2col / col2im as Numba-CUDA kernels (same layout and arguments as reference.py).
 
-Thread mapping (1-D grid, 256 threads a block):
+Thread mapping (1-D grid, up to 256 threads a block, kernels/_cuda.py):
   im2col: one thread per element of cols (N, C*KH*KW, OH*OW). Thread i is
       i = (n*(C*KH*KW) + row)*(OH*OW) + col,  row = (c*KH + kh)*KW + kw,  col = oh*OW + ow,
       so neighbouring threads take neighbouring ow: coalesced writes.
   col2im: one thread per pixel of dx (N, C, H, W), i = ((n*C + c)*H + ih)*W + iw. It GATHERS the
-      cols entries that im2col copied from its pixel (taps with ih = oh*SH - PH + kh*DH for an
+      cols entries that im2col copied from its pixel (taps with ih = oh*SH - pad_h + kh*DH for an
       integer oh in [0, OH), likewise for w): no atomics, a fixed summation order, deterministic.
 Works on CuPy arrays on a GPU and on NumPy arrays under NUMBA_ENABLE_CUDASIM=1 (tiny inputs only).
 """
 from __future__ import annotations
 
-import math
-
-from minimaskrcnn.kernels.im2col import check_cols_shape, check_out, im2col_geometry
+from minimaskrcnn.kernels._checks import check_float
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels._cuda import launch, unravel_4d
+from minimaskrcnn.kernels.im2col import _scalar, check_cols_shape, check_out, im2col_geometry
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
 
-_THREADS_PER_BLOCK = 256
+# _scalar.py's window rule, compiled as a CUDA device function
+(tap_output,) = compile_helpers(cuda.jit(device=True), _scalar.tap_output)
 
 
 @cuda.jit
-def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+def _im2col_kernel(x, cols, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW):
     i = cuda.grid(1)
     N, C, H, W = x.shape
     if i >= N * C * KH * KW * OH * OW:
@@ -33,8 +35,8 @@ def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
     n = n_row // (C * KH * KW)
     c, kh, kw = row // (KH * KW), (row // KW) % KH, row % KW
     oh, ow = col // OW, col % OW
-    ih = oh * SH - PH + kh * DH  # the pixel tap (kh, kw) of output (oh, ow) reads
-    iw = ow * SW - PW + kw * DW
+    ih = oh * SH - pad_h + kh * DH  # the pixel tap (kh, kw) of output (oh, ow) reads
+    iw = ow * SW - pad_w + kw * DW
     if 0 <= ih < H and 0 <= iw < W:
         cols[n, row, col] = x[n, c, ih, iw]
     else:
@@ -42,37 +44,23 @@ def _im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
 
 
 @cuda.jit
-def _col2im_kernel(cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+def _col2im_kernel(cols, dx, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW):
     i = cuda.grid(1)
     N, C, H, W = dx.shape
     if i >= N * C * H * W:
         return
-    iw = i % W
-    ih = (i // W) % H
-    c = (i // (H * W)) % C
-    n = i // (C * H * W)
+    n, c, ih, iw = unravel_4d(i, C, H, W)  # i = ((n*C + c)*H + ih)*W + iw
     acc = dx[n, c, ih, iw]  # 0 (the wrapper allocates zeros), in dx's dtype
     for kh in range(KH):
-        th = ih + PH - kh * DH  # = oh*SH if tap kh of output row oh reads row ih
-        if th < 0 or th % SH != 0 or th // SH >= OH:
+        oh = tap_output(ih, kh, SH, pad_h, DH, OH)  # the output row whose tap kh reads row ih (-1: none)
+        if oh < 0:
             continue
-        oh = th // SH
         for kw in range(KW):
-            tw = iw + PW - kw * DW
-            if tw < 0 or tw % SW != 0 or tw // SW >= OW:
+            ow = tap_output(iw, kw, SW, pad_w, DW, OW)
+            if ow < 0:
                 continue
-            ow = tw // SW
             acc += cols[n, (c * KH + kh) * KW + kw, oh * OW + ow]
     dx[n, c, ih, iw] = acc
-
-
-def _check_float(a, name: str) -> None:
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-
-
-def _blocks(count: int) -> int:
-    return max(1, math.ceil(count / _THREADS_PER_BLOCK))
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
@@ -87,16 +75,15 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
     Returns:
         cols: (N, C*KH*KW, OH*OW), x's dtype and array module (``out`` when given).
     """
-    _check_float(x, "x")
+    check_float(x, "x")
     geometry = im2col_geometry(x.shape, kernel_size, stride, padding, dilation)
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     if out is None:
         out = xp.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
     check_out(out, (N, C * KH * KW, OH * OW), x.dtype)
-    if out.size:
-        _im2col_kernel[_blocks(out.size), _THREADS_PER_BLOCK](x, out, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    launch(_im2col_kernel, out.size, x, out, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW)
     return out
 
 
@@ -111,13 +98,12 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
     Returns:
         dx: (N, C, H, W), cols' dtype and array module.
     """
-    _check_float(cols, "cols")
+    check_float(cols, "cols")
     geometry = im2col_geometry(x_shape, kernel_size, stride, padding, dilation)
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
     check_cols_shape(cols.shape, geometry)
     xp = get_array_module(cols)
     cols = xp.ascontiguousarray(cols)
     dx = xp.zeros((N, C, H, W), dtype=cols.dtype)
-    if dx.size:
-        _col2im_kernel[_blocks(dx.size), _THREADS_PER_BLOCK](cols, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+    launch(_col2im_kernel, dx.size, cols, dx, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW)
     return dx

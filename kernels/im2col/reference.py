@@ -1,7 +1,7 @@
 """im2col / col2im in plain NumPy: the spec the Numba and CUDA versions are tested against.
 
 One strided slice of the zero-padded image per kernel tap (kh, kw): that slice holds, for every
-output position (oh, ow), the pixel the tap sees, i.e. x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW].
+output position (oh, ow), the pixel the tap sees, i.e. x[n, c, oh*SH - pad_h + kh*DH, ow*SW - pad_w + kw*DW].
 col2im is the adjoint: it adds each tap's slice back where it came from (overlaps add up).
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0, dilation=1, out=None
     Returns:
         cols: (N, C*KH*KW, OH*OW), x's dtype, with
         ``cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = x_padded[n, c, oh*SH + kh*DH, ow*SW + kw*DW]``,
-        where ``OH = (H + 2*PH - DH*(KH - 1) - 1) // SH + 1`` (and likewise OW).
+        where ``OH = (H + 2*pad_h - DH*(KH - 1) - 1) // SH + 1`` (and likewise OW).
     """
     geometry = im2col_geometry(x.shape, kernel_size, stride, padding, dilation)
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
-    x_padded = np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)))
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
+    x_padded = np.pad(x, ((0, 0), (0, 0), (pad_h, pad_h), (pad_w, pad_w)))
     if out is None:
         out = np.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
     check_out(out, (N, C * KH * KW, OH * OW), x.dtype)
@@ -53,10 +53,10 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0, dilation
         copied from it (entries that came from the zero padding are dropped).
     """
     geometry = im2col_geometry(x_shape, kernel_size, stride, padding, dilation)
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geometry
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
     check_cols_shape(cols.shape, geometry)
     cols = cols.reshape(N, C, KH, KW, OH, OW)
-    dx_padded = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=cols.dtype)
+    dx_padded = np.zeros((N, C, H + 2 * pad_h, W + 2 * pad_w), dtype=cols.dtype)
     for kh in range(KH):
         for kw in range(KW):
             top, left = kh * DH, kw * DW
@@ -64,4 +64,4 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0, dilation
             rows = slice(top, top + SH * (OH - 1) + 1, SH)
             columns = slice(left, left + SW * (OW - 1) + 1, SW)
             dx_padded[:, :, rows, columns] += cols[:, :, kh, kw]
-    return np.ascontiguousarray(dx_padded[:, :, PH : PH + H, PW : PW + W])
+    return np.ascontiguousarray(dx_padded[:, :, pad_h : pad_h + H, pad_w : pad_w + W])

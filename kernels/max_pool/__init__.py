@@ -11,7 +11,7 @@ equal PyTorch's even on the many tied zeros that follow a ReLU.
 """
 from __future__ import annotations
 
-from minimaskrcnn.kernels.im2col import as_pair
+from minimaskrcnn.kernels.im2col import window_args
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
@@ -37,7 +37,7 @@ def max_pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, 
         ceil_mode: round the output size up rather than down.
 
     Returns:
-        ``(N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``, all Python ints.
+        ``(N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW)``, all Python ints.
 
     Raises:
         ValueError: for a non-4-D shape, non-positive kernel/stride/dilation, padding larger than
@@ -46,22 +46,16 @@ def max_pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, 
     if len(x_shape) != 4:
         raise ValueError(f"max_pool2d expects an (N, C, H, W) array, got shape {tuple(x_shape)}")
     N, C, H, W = (int(s) for s in x_shape)
-    KH, KW = as_pair(kernel_size, "kernel_size")
-    SH, SW = as_pair(kernel_size if stride is None or stride == () else stride, "stride")
-    PH, PW = as_pair(padding, "padding")
-    DH, DW = as_pair(dilation, "dilation")
-    if min(KH, KW, SH, SW, DH, DW) < 1 or min(PH, PW) < 0:
-        raise ValueError(
-            f"kernel_size, stride, dilation must be >= 1 and padding >= 0, got kernel_size={(KH, KW)}, "
-            f"stride={(SH, SW)}, padding={(PH, PW)}, dilation={(DH, DW)}"
-        )
-    if PH > KH // 2 or PW > KW // 2:  # PyTorch's rule (on the undilated kernel)
-        raise ValueError(f"padding {(PH, PW)} should be at most half of the kernel size {(KH, KW)}")
-    OH = pool_output_size(H, KH, SH, PH, DH, ceil_mode)
-    OW = pool_output_size(W, KW, SW, PW, DW, ceil_mode)
+    if stride is None or stride == ():  # PyTorch's default: the window's own size
+        stride = kernel_size
+    KH, KW, SH, SW, pad_h, pad_w, DH, DW = window_args(kernel_size, stride, padding, dilation)
+    if pad_h > KH // 2 or pad_w > KW // 2:  # PyTorch's rule (on the undilated kernel)
+        raise ValueError(f"padding {(pad_h, pad_w)} should be at most half of the kernel size {(KH, KW)}")
+    OH = pool_output_size(H, KH, SH, pad_h, DH, ceil_mode)
+    OW = pool_output_size(W, KW, SW, pad_w, DW, ceil_mode)
     if OH < 1 or OW < 1:
         raise ValueError(f"max_pool2d: input {(H, W)} is too small for kernel {(KH, KW)}: output {(OH, OW)}")
-    return N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW
+    return N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW
 
 
 def check_pooled_shape(dout_shape, argmax_shape, expected: tuple) -> None:

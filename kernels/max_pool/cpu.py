@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from minimaskrcnn.kernels._checks import check_float
 from minimaskrcnn.kernels.max_pool import check_pooled_shape, max_pool_geometry
 
 
 @numba.njit(cache=True, inline="always")
-def _inside_taps(o: int, S: int, P: int, D: int, K: int, size: int) -> tuple:
-    """[k_lo, k_hi): the taps k of output o that read a pixel, 0 <= o*S - P + k*D < size."""
-    start = o * S - P  # the pixel tap 0 reads
+def _inside_taps(o: int, S: int, pad: int, D: int, K: int, size: int) -> tuple:
+    """[k_lo, k_hi): the taps k of output o that read a pixel, 0 <= o*S - pad + k*D < size."""
+    start = o * S - pad  # the pixel tap 0 reads
     k_lo = 0
     while k_lo < K and start + k_lo * D < 0:
         k_lo += 1
@@ -25,17 +26,17 @@ def _inside_taps(o: int, S: int, P: int, D: int, K: int, size: int) -> tuple:
 
 
 @numba.njit(cache=True, parallel=True)
-def _forward_kernel(x, out, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
+def _forward_kernel(x, out, argmax, KH, KW, SH, SW, pad_h, pad_w, DH, DW):
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
     for task in numba.prange(N * C):
         n, c = task // C, task % C
         for oh in range(OH):
-            ih_start = oh * SH - PH  # the image row tap kh=0 reads
-            kh_lo, kh_hi = _inside_taps(oh, SH, PH, DH, KH, H)  # taps outside are padding: skipped
+            ih_start = oh * SH - pad_h  # the image row tap kh=0 reads
+            kh_lo, kh_hi = _inside_taps(oh, SH, pad_h, DH, KH, H)  # taps outside are padding: skipped
             for ow in range(OW):
-                iw_start = ow * SW - PW
-                kw_lo, kw_hi = _inside_taps(ow, SW, PW, DW, KW, W)
+                iw_start = ow * SW - pad_w
+                kw_lo, kw_hi = _inside_taps(ow, SW, pad_w, DW, KW, W)
                 if kh_lo == kh_hi or kw_lo == kw_hi:  # a dilated window that sees only padding
                     out[n, c, oh, ow] = -np.inf
                     argmax[n, c, oh, ow] = -1
@@ -72,11 +73,6 @@ def _backward_kernel(dout, argmax, dx):
                     dx[n, c, idx // W, idx % W] += dout[n, c, oh, ow]
 
 
-def _check_float(a: np.ndarray, name: str) -> None:
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-
-
 def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> tuple:
     """The maximum of every window and the flat index of its pixel (see reference.max_pool2d_forward).
 
@@ -87,14 +83,14 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, dilat
     Returns:
         out: (N, C, OH, OW), x's dtype; argmax: (N, C, OH, OW) int64, ``ih*W + iw``.
     """
-    _check_float(x, "x")
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = max_pool_geometry(
+    check_float(x, "x")
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = max_pool_geometry(
         x.shape, kernel_size, stride, padding, dilation, ceil_mode
     )
     x = np.ascontiguousarray(x)
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int64)
-    _forward_kernel(x, out, argmax, KH, KW, SH, SW, PH, PW, DH, DW)
+    _forward_kernel(x, out, argmax, KH, KW, SH, SW, pad_h, pad_w, DH, DW)
     return out, argmax
 
 
@@ -110,8 +106,8 @@ def max_pool2d_backward(dout: np.ndarray, argmax: np.ndarray, x_shape, kernel_si
     Returns:
         dx: (N, C, H, W), dout's dtype.
     """
-    _check_float(dout, "dout")
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = max_pool_geometry(
+    check_float(dout, "dout")
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = max_pool_geometry(
         x_shape, kernel_size, stride, padding, dilation, ceil_mode
     )
     check_pooled_shape(dout.shape, argmax.shape, (N, C, OH, OW))

@@ -1,6 +1,6 @@
 """Max pooling as Numba-CUDA kernels (same arguments and results as reference.py).
 
-Thread mapping (1-D grid, 256 threads a block):
+Thread mapping (1-D grid, up to 256 threads a block, kernels/_cuda.py):
   forward: one thread per output element (N, C, OH, OW), i = ((n*C + c)*OH + oh)*OW + ow; it scans
       its window in row-major order (ties keep the first maximum, NaN wins, as in PyTorch).
   backward: one thread per input pixel (N, C, H, W), i = ((n*C + c)*H + ih)*W + iw. It GATHERS the
@@ -12,33 +12,35 @@ from __future__ import annotations
 
 import math
 
+from minimaskrcnn.kernels._checks import check_float
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels._cuda import launch, unravel_4d
+from minimaskrcnn.kernels.im2col import _scalar
 from minimaskrcnn.kernels.max_pool import check_pooled_shape, max_pool_geometry
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
 
-_THREADS_PER_BLOCK = 256
+# the window rule of im2col's _scalar.py, compiled as a CUDA device function
+(tap_output,) = compile_helpers(cuda.jit(device=True), _scalar.tap_output)
 
 
 @cuda.jit
-def _forward_kernel(x, out, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
+def _forward_kernel(x, out, argmax, KH, KW, SH, SW, pad_h, pad_w, DH, DW):
     i = cuda.grid(1)
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
     if i >= N * C * OH * OW:
         return
-    ow = i % OW
-    oh = (i // OW) % OH
-    c = (i // (OW * OH)) % C
-    n = i // (OW * OH * C)
+    n, c, oh, ow = unravel_4d(i, C, OH, OW)  # i = ((n*C + c)*OH + oh)*OW + ow
     best = x[n, c, 0, 0]  # overwritten by the first pixel of the window (best_idx < 0)
     best_idx = -1
     for kh in range(KH):
-        ih = oh * SH - PH + kh * DH  # the image row tap kh of output row oh reads
+        ih = oh * SH - pad_h + kh * DH  # the image row tap kh of output row oh reads
         if ih < 0 or ih >= H:
             continue
         for kw in range(KW):
-            iw = ow * SW - PW + kw * DW
+            iw = ow * SW - pad_w + kw * DW
             if iw < 0 or iw >= W:
                 continue
             value = x[n, c, ih, iw]
@@ -52,39 +54,25 @@ def _forward_kernel(x, out, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
 
 
 @cuda.jit
-def _backward_kernel(dout, argmax, dx, KH, KW, SH, SW, PH, PW, DH, DW):
+def _backward_kernel(dout, argmax, dx, KH, KW, SH, SW, pad_h, pad_w, DH, DW):
     i = cuda.grid(1)
     N, C, H, W = dx.shape
     OH, OW = dout.shape[2], dout.shape[3]
     if i >= N * C * H * W:
         return
-    iw = i % W
-    ih = (i // W) % H
-    c = (i // (H * W)) % C
-    n = i // (C * H * W)
+    n, c, ih, iw = unravel_4d(i, C, H, W)  # i = ((n*C + c)*H + ih)*W + iw
     acc = dx[n, c, ih, iw]  # 0 (the wrapper allocates zeros), in dx's dtype
     for kh in range(KH):
-        th = ih + PH - kh * DH  # = oh*SH if tap kh of output row oh reads row ih
-        if th < 0 or th % SH != 0 or th // SH >= OH:
+        oh = tap_output(ih, kh, SH, pad_h, DH, OH)  # the output row whose tap kh reads row ih (-1: none)
+        if oh < 0:
             continue
-        oh = th // SH
         for kw in range(KW):
-            tw = iw + PW - kw * DW
-            if tw < 0 or tw % SW != 0 or tw // SW >= OW:
+            ow = tap_output(iw, kw, SW, pad_w, DW, OW)
+            if ow < 0:
                 continue
-            ow = tw // SW
             if argmax[n, c, oh, ow] == ih * W + iw:
                 acc += dout[n, c, oh, ow]
     dx[n, c, ih, iw] = acc
-
-
-def _check_float(a, name: str) -> None:
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-
-
-def _blocks(count: int) -> int:
-    return max(1, math.ceil(count / _THREADS_PER_BLOCK))
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> tuple:
@@ -97,16 +85,15 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     Returns:
         out: (N, C, OH, OW), x's dtype; argmax: (N, C, OH, OW) int64, ``ih*W + iw``; x's array module.
     """
-    _check_float(x, "x")
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = max_pool_geometry(
+    check_float(x, "x")
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = max_pool_geometry(
         x.shape, kernel_size, stride, padding, dilation, ceil_mode
     )
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     out = xp.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = xp.empty((N, C, OH, OW), dtype=xp.int64)
-    if out.size:
-        _forward_kernel[_blocks(out.size), _THREADS_PER_BLOCK](x, out, argmax, KH, KW, SH, SW, PH, PW, DH, DW)
+    launch(_forward_kernel, out.size, x, out, argmax, KH, KW, SH, SW, pad_h, pad_w, DH, DW)
     return out, argmax
 
 
@@ -122,15 +109,13 @@ def max_pool2d_backward(dout, argmax, x_shape, kernel_size, stride=None, padding
     Returns:
         dx: (N, C, H, W), dout's dtype and array module.
     """
-    _check_float(dout, "dout")
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = max_pool_geometry(
+    check_float(dout, "dout")
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = max_pool_geometry(
         x_shape, kernel_size, stride, padding, dilation, ceil_mode
     )
     check_pooled_shape(dout.shape, argmax.shape, (N, C, OH, OW))
     xp = get_array_module(dout)
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype)
-    if dx.size:
-        _backward_kernel[_blocks(dx.size), _THREADS_PER_BLOCK](
-            xp.ascontiguousarray(dout), xp.ascontiguousarray(argmax), dx, KH, KW, SH, SW, PH, PW, DH, DW
-        )
+    launch(_backward_kernel, dx.size, xp.ascontiguousarray(dout), xp.ascontiguousarray(argmax), dx, KH, KW, SH, SW,
+           pad_h, pad_w, DH, DW)
     return dx

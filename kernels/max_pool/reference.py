@@ -1,7 +1,7 @@
 """Max pooling in plain NumPy: the spec the Numba and CUDA versions are tested against.
 
 One pass per window tap (kh, kw): gather, for every output (oh, ow), the pixel the tap sees,
-x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], and keep it where it beats the running maximum.
+x[n, c, oh*SH - pad_h + kh*DH, ow*SW - pad_w + kw*DW], and keep it where it beats the running maximum.
 Taps that fall in the padding never win (the padding is -inf in effect).
 """
 from __future__ import annotations
@@ -20,18 +20,18 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, dilat
 
     Returns:
         out: (N, C, OH, OW), x's dtype, ``out[n, c, oh, ow] = max over (kh, kw) of
-            x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]`` (taps inside the image only).
+            x[n, c, oh*SH - pad_h + kh*DH, ow*SW - pad_w + kw*DW]`` (taps inside the image only).
         argmax: (N, C, OH, OW) int64, ``ih*W + iw`` of the winning pixel (the first maximum in
             row-major tap order; a NaN wins); -1 (and out = -inf) for a dilated window that sees
             only padding.
     """
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = max_pool_geometry(
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = max_pool_geometry(
         x.shape, kernel_size, stride, padding, dilation, ceil_mode
     )
     out = np.full((N, C, OH, OW), -np.inf, dtype=x.dtype)
     argmax = np.full((N, C, OH, OW), -1, dtype=np.int64)  # -1: no pixel seen yet
-    ih0 = np.arange(OH) * SH - PH  # the image row tap kh=0 of output row oh reads
-    iw0 = np.arange(OW) * SW - PW
+    ih0 = np.arange(OH) * SH - pad_h  # the image row tap kh=0 of output row oh reads
+    iw0 = np.arange(OW) * SW - pad_w
     for kh in range(KH):
         ih = ih0 + kh * DH
         for kw in range(KW):
@@ -59,7 +59,7 @@ def max_pool2d_backward(dout: np.ndarray, argmax: np.ndarray, x_shape, kernel_si
     Returns:
         dx: (N, C, H, W), dout's dtype: ``dx[n, c].flat[argmax[n, c, oh, ow]] += dout[n, c, oh, ow]``.
     """
-    N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = max_pool_geometry(
+    N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = max_pool_geometry(
         x_shape, kernel_size, stride, padding, dilation, ceil_mode
     )
     check_pooled_shape(dout.shape, argmax.shape, (N, C, OH, OW))

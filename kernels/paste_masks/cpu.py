@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from minimaskrcnn.kernels.paste_masks import check_paste_args
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels.paste_masks import _scalar, check_paste_args
+
+# _scalar.py's resize rule, compiled for the CPU
+(source_index,) = compile_helpers(numba.njit(cache=True), _scalar.source_index)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -21,22 +25,13 @@ def _paste_masks(masks, boxes, out):
         if x_0 >= x_1 or y_0 >= y_1:
             continue
         # source columns of the visible columns (box column x - bx1), computed once per mask
-        scale_w = in_w / w
         c0 = np.empty(x_1 - x_0, dtype=np.int64)
         c1 = np.empty(x_1 - x_0, dtype=np.int64)
         lc = np.empty(x_1 - x_0, dtype=np.float64)
         for x in range(x_0, x_1):
-            src = max(scale_w * (x - bx1 + 0.5) - 0.5, 0.0)
-            i0 = min(int(src), in_w - 1)  # src >= 0: int() is floor
-            c0[x - x_0] = i0
-            c1[x - x_0] = i0 + 1 if i0 < in_w - 1 else i0
-            lc[x - x_0] = min(src - i0, 1.0)
-        scale_h = in_h / h
+            c0[x - x_0], c1[x - x_0], lc[x - x_0] = source_index(x - bx1, in_w, w)
         for y in range(y_0, y_1):
-            src = max(scale_h * (y - by1 + 0.5) - 0.5, 0.0)  # source row of box row y - by1
-            r0 = min(int(src), in_h - 1)
-            r1 = r0 + 1 if r0 < in_h - 1 else r0
-            lr = min(src - r0, 1.0)
+            r0, r1, lr = source_index(y - by1, in_h, h)  # source rows of box row y - by1
             for x in range(x_0, x_1):
                 j = x - x_0
                 top = (1.0 - lc[j]) * masks[k, r0, c0[j]] + lc[j] * masks[k, r0, c1[j]]

@@ -7,14 +7,15 @@ under NUMBA_ENABLE_CUDASIM=1 (tiny inputs only).
 """
 from __future__ import annotations
 
-import math
-
-from minimaskrcnn.kernels.paste_masks import check_paste_args
+from minimaskrcnn.kernels._compile import compile_helpers
+from minimaskrcnn.kernels._cuda import launch
+from minimaskrcnn.kernels.paste_masks import _scalar, check_paste_args
 from numba import cuda
 
 from minimaskrcnn.backend import get_array_module
 
-THREADS_PER_BLOCK = 256
+# _scalar.py's resize rule, compiled as a CUDA device function
+(source_index,) = compile_helpers(cuda.jit(device=True), _scalar.source_index)
 
 
 @cuda.jit
@@ -32,15 +33,9 @@ def _paste_masks_kernel(masks, boxes, out):
     if x < bx1 or x > bx2 or y < by1 or y > by2:  # outside the box (x2, y2 inclusive)
         out[k, y, x] = 0
         return
-    # source column of box column x - bx1, source row of box row y - by1 (half-pixel centres)
-    src_x = max((in_w / w) * (x - bx1 + 0.5) - 0.5, 0.0)
-    c0 = min(int(src_x), in_w - 1)
-    c1 = c0 + 1 if c0 < in_w - 1 else c0
-    lc = min(src_x - c0, 1.0)
-    src_y = max((in_h / h) * (y - by1 + 0.5) - 0.5, 0.0)
-    r0 = min(int(src_y), in_h - 1)
-    r1 = r0 + 1 if r0 < in_h - 1 else r0
-    lr = min(src_y - r0, 1.0)
+    # source columns of box column x - bx1, source rows of box row y - by1 (half-pixel centres)
+    c0, c1, lc = source_index(x - bx1, in_w, w)
+    r0, r1, lr = source_index(y - by1, in_h, h)
     top = (1.0 - lc) * masks[k, r0, c0] + lc * masks[k, r0, c1]
     bottom = (1.0 - lc) * masks[k, r1, c0] + lc * masks[k, r1, c1]
     out[k, y, x] = (1.0 - lr) * top + lr * bottom
@@ -66,6 +61,5 @@ def paste_masks(masks, boxes, im_h: int, im_w: int):
     if masks.shape[1] == 0 or masks.shape[2] == 0:
         out[...] = 0
         return out
-    blocks = math.ceil(total / THREADS_PER_BLOCK)
-    _paste_masks_kernel[blocks, THREADS_PER_BLOCK](masks, boxes, out)
+    launch(_paste_masks_kernel, total, masks, boxes, out)
     return out

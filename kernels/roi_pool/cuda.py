@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
 from minimaskrcnn.kernels._compile import compile_helpers
-from minimaskrcnn.kernels._cuda import launch
+from minimaskrcnn.kernels._cuda import launch, unravel_4d
 from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST, _scalar
 from numba import cuda
 
@@ -31,10 +31,7 @@ def _forward_kernel(input, rois, spatial_scale, output, argmax):
     K, C, PH, PW = output.shape
     if i >= K * C * PH * PW:
         return
-    pw = i % PW
-    ph = (i // PW) % PH
-    c = (i // (PW * PH)) % C
-    k = i // (PW * PH * C)
+    k, c, ph, pw = unravel_4d(i, C, PH, PW)  # i = ((k*C + c)*PH + ph)*PW + pw
     T = input.dtype.type
     H, W = input.shape[2], input.shape[3]
     b, roi_start_h, roi_start_w, bin_size_h, bin_size_w = pool_geometry(rois, k, spatial_scale, PH, PW)
@@ -58,10 +55,7 @@ def _backward_kernel(dout, rois, argmax, dx):
     K, C, PH, PW = dout.shape
     if i >= K * C * PH * PW:
         return
-    pw = i % PW
-    ph = (i // PW) % PH
-    c = (i // (PW * PH)) % C
-    k = i // (PW * PH * C)
+    k, c, ph, pw = unravel_4d(i, C, PH, PW)  # i = ((k*C + c)*PH + ph)*PW + pw
     idx = argmax[k, c, ph, pw]
     if idx != EMPTY_BIN:
         W = dx.shape[3]

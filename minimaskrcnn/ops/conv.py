@@ -115,7 +115,7 @@ class Conv2d(Function):
 
     forward(x, weight, bias=None, stride, padding, dilation, groups) on arrays:
         x: (N, C, H, W); weight: (C_out, C/groups, KH, KW); bias: (C_out,) or None; all one float dtype.
-        Returns (N, C_out, OH, OW), OH = (H + 2*PH - DH*(KH - 1) - 1) // SH + 1 (likewise OW).
+        Returns (N, C_out, OH, OW), OH = (H + 2*pad_h - DH*(KH - 1) - 1) // SH + 1 (likewise OW).
     backward: dx = col2im(weight^T @ dout), dw = sum_n dout[n] @ cols[n]^T, db = dout summed over N, OH, OW.
 
     Note: the backward recomputes im2col from the saved input instead of keeping cols, which are
@@ -209,7 +209,7 @@ class ConvTranspose2d(Function):
 
     forward(x, weight, bias=None, stride, padding, output_padding, groups, dilation) on arrays:
         x: (N, C_in, H, W); weight: (C_in, C_out/groups, KH, KW); bias: (C_out,) or None.
-        Returns (N, C_out, OH, OW), OH = (H - 1)*SH - 2*PH + DH*(KH - 1) + output_padding_h + 1.
+        Returns (N, C_out, OH, OW), OH = (H - 1)*SH - 2*pad_h + DH*(KH - 1) + output_padding_h + 1.
     """
 
     @staticmethod

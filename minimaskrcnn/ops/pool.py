@@ -36,14 +36,14 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
         input: (N, C, H, W) float32 or float64 Tensor.
         kernel_size: int or (KH, KW), the window size.
         stride: int or (SH, SW); None (the default) means ``kernel_size``.
-        padding: int or (PH, PW), implicit -inf padding on both sides, at most half the kernel.
+        padding: int or (pad_h, pad_w), implicit -inf padding on both sides, at most half the kernel.
         dilation: int or (DH, DW), the spacing between window taps.
         ceil_mode: round the output size up instead of down.
         return_indices: must be False (kept for PyTorch's signature).
 
     Returns:
         (N, C, OH, OW) Tensor, input's dtype, with
-        ``OH = floor((H + 2*PH - DH*(KH - 1) - 1) / SH) + 1`` (ceil with ``ceil_mode``), likewise OW.
+        ``OH = floor((H + 2*pad_h - DH*(KH - 1) - 1) / SH) + 1`` (ceil with ``ceil_mode``), likewise OW.
         The gradient of each output goes to the pixel that won its window (the first maximum in
         row-major order, as PyTorch), and adds up where windows overlap.
 

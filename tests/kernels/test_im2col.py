@@ -19,14 +19,14 @@ BACKENDS = [pytest.param(cpu, id="numba"), pytest.param(cuda, id="cuda", marks=p
 
 
 def im2col_by_definition(x, kernel_size, stride, padding, dilation):
-    """cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW] (0 outside)."""
+    """cols[n, (c*KH + kh)*KW + kw, oh*OW + ow] = x[n, c, oh*SH - pad_h + kh*DH, ow*SW - pad_w + kw*DW] (0 outside)."""
     pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
-    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = map(pair, (kernel_size, stride, padding, dilation))
+    (KH, KW), (SH, SW), (pad_h, pad_w), (DH, DW) = map(pair, (kernel_size, stride, padding, dilation))
     N, C, H, W = x.shape
-    OH, OW = conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
+    OH, OW = conv_output_size(H, KH, SH, pad_h, DH), conv_output_size(W, KW, SW, pad_w, DW)
     cols = np.zeros((N, C * KH * KW, OH * OW), x.dtype)
     for n, c, kh, kw, oh, ow in np.ndindex(N, C, KH, KW, OH, OW):
-        ih, iw = oh * SH - PH + kh * DH, ow * SW - PW + kw * DW
+        ih, iw = oh * SH - pad_h + kh * DH, ow * SW - pad_w + kw * DW
         if 0 <= ih < H and 0 <= iw < W:
             cols[n, (c * KH + kh) * KW + kw, oh * OW + ow] = x[n, c, ih, iw]
     return cols
@@ -103,7 +103,9 @@ def test_matches_torch_unfold_fold(x_shape, kernel_size, stride, padding, dilati
     np.testing.assert_array_equal(cols, torch.nn.functional.unfold(torch.from_numpy(x), **args).numpy())
     c = np.random.default_rng(5).standard_normal(cols.shape)
     expected = torch.nn.functional.fold(torch.from_numpy(c), output_size=x_shape[2:], **args).numpy()
-    np.testing.assert_allclose(cpu.col2im(c, x_shape, kernel_size, stride, padding, dilation), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        cpu.col2im(c, x_shape, kernel_size, stride, padding, dilation), expected, rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("module", [pytest.param(reference, id="numpy"), pytest.param(cpu, id="numba")])

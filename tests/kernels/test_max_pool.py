@@ -67,8 +67,11 @@ def test_float32_keeps_its_dtype(name, rng):
     assert dx.dtype == np.float32 and dx.sum() == out.size  # every output sends exactly its dout
 
 
-@pytest.mark.parametrize("size,k,s,p,d,ceil", [(10, 3, 2, 1, 1, False), (10, 3, 2, 1, 1, True), (7, 2, 2, 1, 1, True),
-                                               (6, 2, 2, 1, 1, True), (5, 3, 3, 0, 1, True), (9, 3, 2, 1, 2, True), (5, 1, 2, 0, 1, False)])
+@pytest.mark.parametrize(
+    "size,k,s,p,d,ceil",
+    [(10, 3, 2, 1, 1, False), (10, 3, 2, 1, 1, True), (7, 2, 2, 1, 1, True), (6, 2, 2, 1, 1, True),
+     (5, 3, 3, 0, 1, True), (9, 3, 2, 1, 2, True), (5, 1, 2, 0, 1, False)],
+)
 def test_output_size_matches_torch(size, k, s, p, d, ceil):
     out = torch.nn.functional.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil)
     assert pool_output_size(size, k, s, p, d, ceil) == out.shape[-1]
@@ -84,7 +87,9 @@ def test_geometry_rejects_bad_arguments():
     with pytest.raises(ValueError, match=">= 1"):
         max_pool_geometry((1, 1, 5, 5), 0)
     with pytest.raises(ValueError, match="expected"):
-        _module("cpu").max_pool2d_backward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int64), (1, 1, 5, 5), 3, 1, 1)
+        _module("cpu").max_pool2d_backward(
+            np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int64), (1, 1, 5, 5), 3, 1, 1
+        )
 
 
 @pytest.mark.parametrize("name", MODULES)
