@@ -7,7 +7,7 @@ tap k read pixel i? ``cuda.py`` compiles it with ``numba.cuda.jit(device=True)``
 from __future__ import annotations
 
 
-def tap_output(i, k, S, pad, D, out_size):
+def tap_output(i: int, k: int, S: int, pad: int, D: int, out_size: int) -> int:
     """The output o (in [0, out_size)) whose tap k reads pixel i, i.e. ``o*S - pad + k*D == i``; -1 if none."""
     t = i + pad - k * D  # = o*S if tap k of output o reads pixel i
     if t < 0 or t % S != 0 or t // S >= out_size:

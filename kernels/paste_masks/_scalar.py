@@ -7,7 +7,7 @@ with NumPy. See ``minimaskrcnn.kernels.paste_masks`` for the equations.
 from __future__ import annotations
 
 
-def source_index(d, size, out):
+def source_index(d: int, size: int, out: int) -> tuple:
     """Where output sample d of ``out`` reads, resizing ``size`` input samples (align_corners=False).
 
     Returns:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 
 
-def roi_geometry(rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+def roi_geometry(
+    rois, k: int, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
+) -> tuple:
     """Where RoI k lies on the feature map and how densely its bins are sampled.
 
     Args:
@@ -45,7 +47,7 @@ def roi_geometry(rois, k, spatial_scale, pooled_height, pooled_width, sampling_r
     return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, count
 
 
-def sample_coord(roi_start, p, bin_size, i, grid, T):
+def sample_coord(roi_start, p: int, bin_size, i: int, grid: int, T):
     """Coordinate of sample i (of ``grid``) in bin p along one axis: evenly spaced, half a step in.
 
     T is the scalar type (np.float32 or np.float64) all the arithmetic is done in.
@@ -53,7 +55,7 @@ def sample_coord(roi_start, p, bin_size, i, grid, T):
     return roi_start + T(p) * bin_size + T(i + 0.5) * bin_size / T(grid)
 
 
-def interp_1d(coord, size, T):
+def interp_1d(coord, size: int, T) -> tuple:
     """Linear interpolation along one axis of length ``size``, with RoIAlign's border rule.
 
     Args:

@@ -3,8 +3,9 @@
 Loops over RoIs k, bins (ph, pw) and the sample grid (iy, ix); the channels are the one axis the
 sampling does not depend on, so each line handles all C of them at once (``input[b, :, y, x]``).
 All coordinate arithmetic is done in the input's dtype, in torchvision's order, so that float32
-results match torchvision's to rounding; the scalar helpers (geometry, sample coordinates, 1-D
-interpolation) are ``_scalar.py``'s, as plain Python. See ``minimaskrcnn.kernels.roi_align`` for the equations.
+results match torchvision's to rounding. The scalar helpers (geometry, sample coordinate, 1-D
+interpolation) are ``_scalar.py``'s, called as plain Python. See ``minimaskrcnn.kernels.roi_align``
+for the equations.
 """
 from __future__ import annotations
 

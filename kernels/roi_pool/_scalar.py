@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 
-def round_half_away(v):
+def round_half_away(v) -> int:
     """C's ``round``: the nearest integer, halves away from zero (np.round sends halves to even)."""
     a = abs(v)
     r = math.floor(a)
@@ -18,7 +18,7 @@ def round_half_away(v):
     return int(r) if v >= 0 else -int(r)
 
 
-def pool_geometry(rois, k, spatial_scale, pooled_height, pooled_width):
+def pool_geometry(rois, k: int, spatial_scale: float, pooled_height: int, pooled_width: int) -> tuple:
     """Where RoI k lies on the feature map, in whole pixels.
 
     Args:
@@ -44,7 +44,7 @@ def pool_geometry(rois, k, spatial_scale, pooled_height, pooled_width):
     return b, roi_start_h, roi_start_w, bin_size_h, bin_size_w
 
 
-def bin_range(p, bin_size, roi_start, size, T):
+def bin_range(p: int, bin_size, roi_start: int, size: int, T) -> tuple[int, int]:
     """Pixels [start, end) of bin p along one axis: floor/ceil of the bin's edges, clipped to [0, size].
 
     T is the scalar type (np.float32 or np.float64) of the arithmetic. Neighbouring bins can share
