@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Sequence
+from typing import Any
+
+from minimaskrcnn.backend import BACKENDS, limit_threads
+from minimaskrcnn.config import OPTION_GROUPS
 
 EXIT_BAD_INPUT = 2
 
@@ -65,28 +72,14 @@ examples:
   minimaskrcnn data download coco/ --categories person,dog --split val2017"""
 
 
-def _config_names() -> list[str]:
-    try:
-        from minimaskrcnn.models import configs
-
-        for attr in ("CONFIGS", "MODEL_CONFIGS", "NAMED_CONFIGS"):
-            table = getattr(configs, attr, None)
-            if table:
-                return sorted(table)
-        if hasattr(configs, "list_configs"):
-            return list(configs.list_configs())
-    except Exception:  # the help must work even if the model package cannot be imported
-        pass
-    return ["r18-shapes", "r18-coco-tiny", "maskrcnn_resnet50_fpn"]
-
-
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``minimaskrcnn`` and its subcommands."""
-    from minimaskrcnn.train import DATASETS, TrainConfig
+    from minimaskrcnn.config import TrainConfig
+    from minimaskrcnn.models.configs import CONFIGS
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -103,54 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     # ---------------------------------------------------------------------------------- train
     p = sub.add_parser("train", help="train a model (no arguments: the README's shapes run)",
                        description="Train Mask R-CNN with SGD; log, curves and checkpoints go to <output-dir>/<name>/.",
-                       epilog=TRAIN_EXAMPLES.format(configs=", ".join(_config_names())), formatter_class=_Formatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, choices=_config_names(), help="named model configuration")
-    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
-                   help="a torchvision-style model argument, e.g. box_batch_size_per_image=128 (repeatable)")
-    g.add_argument("--min-size", type=int, default=None, help="override the model's input min_size")
-    g.add_argument("--max-size", type=int, default=None, help="override the model's input max_size")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                   help="built-in shapes, the package's COCO sample (or its 8 overfitting images), or your COCO-format files")
-    g.add_argument("--data-dir", default=None, help=f"shapes cache folder (default {os.path.join('runs', 'data', 'shapes')})")
-    g.add_argument("--num-train-images", type=int, default=d.num_train_images, help="shapes: training images")
-    g.add_argument("--num-val-images", type=int, default=d.num_val_images, help="shapes: held-out images")
-    g.add_argument("--image-size", type=int, default=d.image_size, help="shapes: image side in pixels")
-    g.add_argument("--train-annotations", default=None, help="COCO instances JSON for training")
-    g.add_argument("--train-images", default=None, help="folder of the training images")
-    g.add_argument("--val-annotations", default=None, help="COCO instances JSON for validation")
-    g.add_argument("--val-images", default=None, help="folder of the validation images")
-    g.add_argument("--train-max-images", type=int, default=None, help="train on the first N images only")
-    g.add_argument("--val-max-images", type=int, default=None, help="validate on the first N images only")
-    g.add_argument("--hflip-prob", type=float, default=d.hflip_prob, help="horizontal flip probability")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--lr-milestones", type=_int_list, default=None, help="steps where lr drops, e.g. 1000,1300 (default 70%%,90%%)")
-    g.add_argument("--gamma", type=float, default=d.gamma, help="lr factor at each milestone")
-    g.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm to this")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("run")
-    g.add_argument("--name", default=None, help="run name (default: the model configuration's)")
-    g.add_argument("--output-dir", default=d.output_dir, help="parent folder of the runs")
-    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run from its checkpoint (or from CHECKPOINT)")
-    g.add_argument("--val-every", type=int, default=d.val_every, help="steps between validations (0: at the end)")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    g.add_argument("--log-every", type=int, default=d.log_every)
-    g.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None, help="kernels to run (default numba)")
-    g.add_argument("--threads", type=int, default=d.threads,
-                   help="threads of the Numba kernels (default: every core)")
-    g.add_argument("--blas-threads", type=int, default=d.blas_threads,
-                   help="threads of NumPy's matrix products; 1 is fastest for the small models on few cores, "
-                        "where both thread pools spinning on the same cores slow a step down 2x")
-    g.add_argument("--detect-anomaly", action="store_true", help="run every step in anomaly mode (slow)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+                       epilog=TRAIN_EXAMPLES.format(configs=", ".join(CONFIGS)),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = add_config_options(p, TrainConfig)
+    groups["run"].add_argument(
+        "--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+        help="continue the run from its checkpoint (or from CHECKPOINT); the saved configuration "
+             "holds except for the options given")
     p.set_defaults(func=cmd_train)
 
     # ------------------------------------------------------------------------------- evaluate
@@ -161,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None, help="COCO instances JSON (default: the run's validation data)")
     p.add_argument("--images", default=None, help="image folder of those annotations")
     p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only")
-    p.add_argument("--iou-types", default=("bbox", "segm"), type=_iou_types, help="bbox, segm or bbox,segm")
+    p.add_argument("--iou-types", default=("bbox", "segm"), type=_comma_list(str, ("bbox", "segm")),
+                   help="bbox, segm or bbox,segm")
     p.add_argument("--results-dir", default=None, help="where results_*.json go (default: the run folder)")
-    p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None)
+    p.add_argument("--backend", choices=BACKENDS, default=None)
     p.add_argument("--threads", type=int, default=d.threads, help="threads of the Numba kernels (default: every core)")
     p.add_argument("--blas-threads", type=int, default=d.blas_threads, help="threads of NumPy's matrix products")
     p.add_argument("--no-progress", action="store_true")
@@ -171,13 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -------------------------------------------------------------------------------- predict
     p = sub.add_parser("predict", help="draw detections on images", epilog=PREDICT_EXAMPLES,
-                       description="Run a trained model on image files and write PNGs with masks, boxes, classes and scores.",
+                       description="Run a trained model on image files and write PNGs with masks, boxes, "
+                                   "classes and scores.",
                        formatter_class=_Formatter)
     p.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("-o", "--output-dir", default="predictions", help="where the PNGs go")
     p.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
-    p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None)
+    p.add_argument("--backend", choices=BACKENDS, default=None)
     p.add_argument("--threads", type=int, default=d.threads, help="threads of the Numba kernels (default: every core)")
     p.add_argument("--blas-threads", type=int, default=d.blas_threads, help="threads of NumPy's matrix products")
     p.set_defaults(func=cmd_predict)
@@ -207,17 +161,118 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--categories", default=None, help="comma-separated category names to keep")
     q.add_argument("--seed", type=int, default=0, help="which images are picked")
     q.add_argument("--base-url", default=None, help="image server (default: COCO's, http://images.cocodataset.org)")
-    q.add_argument("--annotations-url", default=None, help="annotations zip or JSON (default: <base-url>/annotations/...)")
+    q.add_argument("--annotations-url", default=None,
+                   help="annotations zip or JSON (default: <base-url>/annotations/...)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_data_download)
     p.set_defaults(func=lambda args: _help_and_fail(p))
     return parser
 
 
+# ------------------------------------------------------------------- options from a configuration
+def add_config_options(parser: argparse.ArgumentParser, config_class: type) -> dict[str, argparse._ArgumentGroup]:
+    """Add one option per field of ``config_class``, a dataclass such as ``TrainConfig``.
+
+    The option is ``--<field-name>`` (dashes for underscores) or metadata "flag"; its help is
+    metadata "help" (required) followed by the field's default; it is listed under metadata
+    "group" (``config.OPTION_GROUPS`` first, in that order). The field's type says what it reads:
+
+    - ``int``, ``float``, ``str`` (also ``... | None``): one value; metadata "choices" (a sequence
+      or a function returning one) limits it;
+    - ``tuple[int, ...]``, ``tuple[str, ...]``: comma-separated values, e.g. ``--lr-milestones 1000,1300``;
+    - ``dict``: repeatable ``KEY=VALUE``, the value read as JSON when it parses;
+    - ``bool``: a switch, ``--name`` when the default is False, ``--no-name`` when it is True.
+
+    Every option defaults to None: ``config_overrides`` then keeps only the options given.
+
+    Returns:
+        the argument groups by name, to add more options to them.
+
+    Raises:
+        TypeError: a field without help, or of a type that has no option form.
+    """
+    hints = typing.get_type_hints(config_class)
+    groups = {name: parser.add_argument_group(name) for name in OPTION_GROUPS}
+    for f in dataclasses.fields(config_class):
+        if "help" not in f.metadata:
+            raise TypeError(f"{config_class.__name__}.{f.name} has no metadata 'help': every field is an option")
+        group_name = f.metadata.get("group", "options")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        flags, kwargs = _option(f, _without_none(hints[f.name]))
+        groups[group_name].add_argument(*flags, dest=f.name, default=None, **kwargs)
+    return groups
+
+
+def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    """The fields of ``config_class`` given on the command line (not None), as field values."""
+    given = {}
+    for f in dataclasses.fields(config_class):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            given[f.name] = dict(value) if isinstance(value, list) else value  # KEY=VALUE pairs -> dict
+    return given
+
+
+def _without_none(annotation):
+    """``X | None`` -> ``X``; other annotations unchanged."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def _option(f: dataclasses.Field, annotation) -> tuple[list[str], dict[str, Any]]:
+    """The option strings and ``add_argument`` keywords of one configuration field."""
+    meta = f.metadata
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    choices = meta.get("choices")
+    choices = list(choices()) if callable(choices) else choices
+    flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+    text = meta["help"]
+    kwargs: dict[str, Any] = {}
+    if annotation is bool:
+        if default:
+            flag = meta.get("flag", "--no-" + f.name.replace("_", "-"))
+            text += " (on by default: this turns it off)"
+        kwargs.update(action="store_const", const=not default)
+    else:
+        if default is not None:
+            text += f" (default: {','.join(map(str, default)) if isinstance(default, tuple) else default})"
+        origin = typing.get_origin(annotation) or annotation
+        if origin is tuple:
+            kwargs["type"] = _comma_list(typing.get_args(annotation)[0], choices)
+        elif origin is dict:
+            kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE")
+        elif annotation in (int, float, str):
+            kwargs.update(type=annotation, choices=choices)
+        else:
+            raise TypeError(f"field {f.name!r} of type {annotation!r} has no command-line form")
+    if "metavar" in meta:
+        kwargs["metavar"] = meta["metavar"]
+    kwargs["help"] = text.replace("%", "%%")  # argparse formats help with %
+    return [flag], kwargs
+
+
+def _comma_list(item_type: type, choices: Sequence | None = None):
+    """The argparse type of a comma-separated list, e.g. "1000,1300" -> (1000, 1300)."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(item_type(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item_type.__name__} values, "
+                                             f"got {text!r}") from None
+        if choices is not None and (not values or any(v not in choices for v in values)):
+            raise argparse.ArgumentTypeError(f"expected comma-separated values among {', '.join(choices)}, "
+                                             f"got {text!r}")
+        return values
+
+    parse.__name__ = f"comma-separated {item_type.__name__} list"  # what argparse's messages call it
+    return parse
+
+
 def _key_value(text: str) -> tuple[str, object]:
     """"key=value" -> (key, value), the value read as JSON when it parses (numbers, lists), else a string."""
-    import json
-
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -227,20 +282,6 @@ def _key_value(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
-def _iou_types(text: str) -> tuple[str, ...]:
-    types = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not types or any(t not in ("bbox", "segm") for t in types):
-        raise argparse.ArgumentTypeError(f"expected bbox, segm or bbox,segm, got {text!r}")
-    return types
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _help_and_fail(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_BAD_INPUT
@@ -248,25 +289,17 @@ def _help_and_fail(parser: argparse.ArgumentParser) -> int:
 
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
+    from minimaskrcnn.checkpoint import CHECKPOINT_NAME, checkpoint_file, load_training_config
     from minimaskrcnn.train import TrainConfig, Trainer
 
-    config = TrainConfig(
-        model=args.model, name=args.name, output_dir=args.output_dir, min_size=args.min_size, max_size=args.max_size,
-        model_kwargs=dict(args.model_arg) or None, threads=args.threads, blas_threads=args.blas_threads,
-        dataset=args.dataset, data_dir=args.data_dir, num_train_images=args.num_train_images,
-        num_val_images=args.num_val_images, image_size=args.image_size,
-        train_annotations=args.train_annotations, train_images=args.train_images,
-        val_annotations=args.val_annotations, val_images=args.val_images,
-        train_max_images=args.train_max_images, val_max_images=args.val_max_images, hflip_prob=args.hflip_prob,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_milestones=args.lr_milestones,
-        gamma=args.gamma, clip_grad_norm=args.clip_grad_norm, seed=args.seed,
-        log_every=args.log_every, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
-        backend=args.backend, detect_anomaly=args.detect_anomaly, progress=not args.no_progress,
-    )
-    if args.resume:
-        config = _resumed_config(config, args)
-    trainer = Trainer(config, resume=args.resume)
+    given = config_overrides(args, TrainConfig)
+    config = TrainConfig(**given)
+    resume = args.resume
+    if resume:
+        # the run's saved configuration holds, except for what was given on the command line
+        resume = checkpoint_file(resume) if isinstance(resume, str) else os.path.join(config.run_dir, CHECKPOINT_NAME)
+        config = dataclasses.replace(load_training_config(resume), **{**given, "progress": config.progress})
+    trainer = Trainer(config, resume=resume)
     print(f"run folder: {trainer.run_dir}  ({len(trainer.train_indices)} training images, "
           f"{len(trainer.val_indices)} validation images, {trainer.num_classes - 1} classes)", file=sys.stderr)
     result = trainer.fit()
@@ -283,40 +316,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumed_config(config, args: argparse.Namespace):
-    """On --resume, the run's saved configuration wins except for what was given on the command line."""
-    from minimaskrcnn import io as mio
-    from minimaskrcnn.train import CHECKPOINT_NAME, config_from_checkpoint_extra
-
-    path = args.resume if isinstance(args.resume, str) else os.path.join(config.run_dir, CHECKPOINT_NAME)
-    saved = config_from_checkpoint_extra(mio.load_checkpoint(path).extra or {}, path)
-    given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in (args._argv or []) if a.startswith("--")}
-    renames = {"no_progress": "progress", "model_arg": "model_kwargs"}
-    given = {renames.get(g, g) for g in given}
-    kept = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in given}
-    kept["progress"] = config.progress
-    return dataclasses.replace(saved, **kept)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from minimaskrcnn import io as mio
-    from minimaskrcnn.data import CocoDataset
+    from minimaskrcnn.checkpoint import checkpoint_file, load_model, load_training_config
+    from minimaskrcnn.data import CocoDataset, prepare_datasets
     from minimaskrcnn.evaluate import evaluate
-    from minimaskrcnn.predict import load_model
-    from minimaskrcnn.train import CHECKPOINT_NAME, config_from_checkpoint_extra, prepare_datasets
 
-    path = args.checkpoint
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
-    _limit_threads(args.threads, args.blas_threads)
+    path = checkpoint_file(args.checkpoint)
+    limit_threads(args.threads, args.blas_threads)
     model, _ = load_model(path, backend=args.backend)
     if args.annotations:
         if not args.images:
             raise FileNotFoundError("--annotations needs --images (the folder of its images)")
         dataset = CocoDataset(args.annotations, args.images)
     else:
-        config = config_from_checkpoint_extra(mio.load_checkpoint(path).extra or {}, path)
-        _, dataset, _ = prepare_datasets(config)
+        _, dataset, _ = prepare_datasets(load_training_config(path))
     if len(dataset) == 0:
         from minimaskrcnn.errors import DataError
 
@@ -331,21 +344,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from minimaskrcnn.predict import collect_image_paths, load_model, predict_files
+    from minimaskrcnn.checkpoint import load_model
+    from minimaskrcnn.predict import collect_image_paths, predict_files
 
     collect_image_paths(args.images)  # bad inputs fail before the model is loaded
-    _limit_threads(args.threads, args.blas_threads)
+    limit_threads(args.threads, args.blas_threads)
     model, class_names = load_model(args.checkpoint, backend=args.backend)
     written = predict_files(model, args.images, args.output_dir, class_names, score_threshold=args.score_threshold)
     for path in written:
         print(path)
     return 0
-
-
-def _limit_threads(threads: int | None, blas_threads: int | None) -> None:
-    from minimaskrcnn.train import limit_threads
-
-    limit_threads(threads, blas_threads)
 
 
 def cmd_data_shapes(args: argparse.Namespace) -> int:
@@ -403,7 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args._argv = argv
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,4 +1,5 @@
-"""The project's error types for bad input: annotation files, images and checkpoints.
+"""The project's error types for bad input (annotation files, images, checkpoints) and for a
+training run whose loss became NaN/Inf.
 
 Every message names the file, the record inside it (image id, annotation id, key) and the problem,
 e.g. ``instances.json: annotation id 7 (image id 3): bbox has negative width -2.0``, so that a user
@@ -6,8 +7,12 @@ can open the file and fix the one entry.
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from typing import Union
+
+from minimaskrcnn.function import AnomalyError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -54,3 +59,32 @@ class DownloadError(OSError):
     An OSError rather than a DataError: the cause is usually the network, not a file's content.
     The message names the URL and, for images, the image id.
     """
+
+
+class NonFiniteLossError(AnomalyError):
+    """Training produced a NaN/Inf loss or gradient; the run stopped.
+
+    Attributes: ``step`` (the step that failed, 1-based), ``losses`` (name -> value of that step),
+    ``op`` and ``where`` (the op that made the first NaN/Inf and where it was created, from anomaly
+    mode; None if anomaly mode could not pin one down), ``checkpoint`` (the last good checkpoint,
+    left untouched, or None).
+    """
+
+    def __init__(self, step: int, losses: Mapping[str, float], op: str | None, where: str | None,
+                 checkpoint: str | None, checkpoint_step: int | None, detail: str = ""):
+        bad = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if not math.isfinite(v)) or detail
+        msg = f"non-finite loss at step {step} ({bad})"
+        if op is not None:
+            first_line = (where or "").strip().splitlines()[0] if where else "?"
+            msg += f"; anomaly mode: the first NaN/Inf came from op {op}, created at {first_line}"
+        else:
+            msg += "; anomaly mode found no op making NaN/Inf (the input data may hold them)"
+        if checkpoint is not None:
+            msg += f"; last good checkpoint kept: {checkpoint} (step {checkpoint_step})"
+        else:
+            msg += "; no checkpoint had been written yet"
+        super().__init__(msg, op=op or "", where=where or "")
+        self.step = step
+        self.losses = dict(losses)
+        self.checkpoint = checkpoint
+        self.checkpoint_step = checkpoint_step

@@ -18,6 +18,12 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm.auto import tqdm
+
+from minimaskrcnn.backend import to_numpy
+from minimaskrcnn.data.coco import CocoDataset
+from minimaskrcnn.io import atomic_write
+from minimaskrcnn.ops.boxes import box_convert
 
 # The 12 numbers COCOeval.summarize() prints, in its order (AP over IoU 0.50:0.95 unless named).
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -40,19 +46,6 @@ MASK_THRESHOLD = 0.5  # mask probabilities above this are inside the object (as 
 
 
 # ------------------------------------------------------------------------------ conversions
-def boxes_xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
-    """(x1, y1, x2, y2) to COCO's (x, y, w, h).
-
-    Args:
-        boxes: (N, 4) float, (x1, y1, x2, y2) in image pixels.
-
-    Returns:
-        (N, 4) float64, (x, y, width, height) in image pixels.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-
-
 def encode_masks(masks: np.ndarray, threshold: float = MASK_THRESHOLD) -> list[dict]:
     """Threshold mask probabilities and run-length encode them as COCO does.
 
@@ -92,7 +85,7 @@ def detections_to_coco_results(
         detections: one dict per image, as the model returns in eval mode: "boxes" (N, 4) float,
             (x1, y1, x2, y2) in original-image pixels; "labels" (N,) int, the model's contiguous
             labels; "scores" (N,) float; for "segm" also "masks" (N, 1, H, W) float probabilities.
-            NumPy arrays, or anything with ``.numpy()``.
+            NumPy or CuPy arrays, or Tensors.
         image_ids: the COCO image id of each entry of ``detections``.
         label_to_category_id: maps a model label to its COCO category id (a dict or a function);
             None keeps the labels as they are.
@@ -116,24 +109,20 @@ def detections_to_coco_results(
         to_cat = lambda label: mapping[int(label)]  # noqa: E731
     results: list[dict] = []
     for det, image_id in zip(detections, image_ids):
-        scores = _np(det["scores"]).astype(np.float64).reshape(-1)
-        labels = _np(det["labels"]).astype(np.int64).reshape(-1)
+        scores = to_numpy(det["scores"]).astype(np.float64).reshape(-1)
+        labels = to_numpy(det["labels"]).astype(np.int64).reshape(-1)
         if len(scores) == 0:
             continue
         if iou_type == "bbox":
-            entries = [{"bbox": [round(float(v), 4) for v in box]} for box in boxes_xyxy_to_xywh(_np(det["boxes"]))]
+            # COCO's (x, y, width, height), computed in float64 from the model's float32 boxes
+            boxes = box_convert(to_numpy(det["boxes"]).astype(np.float64).reshape(-1, 4), "xyxy", "xywh")
+            entries = [{"bbox": [round(float(v), 4) for v in box]} for box in boxes]
         else:
-            entries = [{"segmentation": rle} for rle in encode_masks(_np(det["masks"]), mask_threshold)]
+            entries = [{"segmentation": rle} for rle in encode_masks(to_numpy(det["masks"]), mask_threshold)]
         for entry, label, score in zip(entries, labels, scores):
             entry.update(image_id=int(image_id), category_id=int(to_cat(int(label))), score=float(score))
             results.append(entry)
     return results
-
-
-def _np(x) -> np.ndarray:
-    from minimaskrcnn.backend import to_numpy  # CuPy arrays (a GPU model's outputs) are copied to the host
-
-    return to_numpy(x)
 
 
 # ------------------------------------------------------------------------------- COCOeval
@@ -204,15 +193,6 @@ def format_stats_table(stats: Mapping[str, Mapping[str, float]]) -> str:
 
 
 # ------------------------------------------------------------------------ model over data set
-def label_to_category_id_of(dataset) -> Mapping[int, int] | None:
-    """The dataset's map from the model's contiguous labels to COCO category ids, if it has one."""
-    for attr in ("label_to_cat_id", "label_to_category_id", "contiguous_to_cat_id"):
-        mapping = getattr(dataset, attr, None)
-        if mapping is not None:
-            return mapping
-    return None
-
-
 def run_model(
     model,
     dataset,
@@ -240,15 +220,15 @@ def run_model(
     model.eval()
     detections: list[dict] = []
     image_ids: list[int] = []
-    bar = _progress(len(indices), "evaluate", progress)
+    bar = tqdm(total=len(indices), desc="evaluate", unit="img", leave=False, disable=not progress)
     try:
         with no_grad():
             for start in range(0, len(indices), batch_size):
                 batch = [dataset[i] for i in indices[start : start + batch_size]]
                 outputs = model([image for image, _ in batch])
                 for (_, target), out in zip(batch, outputs):
-                    detections.append({k: _np(v) for k, v in out.items()})
-                    image_ids.append(int(_np(target["image_id"]).reshape(-1)[0]))
+                    detections.append({k: to_numpy(v) for k, v in out.items()})
+                    image_ids.append(int(to_numpy(target["image_id"]).reshape(-1)[0]))
                 bar.update(len(batch))
     finally:
         bar.close()
@@ -259,7 +239,7 @@ def run_model(
 
 def evaluate(
     model,
-    dataset,
+    dataset: CocoDataset,
     iou_types: Sequence[str] = IOU_TYPES,
     batch_size: int = 1,
     results_dir: str | os.PathLike | None = None,
@@ -271,8 +251,9 @@ def evaluate(
 
     Args:
         model: a Mask R-CNN (put in eval mode for the run, then back to its previous mode).
-        dataset: a ``CocoDataset`` (needs ``.coco``, a pycocotools COCO of its annotations); items
-            give original-size images, since the COCO ground truth is in original pixels.
+        dataset: its ``coco`` (the pycocotools COCO of its annotations) is the ground truth and its
+            ``label_to_category_id`` maps the model's labels back to COCO's ids; items give
+            original-size images, since the COCO ground truth is in original pixels.
         iou_types: any of "bbox", "segm".
         batch_size: images per forward pass.
         results_dir: if given, the results are saved there as ``results_bbox.json`` /
@@ -286,7 +267,7 @@ def evaluate(
     """
     detections, image_ids = run_model(model, dataset, batch_size=batch_size, indices=indices, progress=progress)
     return evaluate_detections(
-        dataset.coco, detections, image_ids, label_to_category_id_of(dataset), iou_types, results_dir, verbose
+        dataset.coco, detections, image_ids, dataset.label_to_category_id, iou_types, results_dir, verbose
     )
 
 
@@ -324,33 +305,6 @@ def evaluate_detections(
 
 def save_results(results: list[dict], path: str | os.PathLike) -> None:
     """Write a COCO results list as JSON (atomically: a temporary file, then a rename)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(results, f)
-    os.replace(tmp, path)
 
-
-def _progress(total: int, desc: str, enabled: bool):
-    if enabled:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit="img", leave=False)
-    return _NoBar()
-
-
-class _NoBar:
-    """What the code calls on a tqdm bar, doing nothing (progress off)."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass

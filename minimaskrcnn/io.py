@@ -4,6 +4,7 @@ A PyTorch ``.pth`` file is a pickle, and ``pickle.load`` calls whatever function
 one with a restricted unpickler that knows only the names a tensor state_dict uses and rebuilds each
 tensor as a NumPy array itself (torch is never imported). Our own checkpoints are ``.npz`` archives of
 arrays plus one JSON entry, loaded with ``allow_pickle=False``: a format that cannot carry code.
+``atomic_write`` is the package's one way to write a file (a unique temporary file, fsync, rename).
 Lesson: lessons/ (loading torchvision's weights into the NumPy model).
 """
 from __future__ import annotations
@@ -18,9 +19,9 @@ import pickle
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from minimaskrcnn.errors import CheckpointError, PathLike
 __all__ = [
     "Checkpoint",
     "TorchNamespace",
+    "atomic_write",
     "load_checkpoint",
     "load_torch_pickle",
     "load_torch_state_dict",
@@ -417,7 +419,8 @@ def load_torch_pickle(path: PathLike) -> Any:
     except CheckpointError:
         raise
     except Exception as e:  # whatever pickle or zipfile raise on damaged bytes
-        raise CheckpointError(path, f"cannot read the checkpoint, truncated or corrupt? ({type(e).__name__}: {e})") from e
+        problem = f"cannot read the checkpoint, truncated or corrupt? ({type(e).__name__}: {e})"
+        raise CheckpointError(path, problem) from e
 
 
 def load_torch_state_dict(path: PathLike) -> dict[str, np.ndarray]:
@@ -556,21 +559,37 @@ def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
     np.savez(f, **arrays)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Write ``path`` so that it is either the old file or the complete new one, never half of one.
 
-    Steps: 1. write a temporary file in the same folder; 2. flush and fsync it; 3. os.replace it onto
-    ``path`` (atomic on POSIX and Windows); 4. fsync the folder so that the rename survives a crash.
-    On any error the temporary file is removed and ``path`` is untouched.
+    ``with atomic_write(path, "w") as f: json.dump(data, f)``. Steps: 1. open a temporary file
+    with a unique name (``.<name>.<random>.tmp``) in the same folder, so that two runs writing the
+    same file never share one; 2. the block writes it; 3. flush and fsync it; 4. ``os.replace`` it
+    onto ``path`` (atomic on POSIX and Windows); 5. fsync the folder so that the rename survives a
+    crash. On any error in the block the temporary file is removed and ``path`` is untouched.
+    Every file the package writes goes through here (checkpoints, logs, configurations, results,
+    images, downloads); only the run log's appends do not.
+
+    Args:
+        path: the file to write (its folder is created).
+        mode: "wb" (binary) or "w" (text).
+        encoding: for text mode (default UTF-8).
+
+    Yields:
+        the open temporary file.
     """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes a whole file: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -621,7 +640,8 @@ def save_checkpoint(
     text = json.dumps(metadata, indent=1)
     arrays = dict(encoder.arrays)
     arrays[_METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    _atomic_write(path, lambda f: _write_npz(f, arrays))
+    with atomic_write(path) as f:
+        _write_npz(f, arrays)
     return path
 
 

@@ -1,6 +1,6 @@
 """Prediction: image files (or arrays) in, detections and pictures out.
 
-``load_model`` rebuilds a trained model from a checkpoint written by ``minimaskrcnn train``;
+``checkpoint.load_model`` rebuilds a trained model from a checkpoint written by ``minimaskrcnn train``;
 ``predict_image`` runs it on one image (from a notebook too) and ``predict_files`` writes one PNG
 per input with the masks, boxes, class names and scores drawn (``minimaskrcnn predict``).
 """
@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from minimaskrcnn.backend import to_numpy
-from minimaskrcnn.errors import CheckpointError, ImageError
+from minimaskrcnn.errors import ImageError
+from minimaskrcnn.function import no_grad
 from minimaskrcnn.visualize import draw_detections, save_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -70,44 +71,6 @@ def as_model_image(image: Any) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def load_model(checkpoint: str | os.PathLike, backend: str | None = None):
-    """Rebuild a model trained by ``minimaskrcnn train`` from its checkpoint.
-
-    Args:
-        checkpoint: a checkpoint file (``runs/<name>/checkpoint.npz``) or the run folder holding it.
-        backend: optionally switch to this backend first ("numpy", "numba", "cuda").
-
-    Returns:
-        (model, class_names): the model in eval mode, and the class names indexed by label
-        (entry 0 is the background).
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, or was not written by ``train``.
-    """
-    from minimaskrcnn import io as mio
-    from minimaskrcnn.backend import set_backend
-    from minimaskrcnn.train import CHECKPOINT_NAME, build_model_from_config, config_from_checkpoint_extra
-
-    if backend is not None:
-        set_backend(backend)
-    path = os.fspath(checkpoint)
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
-    ckpt = mio.load_checkpoint(path)
-    extra = ckpt.extra or {}
-    if "config" not in extra or "num_classes" not in extra:
-        raise CheckpointError(path, "not a training checkpoint of minimaskrcnn (no config / num_classes)")
-    config = config_from_checkpoint_extra(extra, path)
-    model = build_model_from_config(config, int(extra["num_classes"]))
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise CheckpointError(path, f"weights do not fit model {config.model!r}: {e}") from None
-    model.eval()
-    class_names = list(extra.get("class_names") or [str(i) for i in range(int(extra["num_classes"]))])
-    return model, class_names
-
-
 def predict_image(
     model,
     image: Any,
@@ -124,13 +87,11 @@ def predict_image(
         {"boxes": (N, 4) float32 (x1, y1, x2, y2) in image pixels, "labels": (N,) int64,
         "scores": (N,) float32, "masks": (N, 1, H, W) float32 probabilities} as NumPy arrays.
     """
-    from minimaskrcnn.function import no_grad
-
     x = as_model_image(image)
     model.eval()
     with no_grad():
         out = model([x])[0]
-    det = {k: to_numpy(v) for k, v in out.items()}
+    det = {k: to_numpy(v) for k, v in out.items()}  # CuPy arrays (a GPU model's outputs) are copied to the host
     keep = det["scores"] >= score_threshold
     return {k: v[keep] for k, v in det.items()}
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from minimaskrcnn.backend import to_numpy
+from minimaskrcnn.io import atomic_write
 from minimaskrcnn.ops.matcher import BACKGROUND as NEGATIVE
 from minimaskrcnn.ops.matcher import IGNORE, POSITIVE
 
@@ -47,7 +49,7 @@ def to_uint8_image(image: Any) -> np.ndarray:
     """
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB")).copy()
-    a = _np(image)
+    a = to_numpy(image)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
         a = a.transpose(1, 2, 0)  # (C, H, W), the model's layout, to (H, W, C)
     if a.ndim == 2:
@@ -66,12 +68,6 @@ def _font(size: int = 12):
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
         return ImageFont.load_default()
-
-
-def _np(x) -> np.ndarray:
-    from minimaskrcnn.backend import to_numpy  # CuPy arrays (a GPU model's outputs) are copied to the host
-
-    return to_numpy(x)
 
 
 # ------------------------------------------------------------------------------------ boxes
@@ -98,7 +94,7 @@ def draw_boxes(
     """
     canvas = Image.fromarray(to_uint8_image(image))
     draw = ImageDraw.Draw(canvas)
-    boxes = _np(boxes).reshape(-1, 4)
+    boxes = to_numpy(boxes).reshape(-1, 4)
     if colors is None:
         colors = [color_for(i) for i in range(len(boxes))]
     elif len(colors) == 3 and np.isscalar(colors[0]):
@@ -153,7 +149,7 @@ def draw_anchors(
     Returns:
         (H, W, 3) uint8 image.
     """
-    anchors, labels = _np(anchors).reshape(-1, 4), _np(labels).reshape(-1)
+    anchors, labels = to_numpy(anchors).reshape(-1, 4), to_numpy(labels).reshape(-1)
     neg_idx = np.flatnonzero(labels == NEGATIVE)
     if len(neg_idx) > show_negative:
         neg_idx = np.random.default_rng(seed).choice(neg_idx, show_negative, replace=False)
@@ -184,9 +180,9 @@ def draw_proposals(
     Returns:
         (H, W, 3) uint8 image.
     """
-    proposals = _np(proposals).reshape(-1, 4)
+    proposals = to_numpy(proposals).reshape(-1, 4)
     if scores is not None:
-        order = np.argsort(-_np(scores).reshape(-1), kind="stable")[:top_n]
+        order = np.argsort(-to_numpy(scores).reshape(-1), kind="stable")[:top_n]
         proposals = proposals[order]
     return draw_boxes(image, proposals[:top_n], colors=color, width=width)
 
@@ -214,7 +210,7 @@ def draw_masks(
         (H, W, 3) uint8 image.
     """
     out = to_uint8_image(image).astype(np.float32)
-    masks = _np(masks)
+    masks = to_numpy(masks)
     if masks.ndim == 4:
         masks = masks[:, 0]
     binary = masks > threshold if masks.dtype != bool else masks
@@ -269,16 +265,16 @@ def draw_detections(
     Returns:
         (H, W, 3) uint8, the picture.
     """
-    scores = _np(detections["scores"]).reshape(-1)
+    scores = to_numpy(detections["scores"]).reshape(-1)
     keep = np.flatnonzero(scores >= score_threshold)
-    labels = _np(detections["labels"]).reshape(-1)[keep]
+    labels = to_numpy(detections["labels"]).reshape(-1)[keep]
     colors = [color_for(label) for label in labels]
     out = to_uint8_image(image)
     if show_masks and "masks" in detections and len(keep):
-        out = draw_masks(out, _np(detections["masks"])[keep], colors=colors, alpha=alpha, threshold=mask_threshold)
+        out = draw_masks(out, to_numpy(detections["masks"])[keep], colors=colors, alpha=alpha, threshold=mask_threshold)
     if show_boxes and len(keep):
         texts = [f"{class_name(class_names, label)} {s:.2f}" for label, s in zip(labels, scores[keep])]
-        out = draw_boxes(out, _np(detections["boxes"]).reshape(-1, 4)[keep], colors=colors, texts=texts)
+        out = draw_boxes(out, to_numpy(detections["boxes"]).reshape(-1, 4)[keep], colors=colors, texts=texts)
     return out
 
 
@@ -293,10 +289,13 @@ def class_name(class_names: Sequence[str] | Mapping[int, str] | None, label: int
 
 
 def save_image(image: Any, path: str | os.PathLike) -> None:
-    """Write an image (any layout ``to_uint8_image`` accepts) as PNG, creating the folder."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(to_uint8_image(image)).save(path)
+    """Write an image (any layout ``to_uint8_image`` accepts), creating the folder (atomically).
+
+    The file's extension picks the format (``.png``, ``.jpg``, ...); PNG when it names none.
+    """
+    image_format = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
+    with atomic_write(path) as f:
+        Image.fromarray(to_uint8_image(image)).save(f, format=image_format)
 
 
 # ---------------------------------------------------------------------------- figures
@@ -321,7 +320,7 @@ def show_masks(
     """
     import matplotlib.pyplot as plt
 
-    masks = _np(masks)
+    masks = to_numpy(masks)
     if masks.ndim == 4:
         masks = masks[:, 0]
     n = max(1, len(masks))
@@ -387,9 +386,6 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLike | 
         ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = path + ".tmp.png"
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=90)
     return fig

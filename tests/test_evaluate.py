@@ -11,7 +11,6 @@ from pycocotools.cocoeval import COCOeval
 
 from minimaskrcnn.evaluate import (
     STAT_NAMES,
-    boxes_xyxy_to_xywh,
     coco_evaluate,
     detections_to_coco_results,
     encode_masks,
@@ -19,6 +18,7 @@ from minimaskrcnn.evaluate import (
     evaluate_detections,
     format_stats_table,
 )
+from minimaskrcnn.ops.boxes import box_convert
 
 H, W = 64, 80
 # two images; category ids 3 and 7 (not contiguous, as in COCO); boxes (x1, y1, x2, y2)
@@ -64,7 +64,7 @@ def _perfect_detections(coco: COCO, labels_of=lambda c: c):
 
 
 def test_box_conversion_and_rle_roundtrip():
-    np.testing.assert_allclose(boxes_xyxy_to_xywh(np.array([[1, 2, 4, 8]])), [[1, 2, 3, 6]])
+    np.testing.assert_allclose(box_convert(np.array([[1, 2, 4, 8]]), "xyxy", "xywh"), [[1, 2, 3, 6]])
     probs = np.zeros((2, 1, 5, 6), np.float32)
     probs[0, 0, 1:3, 2:5] = 0.7
     probs[1, 0, 4, 0] = 0.5  # exactly at the threshold: background

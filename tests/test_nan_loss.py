@@ -5,10 +5,13 @@ import os
 import numpy as np
 import pytest
 
+from minimaskrcnn.checkpoint import CHECKPOINT_NAME
 from minimaskrcnn.cli import EXIT_BAD_INPUT, main
+from minimaskrcnn.errors import NonFiniteLossError
 from minimaskrcnn.function import AnomalyError
 from minimaskrcnn.io import load_checkpoint
-from minimaskrcnn.train import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, read_log
+from minimaskrcnn.runlog import read_log
+from minimaskrcnn.train import TrainConfig, Trainer
 
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from minimaskrcnn.train import TrainConfig, Trainer, read_log
+from minimaskrcnn.runlog import read_log
+from minimaskrcnn.train import TrainConfig, Trainer
 
 # Measured on the 2-core development machine with other jobs running: 180 s of CPU (257 s wall),
 # mask AP50 0.904, box AP50 0.904, mask AP 0.709 (0.95 at step 400 in a run without the lr drop)

@@ -150,8 +150,8 @@ def test_plot_curves_writes_a_png(tmp_path):
 
 def test_predict_command_with_a_trained_checkpoint(tmp_path, capsys):
     """End to end: a (one-step) training run's checkpoint, loaded by the predict command."""
+    from minimaskrcnn.checkpoint import load_model
     from minimaskrcnn.cli import main
-    from minimaskrcnn.predict import load_model
     from minimaskrcnn.train import TrainConfig, Trainer
 
     cfg = TrainConfig(name="p", output_dir=str(tmp_path / "runs"), data_dir=str(tmp_path / "shapes"),

@@ -4,7 +4,9 @@ import os
 
 import numpy as np
 
-from minimaskrcnn.train import CHECKPOINT_NAME, LOG_NAME, TrainConfig, Trainer
+from minimaskrcnn.checkpoint import CHECKPOINT_NAME
+from minimaskrcnn.runlog import LOG_NAME
+from minimaskrcnn.train import TrainConfig, Trainer
 
 
 def tiny_config(tmp_path, name: str, **overrides) -> TrainConfig:

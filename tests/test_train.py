@@ -7,16 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from minimaskrcnn.train import (
-    CHECKPOINT_NAME,
-    CONFIG_NAME,
-    CURVES_NAME,
-    LOG_NAME,
-    TrainConfig,
-    Trainer,
-    find_generators,
-    read_log,
-)
+from minimaskrcnn.checkpoint import CHECKPOINT_NAME
+from minimaskrcnn.config import CONFIG_NAME
+from minimaskrcnn.rng import find_generators
+from minimaskrcnn.runlog import CURVES_NAME, LOG_NAME, read_log
+from minimaskrcnn.train import TrainConfig, Trainer
 
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:
@@ -141,7 +136,7 @@ def test_train_function_with_overrides(tmp_path):
 def test_limit_threads():
     import numba
 
-    from minimaskrcnn.train import limit_threads
+    from minimaskrcnn.backend import limit_threads
 
     before = numba.get_num_threads()
     assert limit_threads(None, None) == {"blas": False, "numba": False}  # None leaves each pool alone

@@ -2,7 +2,9 @@
 
 ``sample_dataset("train" | "val" | "overfit")`` opens the small COCO 2017 sample shipped with the
 package (see sample/README.md for its licenses); ``ShapesDataset`` / ``make_shapes_dataset`` make a
-synthetic set a small model learns in minutes; ``download_coco`` fetches more of COCO.
+synthetic set a small model learns in minutes; ``download_coco`` fetches more of COCO;
+``prepare_datasets`` gives the data sets a training configuration names (``prepare.py``), and
+``DetectionDataset`` says what a data set must offer the trainer.
 """
 from __future__ import annotations
 
@@ -10,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from minimaskrcnn.data.coco import CocoDataset, CocoFiles, annotation_to_mask, load_coco_json
+from minimaskrcnn.data.prepare import (
+    DATASETS,
+    DEFAULT_SHAPES_DIR,
+    DetectionDataset,
+    ensure_shapes_data,
+    prepare_datasets,
+)
 from minimaskrcnn.data.shapes import (
     SHAPE_CLASSES,
     ShapesDataset,
@@ -29,12 +38,15 @@ from minimaskrcnn.data.transforms import (
 )
 
 __all__ = [
+    "DATASETS",
+    "DEFAULT_SHAPES_DIR",
     "SAMPLE_DIR",
     "SHAPE_CLASSES",
     "CocoDataset",
     "CocoFiles",
     "Compose",
     "DataLoader",
+    "DetectionDataset",
     "RandomHorizontalFlip",
     "Resize",
     "ShapesDataset",
@@ -43,10 +55,12 @@ __all__ = [
     "annotation_to_mask",
     "collate",
     "download_coco",
+    "ensure_shapes_data",
     "generate_shapes_image",
     "hflip",
     "load_coco_json",
     "make_shapes_dataset",
+    "prepare_datasets",
     "resize",
     "sample_dataset",
     "sample_files",

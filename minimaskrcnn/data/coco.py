@@ -11,7 +11,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -332,6 +332,25 @@ class CocoDataset:
         Raises:
             ImageError: the file is missing, unreadable, or not the size its record says.
         """
+        rgb = self._open_image(index, pixels=True)
+        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+
+    def check_images(self, indices: Sequence[int] | None = None) -> None:
+        """Fail now, not at step 347: every image exists, is readable and has its record's size.
+
+        Reads only the image headers.
+
+        Args:
+            indices: the samples to check (default: all).
+
+        Raises:
+            ImageError: naming the file and the image id.
+        """
+        for index in range(len(self)) if indices is None else indices:
+            self._open_image(index, pixels=False)
+
+    def _open_image(self, index: int, pixels: bool) -> Image.Image | None:
+        """The RGB image of sample ``index`` (``pixels``) or None after reading only its header."""
         info = self.coco.imgs[self.ids[index]]
         path = self.image_dir / info["file_name"]
         record = f"image id {info['id']}"
@@ -339,13 +358,14 @@ class CocoDataset:
             raise ImageError(path, "image file not found", record=record)
         try:
             with Image.open(path) as img:
-                rgb = img.convert("RGB")  # L, P, RGBA, CMYK -> RGB (alpha dropped)
+                size = img.size
+                rgb = img.convert("RGB") if pixels else None  # L, P, RGBA, CMYK -> RGB (alpha dropped)
         except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
             raise ImageError(path, f"cannot read the image ({e})", record=record) from None
-        if rgb.size != (info["width"], info["height"]):
-            raise ImageError(path, f"image is {rgb.size[0]}x{rgb.size[1]} pixels (width x height) but its record "
+        if size != (info["width"], info["height"]):
+            raise ImageError(path, f"image is {size[0]}x{size[1]} pixels (width x height) but its record "
                              f"says {info['width']}x{info['height']}", record=record)
-        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+        return rgb
 
     def load_target(self, index: int) -> dict[str, Any]:
         """The target of sample ``index`` (see the class docstring), without loading the image."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from minimaskrcnn.data.coco import CocoFiles, load_coco_json
 from minimaskrcnn.errors import DownloadError, PathLike
+from minimaskrcnn.io import atomic_write
 
 __all__ = ["COCO_BASE_URL", "CocoFiles", "copy_sample", "download_coco", "main", "select_images"]
 
@@ -32,25 +32,15 @@ _CHUNK = 1 << 20
 
 def _download(url: str, dest: Path, timeout: float, progress: bool, what: str) -> None:
     """Stream ``url`` into ``dest`` through a temporary file (so a failed download leaves nothing)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
+        with atomic_write(dest) as f, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=what, leave=False)
-            while chunk := response.read(_CHUNK):
-                f.write(chunk)
-                if bar is not None:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=what, leave=False, disable=not progress) as bar:
+                while chunk := response.read(_CHUNK):
+                    f.write(chunk)
                     bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
             if total is not None and f.tell() != total:
                 raise DownloadError(f"{url}: got {f.tell()} of {total} bytes (connection cut?)")
-        os.replace(tmp, dest)
     except urllib.error.HTTPError as e:
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
@@ -58,9 +48,6 @@ def _download(url: str, dest: Path, timeout: float, progress: bool, what: str) -
             raise
         reason = getattr(e, "reason", e)
         raise DownloadError(f"{url}: download failed ({reason})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _image_ok(path: Path, info: dict) -> str | None:
@@ -173,12 +160,7 @@ def download_coco(
     images = [img for img in coco["images"] if img["id"] in keep]
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
-    iterator = images
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(images, desc=f"{split} images", unit="img")
-    for info in iterator:
+    for info in tqdm(images, desc=f"{split} images", unit="img", disable=not progress):
         path = image_dir / info["file_name"]
         if path.is_file() and _image_ok(path, info) is None:
             continue
@@ -199,10 +181,8 @@ def download_coco(
         "categories": coco["categories"],
     }
     annotation_file = out_dir / "annotations" / f"instances_{split}.json"
-    annotation_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = annotation_file.with_suffix(".json.part")
-    tmp.write_text(json.dumps(subset), encoding="utf-8")
-    os.replace(tmp, annotation_file)
+    with atomic_write(annotation_file, "w") as f:
+        f.write(json.dumps(subset))
     load_coco_json(annotation_file)  # the file we hand out must pass the checks
     return CocoFiles(annotation_file, image_dir)
 

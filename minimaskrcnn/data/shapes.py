@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from minimaskrcnn.errors import PathLike
+from minimaskrcnn.io import atomic_write
 
 __all__ = ["SHAPE_CLASSES", "ShapesDataset", "ShapesFiles", "ShapesSample", "generate_shapes_image", "make_shapes_dataset"]
 
@@ -185,6 +186,9 @@ class ShapesDataset:
     def __len__(self) -> int:
         return self.num_images
 
+    def check_images(self, indices=None) -> None:
+        """Nothing to check: the images are generated (see ``data.prepare.DetectionDataset``)."""
+
     def sample(self, index: int) -> ShapesSample:
         """The raw sample ``index`` (uint8 image, masks, labels, boxes)."""
         if not 0 <= index < self.num_images:
@@ -220,7 +224,8 @@ class ShapesDataset:
             height, width = s.image.shape[:2]
             file_name = f"{index:06d}.png"
             if write_images_to is not None:
-                Image.fromarray(s.image).save(write_images_to / file_name, format="PNG")
+                with atomic_write(write_images_to / file_name) as f:
+                    Image.fromarray(s.image).save(f, format="PNG")
             images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height, "license": 0})
             for mask, label, box in zip(s.masks, s.labels, s.boxes):
                 rle = mask_utils.encode(np.asfortranarray(mask))
@@ -264,5 +269,6 @@ def make_shapes_dataset(out_dir: PathLike, num_images: int, image_size: int | tu
     image_dir.mkdir(parents=True, exist_ok=True)
     data = ShapesDataset(num_images, image_size, seed, **generator_kwargs)._coco(write_images_to=image_dir)
     annotation_file = out_dir / "instances.json"
-    annotation_file.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
+    with atomic_write(annotation_file, "w") as f:
+        f.write(json.dumps(data, separators=(",", ":")) + "\n")
     return ShapesFiles(annotation_file, image_dir)

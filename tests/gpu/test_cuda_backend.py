@@ -209,7 +209,8 @@ def test_the_whole_step_stays_on_the_device(cuda_run):
 def test_training_builds_the_model_on_the_device(device):
     """``minimaskrcnn train --backend cuda``: the Trainer's model has its parameters on the GPU
     before the optimizer is made (with the simulator and no CuPy, the model stays on NumPy)."""
-    from minimaskrcnn.train import TrainConfig, build_model_from_config
+    from minimaskrcnn.checkpoint import build_model_from_config
+    from minimaskrcnn.config import TrainConfig
 
     model = build_model_from_config(TrainConfig(model="r18-shapes", backend="cuda"), num_classes=4)
     tensors = list(model.parameters()) + list(model.buffers())

@@ -1,0 +1,160 @@
+"""The configuration of a training run, whose fields are also the options of ``minimaskrcnn train``.
+
+Each field of ``TrainConfig`` carries its command-line help in ``field(metadata={"help": ...})``, and
+``"group"`` (where ``--help`` lists it); ``cli.py`` makes one option per field from its name, type,
+default and metadata, so a new field with its help is a new option. Optional metadata: ``"choices"``
+(a sequence, or a function returning one), ``"flag"`` (another option name), ``"metavar"``.
+A checkpoint stores the configuration (``TrainConfig.to_dict()``), and each run writes it as
+``config.json``: it is everything a run depends on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import field
+from typing import Any
+
+from minimaskrcnn.backend import BACKENDS
+from minimaskrcnn.data.prepare import DATASETS, DEFAULT_SHAPES_DIR
+
+__all__ = ["CONFIG_NAME", "DEFAULT_OUTPUT_DIR", "OPTION_GROUPS", "TrainConfig"]
+
+CONFIG_NAME = "config.json"
+DEFAULT_OUTPUT_DIR = "runs"
+OPTION_GROUPS = ("model", "data", "optimisation", "run")  # the order `minimaskrcnn train --help` lists them in
+
+
+def _model_names() -> list[str]:
+    """The named model configurations (imported when the CLI asks: the models package is large)."""
+    from minimaskrcnn.models.configs import CONFIGS
+
+    return list(CONFIGS)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved in each checkpoint (and as ``config.json``).
+
+    The defaults are the README's main command: the small "r18-shapes" model on the built-in
+    synthetic shapes data, tuned to finish within 15 minutes on a 2-core CPU.
+    """
+
+    # --- what to train
+    model: str = field(default="r18-shapes", metadata={
+        "group": "model", "choices": _model_names, "help": "named model configuration"})
+    name: str | None = field(default=None, metadata={
+        "group": "run", "help": "run name, the run folder <output_dir>/<name> (default: the model configuration's)"})
+    output_dir: str = field(default=DEFAULT_OUTPUT_DIR, metadata={
+        "group": "run", "help": "parent folder of the run folders"})
+    min_size: int | None = field(default=None, metadata={
+        "group": "model", "help": "override the model's input min_size (smaller: faster, coarser)"})
+    max_size: int | None = field(default=None, metadata={
+        "group": "model", "help": "override the model's input max_size"})
+    model_kwargs: dict | None = field(default=None, metadata={
+        "group": "model", "flag": "--model-arg", "metavar": "KEY=VALUE",
+        "help": "a torchvision-style model argument, e.g. box_batch_size_per_image=128 (repeatable)"})
+
+    # --- data: "shapes" (generated, cached in data_dir), "coco-sample" (the package's COCO sample:
+    # train split, val split), "coco-overfit" (its 8 overfitting images for both) or "coco" (any
+    # COCO-format files: give the annotation files and image folders)
+    dataset: str = field(default="shapes", metadata={
+        "group": "data", "choices": DATASETS,
+        "help": "built-in shapes, the package's COCO sample (or its 8 overfitting images), or your COCO-format files"})
+    data_dir: str | None = field(default=None, metadata={
+        "group": "data", "help": f"shapes cache folder (default {DEFAULT_SHAPES_DIR})"})
+    num_train_images: int = field(default=600, metadata={
+        "group": "data", "help": "shapes: training images generated"})
+    num_val_images: int = field(default=64, metadata={
+        "group": "data", "help": "shapes: held-out images generated from another seed"})
+    image_size: int = field(default=128, metadata={
+        "group": "data", "help": "shapes: image side in pixels"})
+    train_annotations: str | None = field(default=None, metadata={
+        "group": "data", "help": "COCO instances JSON for training"})
+    train_images: str | None = field(default=None, metadata={
+        "group": "data", "help": "folder of the training images"})
+    val_annotations: str | None = field(default=None, metadata={
+        "group": "data", "help": "COCO instances JSON for validation"})
+    val_images: str | None = field(default=None, metadata={
+        "group": "data", "help": "folder of the validation images"})
+    train_max_images: int | None = field(default=None, metadata={
+        "group": "data", "help": "train on the first N images only (e.g. 8 to overfit)"})
+    val_max_images: int | None = field(default=None, metadata={
+        "group": "data", "help": "validate on the first N images only"})
+    hflip_prob: float = field(default=0.5, metadata={
+        "group": "data", "help": "probability of a horizontal flip of each training image"})
+
+    # --- optimisation (SGD with momentum, linear warm-up, then steps of the learning rate)
+    steps: int = field(default=1500, metadata={
+        "group": "optimisation", "help": "optimizer steps (iterations) in the whole run"})
+    batch_size: int = field(default=4, metadata={
+        "group": "optimisation", "help": "images per step"})
+    lr: float = field(default=0.02, metadata={
+        "group": "optimisation", "help": "peak learning rate (after warm-up)"})
+    momentum: float = field(default=0.9, metadata={
+        "group": "optimisation", "help": "SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={
+        "group": "optimisation", "help": "L2 on the weights"})
+    norm_weight_decay: float | None = field(default=0.0, metadata={
+        "group": "optimisation", "help": "weight decay of norm weights/biases and all biases (None: as weight_decay)"})
+    warmup_steps: int = field(default=100, metadata={
+        "group": "optimisation", "help": "steps of linear warm-up from lr * warmup_factor to lr"})
+    warmup_factor: float = field(default=0.001, metadata={
+        "group": "optimisation", "help": "learning rate factor at the start of the warm-up"})
+    lr_milestones: tuple[int, ...] | None = field(default=None, metadata={
+        "group": "optimisation", "help": "steps where lr is multiplied by gamma, e.g. 1000,1300 (default 70%,90%)"})
+    gamma: float = field(default=0.1, metadata={
+        "group": "optimisation", "help": "lr factor at each milestone"})
+    clip_grad_norm: float | None = field(default=None, metadata={
+        "group": "optimisation", "help": "clip the global gradient norm to this (default: no clipping)"})
+    seed: int = field(default=0, metadata={
+        "group": "optimisation", "help": "seeds initialisation, data order, flips and the model's sampling"})
+
+    # --- bookkeeping
+    log_every: int = field(default=10, metadata={
+        "group": "run", "help": "steps between log rows (averages over those steps)"})
+    val_every: int = field(default=250, metadata={
+        "group": "run", "help": "steps between validations (0: only at the end); each costs a few seconds"})
+    checkpoint_every: int = field(default=250, metadata={
+        "group": "run", "help": "steps between checkpoints (one is always written at the end)"})
+    val_iou_types: tuple[str, ...] = field(default=("bbox", "segm"), metadata={
+        "group": "run", "choices": ("bbox", "segm"), "help": "what validation measures: bbox, segm or bbox,segm"})
+    val_loss_images: int = field(default=16, metadata={
+        "group": "run", "help": "validation losses over at most this many images (0: skip them)"})
+    backend: str | None = field(default=None, metadata={
+        "group": "run", "choices": BACKENDS, "help": "kernels to run (default: keep the current one, numba)"})
+    threads: int | None = field(default=None, metadata={
+        "group": "run", "help": "threads of the Numba kernels, process-wide (default: every core)"})
+    blas_threads: int | None = field(default=1, metadata={
+        "group": "run", "help": "threads of NumPy's matrix products, process-wide; 1 is fastest for the small "
+                                "models on few cores, where both thread pools spinning on the same cores slow "
+                                "a step down 2x"})
+    detect_anomaly: bool = field(default=False, metadata={
+        "group": "run", "help": "run every step in anomaly mode (slow; NaNs are caught anyway)"})
+    progress: bool = field(default=True, metadata={
+        "group": "run", "help": "show a tqdm progress bar"})
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.model
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.output_dir, self.run_name)
+
+    def milestones(self) -> tuple[int, ...]:
+        if self.lr_milestones is not None:
+            return tuple(int(m) for m in self.lr_milestones)
+        return (int(0.7 * self.steps), int(0.9 * self.steps))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("lr_milestones", "val_iou_types"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)

@@ -1,0 +1,126 @@
+"""The data sets a training run names: the built-in shapes (generated once, cached), the package's
+COCO sample, or any COCO-format files; and ``DetectionDataset``, what the trainer needs of a data set.
+
+``prepare_datasets(config)`` turns the data fields of a ``TrainConfig`` into (train, val, class
+names); ``ensure_shapes_data`` generates the shapes splits unless the same ones are already there.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from minimaskrcnn.data.coco import CocoDataset
+from minimaskrcnn.errors import DataError
+from minimaskrcnn.io import atomic_write
+
+if TYPE_CHECKING:
+    from minimaskrcnn.config import TrainConfig
+
+__all__ = ["DATASETS", "DEFAULT_SHAPES_DIR", "SHAPES_TRAIN_SEED", "SHAPES_VAL_SEED", "DetectionDataset",
+           "ensure_shapes_data", "prepare_datasets"]
+
+DATASETS = ("shapes", "coco-sample", "coco-overfit", "coco")
+DEFAULT_SHAPES_DIR = os.path.join("runs", "data", "shapes")
+SHAPES_TRAIN_SEED = 0  # the built-in shapes data: fixed seeds, so that val never overlaps train
+SHAPES_VAL_SEED = 1
+
+
+@runtime_checkable
+class DetectionDataset(Protocol):
+    """What the trainer needs of a data set: CocoDataset and ShapesDataset are both one.
+
+    ``ds[i]`` is ``(image (3, H, W) float32 in [0, 1], target)`` with the target dict of
+    CocoDataset (boxes (M, 4) float32 (x1, y1, x2, y2), labels (M,) int64, masks (M, H, W) uint8,
+    image_id, area, iscrowd). ``class_names`` is indexed by label ("__background__" at 0, "N/A" in
+    gaps), so ``num_classes == len(class_names)``. ``check_images(indices)`` raises ImageError for
+    a missing or unreadable image (a no-op where images are generated).
+    """
+
+    class_names: list[str]
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]: ...
+
+    def check_images(self, indices: Sequence[int] | None = None) -> None: ...
+
+
+def prepare_datasets(config: TrainConfig) -> tuple[CocoDataset, CocoDataset, list[str]]:
+    """The training and validation data sets named in ``config`` (generating shapes if needed).
+
+    Returns:
+        (train_dataset, val_dataset, class_names): CocoDatasets without transforms (the loader
+        flips), and names indexed by label with "__background__" at 0.
+
+    Raises:
+        DataError: unreadable or empty data.
+    """
+    if config.dataset == "shapes":
+        train_ann, train_img, val_ann, val_img = ensure_shapes_data(
+            config.data_dir or DEFAULT_SHAPES_DIR, config.num_train_images, config.num_val_images, config.image_size
+        )
+    elif config.dataset in ("coco-sample", "coco-overfit"):
+        from minimaskrcnn.data import sample_files
+
+        # the package's COCO sample: train on its train split and validate on its val split, or
+        # ("coco-overfit") train and validate on the same 8 images, to check that a model can overfit
+        train_split, val_split = ("train", "val") if config.dataset == "coco-sample" else ("overfit", "overfit")
+        train_ann, train_img = (os.fspath(p) for p in sample_files(train_split))
+        val_ann, val_img = (os.fspath(p) for p in sample_files(val_split))
+        train_ann = config.train_annotations or train_ann
+        train_img = config.train_images or train_img
+        val_ann = config.val_annotations or val_ann
+        val_img = config.val_images or val_img
+    elif config.dataset == "coco":
+        if not (config.train_annotations and config.train_images):
+            raise DataError(None, "dataset 'coco' needs train annotations and an image folder")
+        train_ann, train_img = config.train_annotations, config.train_images
+        val_ann = config.val_annotations or train_ann
+        val_img = config.val_images or (train_img if val_ann == train_ann else None)
+        if val_img is None:
+            raise DataError(val_ann, "validation annotations given without their image folder")
+    else:
+        raise ValueError(f"unknown dataset {config.dataset!r}: expected one of {DATASETS}")
+    train_ds = CocoDataset(train_ann, train_img)
+    val_ds = CocoDataset(val_ann, val_img)
+    if len(train_ds) == 0:
+        raise DataError(train_ann, "the training data set holds no images")
+    if len(val_ds) == 0:
+        raise DataError(val_ann, "the validation data set holds no images")
+    return train_ds, val_ds, list(train_ds.class_names)
+
+
+def ensure_shapes_data(data_dir: str, num_train: int, num_val: int, image_size: int) -> tuple[str, str, str, str]:
+    """Generate the shapes train and val splits into ``data_dir`` unless they are already there.
+
+    A split is reused only if it was made with the same number of images, size and seed (kept
+    in ``<split>/meta.json``), so changing a setting regenerates it.
+
+    Returns:
+        (train annotation file, train image folder, val annotation file, val image folder).
+    """
+    from minimaskrcnn.data.shapes import make_shapes_dataset
+
+    out: list[str] = []
+    for split, n, seed in (("train", num_train, SHAPES_TRAIN_SEED), ("val", num_val, SHAPES_VAL_SEED)):
+        split_dir = os.path.join(data_dir, split)
+        meta_path = os.path.join(split_dir, "meta.json")
+        params = {"num_images": int(n), "image_size": int(image_size), "seed": seed}
+        done = None
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                done = json.load(f)
+        if done is None or done.get("params") != params:
+            made = make_shapes_dataset(split_dir, num_images=int(n), image_size=int(image_size), seed=seed)
+            # names relative to the split folder, so that the folder can move
+            names = {"annotations": os.path.relpath(made.annotation_file, split_dir),
+                     "images": os.path.relpath(made.image_dir, split_dir)}
+            with atomic_write(meta_path, "w") as f:
+                json.dump({"params": params, **names}, f)
+        else:
+            names = done
+        out += [os.path.join(split_dir, names["annotations"]), os.path.join(split_dir, names["images"])]
+    return tuple(out)
