@@ -222,3 +222,103 @@ def test_image_size_differs_from_its_record(tmp_path, capsys):
 def test_resume_without_a_checkpoint(tmp_path, capsys):
     code, _, err = _run(["train", "--output-dir", str(tmp_path / "runs"), "--name", "none", "--resume"], capsys)
     _assert_one_line_error(code, err, "checkpoint.npz")
+
+
+# ------------------------------------------------------------------ train options from TrainConfig
+def _config_parser(config_class):
+    import argparse
+
+    from minimaskrcnn.cli import add_config_options
+
+    parser = argparse.ArgumentParser(prog="t")
+    add_config_options(parser, config_class)
+    return parser
+
+
+def test_every_train_config_field_is_an_option_with_help(capsys):
+    import dataclasses
+
+    from minimaskrcnn.backend import BACKENDS
+    from minimaskrcnn.config import TrainConfig
+    from minimaskrcnn.models.configs import CONFIGS
+
+    actions = {a.dest: a for a in _config_parser(TrainConfig)._actions if a.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(actions) == set(fields)
+    for name, action in actions.items():
+        assert action.help.startswith(fields[name].metadata["help"].replace("%", "%%")), name
+        assert action.default is None, name  # given on the command line == not None
+    assert list(actions["backend"].choices) == list(BACKENDS)
+    assert list(actions["model"].choices) == list(CONFIGS)
+    # and `minimaskrcnn train --help` shows them all
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for action in actions.values():
+        assert action.option_strings[0] in out
+
+
+def test_train_options_parse_to_the_field_types():
+    from minimaskrcnn.cli import config_overrides
+    from minimaskrcnn.config import TrainConfig
+
+    parser = _config_parser(TrainConfig)
+    assert config_overrides(parser.parse_args([]), TrainConfig) == {}  # nothing given: the defaults hold
+    args = parser.parse_args(["--lr-milestones", "1000,1300", "--model-arg", "box_batch_size_per_image=128",
+                              "--model-arg", "rpn_fg_iou_thresh=0.6", "--model-arg", "name=x", "--no-progress",
+                              "--detect-anomaly", "--val-iou-types", "segm", "--backend", "numpy", "--steps", "7",
+                              "--lr", "0.5", "--data-dir", "d", "--norm-weight-decay", "1e-5"])
+    given = config_overrides(args, TrainConfig)
+    assert given == {"lr_milestones": (1000, 1300), "progress": False, "detect_anomaly": True,
+                     "model_kwargs": {"box_batch_size_per_image": 128, "rpn_fg_iou_thresh": 0.6, "name": "x"},
+                     "val_iou_types": ("segm",), "backend": "numpy", "steps": 7, "lr": 0.5, "data_dir": "d",
+                     "norm_weight_decay": 1e-5}
+    config = TrainConfig(**given)
+    assert config.milestones() == (1000, 1300) and config.seed == 0
+    for bad in (["--backend", "tpu"], ["--val-iou-types", "keypoints"], ["--lr-milestones", "a,b"],
+                ["--model", "resnet9000"], ["--model-arg", "no-equals-sign"], ["--steps", "1.5"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(bad)
+        assert exit_info.value.code == 2, bad
+
+
+def test_a_new_config_field_is_a_new_option():
+    import dataclasses
+
+    from minimaskrcnn.cli import config_overrides
+    from minimaskrcnn.config import TrainConfig
+
+    @dataclasses.dataclass
+    class Extended(TrainConfig):
+        weights: str | None = dataclasses.field(default=None, metadata={"help": "initial weights (.pth)"})
+        mask_categories: tuple[str, ...] | None = dataclasses.field(
+            default=None, metadata={"group": "data", "help": "categories with mask labels"})
+        freeze: bool = dataclasses.field(default=False, metadata={"group": "model", "help": "freeze the backbone"})
+
+    parser = _config_parser(Extended)
+    args = parser.parse_args(["--weights", "w.pth", "--mask-categories", "circle,square", "--freeze"])
+    assert config_overrides(args, Extended) == {"weights": "w.pth", "mask_categories": ("circle", "square"),
+                                                "freeze": True}
+
+    @dataclasses.dataclass
+    class WithoutHelp(TrainConfig):
+        secret: int = 3
+
+    with pytest.raises(TypeError, match="secret"):
+        _config_parser(WithoutHelp)
+
+
+def test_resume_keeps_the_saved_configuration_but_the_options_given(tmp_path, capsys):
+    from minimaskrcnn.checkpoint import load_training_config
+
+    run = ["--output-dir", str(tmp_path / "runs"), "--name", "r"]
+    tiny = ["--data-dir", str(tmp_path / "shapes"), "--num-train-images", "2", "--num-val-images", "1",
+            "--image-size", "64", "--min-size", "64", "--max-size", "64", "--batch-size", "1",
+            "--val-loss-images", "0", "--val-iou-types", "bbox", "--lr", "0.005", "--no-progress"]
+    assert main(["train", *run, *tiny, "--steps", "1"]) == 0
+    assert main(["train", *run, "--resume", "--steps", "2", "--seed", "5"]) == 0
+    config = load_training_config(tmp_path / "runs" / "r")
+    assert config.steps == 2 and config.seed == 5  # given again: changed
+    assert config.lr == 0.005 and config.image_size == 64 and config.val_iou_types == ("bbox",)  # kept
+    assert config.progress  # the progress bar is a matter of the command line at hand
+    assert "done: step 2" in capsys.readouterr().out

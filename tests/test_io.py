@@ -385,3 +385,57 @@ def test_damaged_checkpoint_names_the_file(tmp_path, damage):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         mio.load_checkpoint(tmp_path / "absent.npz")
+
+
+# ---------------------------------------------------------------------------------------------------
+# atomic_write: the package's one file writer
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_atomic_write_uses_a_unique_temporary_file_beside_the_target(tmp_path):
+    target = tmp_path / "sub" / "results.json"
+    with mio.atomic_write(target, "w") as first, mio.atomic_write(target, "w") as second:
+        # two writers of the same file (two runs) never share a temporary file: both are there
+        temporary = sorted(p.name for p in target.parent.iterdir())
+        assert len(temporary) == 2
+        assert all(name.startswith(".results.json.") and name.endswith(".tmp") for name in temporary)
+        assert not target.exists()  # nothing is visible until the block ends
+        first.write('{"run": 1}')
+        second.write('{"run": 2}')
+    assert json.loads(target.read_text()) == {"run": 1}  # the last to finish wins, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results.json"]
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "log.jsonl"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with mio.atomic_write(target, "w") as f:
+            f.write("half of the new")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
+    with mio.atomic_write(tmp_path / "new.bin") as f:  # binary by default
+        f.write(b"\x00\x01")
+    assert (tmp_path / "new.bin").read_bytes() == b"\x00\x01"
+    with pytest.raises(ValueError, match="mode"):
+        with mio.atomic_write(target, "a"):
+            pass
+    assert target.read_text() == "old\n"
+
+
+def test_the_package_writes_files_only_through_atomic_write():
+    """No second copy of the writer: renames and temporary files appear only in io.atomic_write."""
+    import pathlib
+
+    import minimaskrcnn
+
+    root = pathlib.Path(minimaskrcnn.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        for needle in ("os.replace(", "os.rename(", "mkstemp(", "NamedTemporaryFile(", ".write_text(", ".write_bytes("):
+            if needle in text and path.name != "io.py":
+                offenders.append(f"{path.relative_to(root)}: {needle}")
+    assert offenders == []

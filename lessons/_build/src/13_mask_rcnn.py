@@ -44,7 +44,8 @@ from minimaskrcnn import visualize
 from minimaskrcnn.evaluate import format_stats_table
 from minimaskrcnn.models import build_model
 from minimaskrcnn.models.configs import get_config
-from minimaskrcnn.train import TrainConfig, Trainer, read_log
+from minimaskrcnn.runlog import read_log
+from minimaskrcnn.train import TrainConfig, Trainer
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)

@@ -43,7 +43,7 @@ from pycocotools.cocoeval import COCOeval
 
 import minimaskrcnn as mm
 from minimaskrcnn import nn, visualize
-from minimaskrcnn.evaluate import detections_to_coco_results, label_to_category_id_of, run_model
+from minimaskrcnn.evaluate import detections_to_coco_results, run_model
 from minimaskrcnn.models import (
     GeneralizedRCNNTransform,
     MaskRCNN,
@@ -226,7 +226,7 @@ def build_variant(variant, config):
 def segm_ap_for(model, dataset, category_ids):
     """Mask AP, AP50, AP75 counting only objects (and detections) of the given categories."""
     detections, image_ids = run_model(model, dataset)
-    results = detections_to_coco_results(detections, image_ids, label_to_category_id_of(dataset), "segm")
+    results = detections_to_coco_results(detections, image_ids, dataset.label_to_category_id, "segm")
     results = [r for r in results if r["category_id"] in category_ids]
     if not results:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
