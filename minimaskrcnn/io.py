@@ -25,6 +25,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
+from minimaskrcnn.backend import to_numpy, unwrap
 from minimaskrcnn.errors import CheckpointError, PathLike
 
 __all__ = [
@@ -306,7 +307,7 @@ def _load_zip(path: Path) -> Any:
         return obj
 
 
-def _load_legacy(path: Path, data: bytes) -> Any:
+def _load_legacy(data: bytes) -> Any:
     """The pre-1.6 format: pickles of magic number, protocol, sys info, the object, the storage keys,
     then for each key an int64 element count and the raw elements.
 
@@ -413,7 +414,7 @@ def load_torch_pickle(path: PathLike) -> Any:
         data = path.read_bytes()
         if data[:1] != b"\x80":
             raise _Refused("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
-        return _load_legacy(path, data)
+        return _load_legacy(data)
     except _Refused as e:
         raise CheckpointError(path, e.problem, record=e.record) from None
     except CheckpointError:
@@ -479,16 +480,11 @@ class Checkpoint(NamedTuple):
 
 
 def _as_array(obj) -> np.ndarray | None:
-    """obj as a NumPy array if it is one (or a Tensor, or a CuPy array), else None."""
-    if isinstance(obj, np.ndarray):
-        return obj
-    from minimaskrcnn.tensor import Tensor
-
-    if isinstance(obj, Tensor):
-        obj = obj.data
-    if hasattr(obj, "__cuda_array_interface__") and hasattr(obj, "get"):
-        return obj.get()  # CuPy -> NumPy
-    return obj if isinstance(obj, np.ndarray) else None
+    """obj as a host NumPy array if it is an array (NumPy, CuPy) or a Tensor, else None."""
+    obj = unwrap(obj)
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy"):
+        return to_numpy(obj)  # CuPy -> NumPy
+    return None
 
 
 class _Encoder:

@@ -30,11 +30,13 @@ def test_small_model_overfits_eight_coco_images(tmp_path):
                       val_every=0, checkpoint_every=0, log_every=10, progress=False)
     start = time.perf_counter()
     trainer = Trainer(cfg)
-    assert len(trainer.train_indices) == 8 and trainer.val_dataset.annotation_file == trainer.train_dataset.annotation_file
+    assert len(trainer.train_indices) == 8
+    assert trainer.val_dataset.annotation_file == trainer.train_dataset.annotation_file
     result = trainer.fit()
     seconds = time.perf_counter() - start
     segm, bbox = result["val"]["segm"], result["val"]["bbox"]
-    print(f"overfit: {seconds:.0f} s, mask AP50 {segm['AP50']:.3f}, box AP50 {bbox['AP50']:.3f}, mask AP {segm['AP']:.3f}")
+    print(f"overfit: {seconds:.0f} s, mask AP50 {segm['AP50']:.3f}, box AP50 {bbox['AP50']:.3f}, "
+          f"mask AP {segm['AP']:.3f}")
     assert segm["AP50"] >= 0.8
     assert bbox["AP50"] >= 0.8
     # the losses fell: the first 10 steps against the last 10 (not loss_box_reg, which starts near 0

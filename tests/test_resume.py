@@ -60,8 +60,9 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert straight.generator_states() == second.generator_states()
     assert straight.loader.state_dict() == second.loader.state_dict()
     # the weights really moved, and the schedule really stepped past its milestone
+    fresh = Trainer(tiny_config(tmp_path, "fresh")).model.state_dict()
     assert not np.array_equal(a["roi_heads.box_predictor.cls_score.weight"],
-                              Trainer(tiny_config(tmp_path, "fresh")).model.state_dict()["roi_heads.box_predictor.cls_score.weight"])
+                              fresh["roi_heads.box_predictor.cls_score.weight"])
     assert straight_losses[-1]["lr"] < straight_losses[2]["lr"]
 
     # the resumed run's log continues the first: one row per step, no duplicates

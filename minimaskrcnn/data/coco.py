@@ -85,7 +85,8 @@ def load_coco_json(annotation_file: PathLike) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise AnnotationError(path, f"not valid JSON (truncated?): {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise AnnotationError(path, f"not valid JSON (truncated?): {e.msg} at line {e.lineno} "
+                                    f"column {e.colno}") from None
     except UnicodeDecodeError as e:
         raise AnnotationError(path, f"not UTF-8 text: {e}") from None
     if not isinstance(data, dict):
@@ -123,7 +124,8 @@ def load_coco_json(annotation_file: PathLike) -> dict:
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
-            raise AnnotationError(path, f"annotation is a {type(ann).__name__}, expected an object", record=f"annotations[{i}]")
+            raise AnnotationError(path, f"annotation is a {type(ann).__name__}, expected an object",
+                                  record=f"annotations[{i}]")
         record = _ann_record(ann, i)
         for key in ("id", "image_id", "category_id", "bbox", "segmentation"):
             if key not in ann:
@@ -136,7 +138,8 @@ def load_coco_json(annotation_file: PathLike) -> dict:
         if ann["image_id"] not in images:
             raise AnnotationError(path, f"unknown image id {ann['image_id']!r} (not in 'images')", record=record)
         if ann["category_id"] not in categories:
-            raise AnnotationError(path, f"unknown category id {ann['category_id']!r} (not in 'categories')", record=record)
+            raise AnnotationError(path, f"unknown category id {ann['category_id']!r} (not in 'categories')",
+                                  record=record)
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
             raise AnnotationError(path, f"bbox {bbox!r} is not 4 numbers [x, y, width, height]", record=record)
@@ -169,8 +172,8 @@ def _check_segmentation(seg, height: int, width: int, path: Path, record: str) -
         if not (isinstance(size, list) and len(size) == 2) or counts is None:
             raise AnnotationError(path, "RLE segmentation needs 'size' [height, width] and 'counts'", record=record)
         if list(size) != [height, width]:
-            raise AnnotationError(path, f"RLE size {size} differs from the image's [height, width] = [{height}, {width}]",
-                                  record=record)
+            raise AnnotationError(path, f"RLE size {size} differs from the image's [height, width] = "
+                                        f"[{height}, {width}]", record=record)
         if isinstance(counts, list):
             if not all(_integer(c) and c >= 0 for c in counts) or sum(counts) != height * width:
                 raise AnnotationError(path, "uncompressed RLE counts are not non-negative integers summing to "
@@ -179,7 +182,8 @@ def _check_segmentation(seg, height: int, width: int, path: Path, record: str) -
             raise AnnotationError(path, f"RLE counts is a {type(counts).__name__}, expected a list or a string",
                                   record=record)
     else:
-        raise AnnotationError(path, f"segmentation is a {type(seg).__name__}, expected polygons or an RLE", record=record)
+        raise AnnotationError(path, f"segmentation is a {type(seg).__name__}, expected polygons or an RLE",
+                              record=record)
 
 
 def annotation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
@@ -352,7 +356,7 @@ class CocoDataset:
     def _open_image(self, index: int, pixels: bool) -> Image.Image | None:
         """The RGB image of sample ``index`` (``pixels``) or None after reading only its header."""
         info = self.coco.imgs[self.ids[index]]
-        path = self.image_dir / info["file_name"]
+        path = self.image_path(index)
         record = f"image id {info['id']}"
         if not path.is_file():
             raise ImageError(path, "image file not found", record=record)

@@ -18,7 +18,8 @@ from pycocotools import mask as mask_utils
 from minimaskrcnn.errors import PathLike
 from minimaskrcnn.io import atomic_write
 
-__all__ = ["SHAPE_CLASSES", "ShapesDataset", "ShapesFiles", "ShapesSample", "generate_shapes_image", "make_shapes_dataset"]
+__all__ = ["SHAPE_CLASSES", "ShapesDataset", "ShapesFiles", "ShapesSample", "generate_shapes_image",
+           "make_shapes_dataset"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 _VERTICES = {"square": 4, "triangle": 3}  # regular polygons, vertices on the circumscribed circle
