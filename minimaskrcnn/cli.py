@@ -208,7 +208,7 @@ def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, 
     """The fields of ``config_class`` given on the command line (not None), as field values."""
     given = {}
     for f in dataclasses.fields(config_class):
-        value = getattr(args, f.name, None)
+        value = getattr(args, f.name)
         if value is not None:
             given[f.name] = dict(value) if isinstance(value, list) else value  # KEY=VALUE pairs -> dict
     return given

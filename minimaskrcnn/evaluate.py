@@ -216,7 +216,7 @@ def run_model(
     from minimaskrcnn.function import no_grad
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    was_training = getattr(model, "training", False)
+    was_training = model.training
     model.eval()
     detections: list[dict] = []
     image_ids: list[int] = []
