@@ -25,7 +25,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from minimaskrcnn.backend import to_numpy, unwrap
+from minimaskrcnn.backend import is_cupy, to_numpy, unwrap
 from minimaskrcnn.errors import CheckpointError, PathLike
 
 __all__ = [
@@ -482,7 +482,7 @@ class Checkpoint(NamedTuple):
 def _as_array(obj) -> np.ndarray | None:
     """obj as a host NumPy array if it is an array (NumPy, CuPy) or a Tensor, else None."""
     obj = unwrap(obj)
-    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy"):
+    if isinstance(obj, np.ndarray) or is_cupy(obj):
         return to_numpy(obj)  # CuPy -> NumPy
     return None
 
