@@ -290,7 +290,8 @@ def _help_and_fail(parser: argparse.ArgumentParser) -> int:
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
     from minimaskrcnn.checkpoint import CHECKPOINT_NAME, checkpoint_file, load_training_config
-    from minimaskrcnn.train import TrainConfig, Trainer
+    from minimaskrcnn.config import TrainConfig
+    from minimaskrcnn.train import Trainer
 
     given = config_overrides(args, TrainConfig)
     config = TrainConfig(**given)
