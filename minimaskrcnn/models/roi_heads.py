@@ -13,6 +13,7 @@ import numpy as np
 
 from minimaskrcnn import nn
 from minimaskrcnn.backend import as_array, get_array_module
+from minimaskrcnn.global_batch import STREAM_ROI_SAMPLER, image_generators, note_loss_count
 from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import MaskRCNNConfig
 from minimaskrcnn.models.poolers import MultiScaleRoIAlign
@@ -128,7 +129,8 @@ def fastrcnn_loss(class_logits, box_regression, labels: Sequence[np.ndarray], re
 
     Returns:
         (loss_classifier, loss_box_reg): scalar Tensors; the box loss is summed over the
-        foreground RoIs and divided by K (all sampled RoIs), as torchvision.
+        foreground RoIs and divided by K (all sampled RoIs), as torchvision. Both are means over
+        the K RoIs, the count noted for data-parallel training (``global_batch.note_loss_count``).
     """
     xp = get_array_module(*labels)
     labels = xp.concatenate(labels)
@@ -144,6 +146,8 @@ def fastrcnn_loss(class_logits, box_regression, labels: Sequence[np.ndarray], re
         beta=1 / 9,
         reduction="sum",
     )
+    note_loss_count("loss_classifier", labels.size)
+    note_loss_count("loss_box_reg", labels.size)
     return classification_loss, box_loss / max(labels.size, 1)
 
 
@@ -159,7 +163,8 @@ def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequen
         mask_matched_idxs: list of (K_i,) gt index of each positive RoI.
 
     Returns:
-        scalar Tensor, the mean BCE over K * S * S pixels.
+        scalar Tensor, the mean BCE over K * S * S pixels (the count noted for data-parallel
+        training, ``global_batch.note_loss_count``).
 
     Records (see ``minimaskrcnn.intermediates``): "mask_targets" (K, S, S), "mask_labels" (K,).
     """
@@ -174,6 +179,7 @@ def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequen
     mask_targets = xp.concatenate(mask_targets, axis=0)
     record("mask_targets", mask_targets)
     record("mask_labels", labels)
+    note_loss_count("loss_mask", mask_targets.size)  # the pixels the mean below runs over
     if mask_targets.size == 0:
         return mask_logits.sum() * 0
     picked = mask_logits[xp.arange(labels.shape[0]), labels]
@@ -320,7 +326,9 @@ class RoIHeads(nn.Module):
         gt_labels = [as_array(t["labels"]) for t in targets]
         proposals = [xp.concatenate([p, g], axis=0) for p, g in zip(proposals, gt_boxes)]
         matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        # inside a global_batch block, each image's RoIs are sampled with that image's generator
+        generators = image_generators(len(labels), STREAM_ROI_SAMPLER)
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels, generators=generators)
         matched_gt_boxes = []
         for i in range(len(proposals)):
             sampled = xp.nonzero(sampled_pos[i] | sampled_neg[i])[0]
@@ -436,6 +444,7 @@ class RoIHeads(nn.Module):
                 if mask_logits is None:
                     # no positive RoI in the batch: a zero loss that still reaches the predictor
                     losses["loss_mask"] = self.mask_predictor.mask_fcn_logits.weight.sum() * 0
+                    note_loss_count("loss_mask", 0)
                 else:
                     gt_masks = [as_array(t["masks"]) for t in targets]
                     gt_labels = [as_array(t["labels"]) for t in targets]

@@ -13,6 +13,7 @@ import numpy as np
 
 from minimaskrcnn import nn
 from minimaskrcnn.backend import as_array, get_array_module
+from minimaskrcnn.global_batch import STREAM_RPN_SAMPLER, image_generators, note_loss_count
 from minimaskrcnn.intermediates import is_recording, record
 from minimaskrcnn.kernels.nms import argsort_descending
 from minimaskrcnn.models.anchors import AnchorGenerator
@@ -224,10 +225,13 @@ class RegionProposalNetwork(nn.Module):
 
         Returns:
             (loss_objectness, loss_rpn_box_reg): scalar Tensors; the box loss is summed over the
-            positives and divided by the number of sampled anchors, as torchvision.
+            positives and divided by the number of sampled anchors, as torchvision. Both counts are
+            noted for data-parallel training (``global_batch.note_loss_count``), and inside a
+            ``global_batch`` block each image's anchors are sampled with that image's generator.
         """
         xp = get_array_module(*labels)
-        sampled_pos_masks, sampled_neg_masks = self.fg_bg_sampler(labels)
+        generators = image_generators(len(labels), STREAM_RPN_SAMPLER)
+        sampled_pos_masks, sampled_neg_masks = self.fg_bg_sampler(labels, generators=generators)
         sampled_pos_inds = xp.nonzero(xp.concatenate(sampled_pos_masks))[0]
         sampled_neg_inds = xp.nonzero(xp.concatenate(sampled_neg_masks))[0]
         sampled_inds = xp.concatenate([sampled_pos_inds, sampled_neg_inds])
@@ -245,6 +249,10 @@ class RegionProposalNetwork(nn.Module):
         objectness_loss = F.binary_cross_entropy_with_logits(
             objectness.reshape(-1)[sampled_inds], labels[sampled_inds].astype(dtype)
         )
+        # both are means over the sampled anchors: data-parallel training rescales them to the count
+        # of the whole batch
+        note_loss_count("loss_objectness", sampled_inds.size)
+        note_loss_count("loss_rpn_box_reg", sampled_inds.size)
         return objectness_loss, box_loss
 
     # -------------------------------------------------------------------- proposals

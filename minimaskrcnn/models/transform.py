@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.global_batch import STREAM_RESIZE, current_batch, padded_batch_shape
 from minimaskrcnn.models.configs import TransformConfig
 from minimaskrcnn.nn import Module
 from minimaskrcnn.ops.masks import paste_masks_in_image
@@ -197,7 +198,16 @@ class GeneralizedRCNNTransform(Module):
 
         Returns:
             (ImageList, targets resized to the batch's images; new dicts, other keys kept as given).
+
+        Inside a ``global_batch`` block (data-parallel training), the training min_size of each
+        image is drawn with that image's keyed generator, and the batch is padded to the shape of
+        the whole global batch (``global_batch_shape``), so that every process gets the anchors and
+        the features one process would get for the whole batch.
         """
+        batch = current_batch() if self.training else None
+        if batch is not None and len(batch.image_indices) != len(images):
+            raise ValueError(f"global_batch was given {len(batch.image_indices)} image indices, the model "
+                             f"{len(images)} images")
         resized = []
         new_targets = None if targets is None else []
         for i, image in enumerate(images):
@@ -207,13 +217,42 @@ class GeneralizedRCNNTransform(Module):
             target = None
             if targets is not None:
                 target = {k: (to_numpy(v) if k in ("boxes", "labels", "masks") else v) for k, v in targets[i].items()}
+            if batch is not None and batch.image_sizes is not None:
+                given = batch.image_sizes[batch.image_indices[i]]
+                if given != tuple(image.shape[-2:]):
+                    raise ValueError(f"image {i} is {tuple(image.shape[-2:])}, global_batch says image "
+                                     f"{batch.image_indices[i]} of the batch is {given}")
+            rng = None if batch is None else batch.generator(batch.image_indices[i], STREAM_RESIZE)
             image = self.normalize(image)
-            image, target = self.resize(image, target)
+            image, target = self.resize(image, target, rng=rng)
             resized.append(image)
             if new_targets is not None:
                 new_targets.append(target)
         image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in resized]
-        return ImageList(self.batch_images(resized, self.size_divisible), image_sizes), new_targets
+        shape = self.global_batch_shape() if batch is not None else None
+        return ImageList(self.batch_images(resized, self.size_divisible, shape), image_sizes), new_targets
+
+    def training_size(self, height: int, width: int, rng: np.random.Generator | None = None) -> tuple[int, int]:
+        """(out_h, out_w) of an (height, width) image after ``resize``; in training with several
+        ``min_size``, one is drawn from ``rng`` (default: the transform's own generator)."""
+        if self.training:
+            size = self.min_size[int((self.rng if rng is None else rng).integers(len(self.min_size)))]
+        else:
+            size = self.min_size[-1]
+        if self.fixed_size is not None:
+            return int(self.fixed_size[1]), int(self.fixed_size[0])
+        return resized_size(height, width, size, self.max_size)[0]
+
+    def global_batch_shape(self) -> tuple[int, int] | None:
+        """(H, W) of the padded batch of every image of the enclosing ``global_batch`` block (the
+        sizes it gives, resized with the min_size each image draws there), or None without a block
+        or without its image sizes."""
+        batch = current_batch()
+        if batch is None or batch.image_sizes is None:
+            return None
+        sizes = [self.training_size(h, w, batch.generator(g, STREAM_RESIZE))
+                 for g, (h, w) in enumerate(batch.image_sizes)]
+        return padded_batch_shape(sizes, self.size_divisible)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """(image - mean) / std per channel, in the image's float dtype."""
@@ -223,20 +262,15 @@ class GeneralizedRCNNTransform(Module):
         std = np.asarray(self.image_std, dtype=image.dtype)[:, None, None]
         return (image - mean) / std
 
-    def resize(self, image: np.ndarray, target: dict | None = None) -> tuple[np.ndarray, dict | None]:
+    def resize(self, image: np.ndarray, target: dict | None = None,
+               rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict | None]:
         """Resize one (C, H, W) image with torchvision's rule, and its target's boxes and masks.
 
-        Masks are resized with nearest-neighbour (as torchvision) and stay uint8.
+        Masks are resized with nearest-neighbour (as torchvision) and stay uint8. In training with
+        several ``min_size``, the one used is drawn from ``rng`` (default: the transform's own).
         """
         h, w = image.shape[-2:]
-        if self.training:
-            size = self.min_size[int(self.rng.integers(len(self.min_size)))]
-        else:
-            size = self.min_size[-1]
-        if self.fixed_size is not None:
-            out_size = (int(self.fixed_size[1]), int(self.fixed_size[0]))
-        else:
-            out_size, _ = resized_size(h, w, size, self.max_size)
+        out_size = self.training_size(h, w, rng)
         image = resize_bilinear(image, out_size)
         if target is None:
             return image, target
@@ -250,14 +284,18 @@ class GeneralizedRCNNTransform(Module):
         return image, target
 
     @staticmethod
-    def batch_images(images: Sequence[np.ndarray], size_divisible: int = 32) -> np.ndarray:
+    def batch_images(images: Sequence[np.ndarray], size_divisible: int = 32,
+                     shape: tuple[int, int] | None = None) -> np.ndarray:
         """Stack (C, h_i, w_i) images into (N, C, H, W), zero-padded at the bottom and right.
 
-        H and W are the largest h_i and w_i rounded up to a multiple of size_divisible.
+        H and W are the largest h_i and w_i rounded up to a multiple of size_divisible, or at least
+        ``shape`` (H, W) when given (the padded shape of a whole global batch).
         """
         c = max(img.shape[0] for img in images)
         height = int(math.ceil(max(img.shape[1] for img in images) / size_divisible) * size_divisible)
         width = int(math.ceil(max(img.shape[2] for img in images) / size_divisible) * size_divisible)
+        if shape is not None:
+            height, width = max(height, int(shape[0])), max(width, int(shape[1]))
         batch = np.zeros((len(images), c, height, width), dtype=images[0].dtype)
         for i, img in enumerate(images):
             batch[i, : img.shape[0], : img.shape[1], : img.shape[2]] = img

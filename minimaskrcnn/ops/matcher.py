@@ -103,7 +103,9 @@ class BalancedPositiveNegativeSampler:
 
     Note:
         torchvision draws with ``torch.randperm``; we draw with NumPy, so the selected elements
-        differ, but their numbers and the distribution are the same.
+        differ, but their numbers and the distribution are the same. A call may bring one generator
+        per image instead (``generators=``): the training step keys them by image
+        (``minimaskrcnn.global_batch``), so that an image's sample does not depend on the others.
     """
 
     def __init__(self, batch_size_per_image: int, positive_fraction: float,
@@ -112,13 +114,16 @@ class BalancedPositiveNegativeSampler:
         self.positive_fraction = positive_fraction
         self.generator = np.random.default_rng(generator)
 
-    def __call__(self, matched_idxs: Sequence) -> tuple[list, list]:
+    def __call__(self, matched_idxs: Sequence,
+                 generators: Sequence[np.random.Generator] | None = None) -> tuple[list, list]:
         """Draw the positives and negatives of each image. No gradient.
 
         Args:
             matched_idxs: list of (N_i,) int arrays, one per image: >= POSITIVE (1) positive,
                 BACKGROUND (0) negative, IGNORE (-1) ignored (labels, or matched indices shifted as
                 the caller needs).
+            generators: one generator per image to draw that image's sample from, or None to draw
+                every image's from ``self.generator`` in turn.
 
         Returns:
             ``(pos_idx, neg_idx)``: two lists of (N_i,) uint8 masks, 1 where an element was
@@ -126,8 +131,11 @@ class BalancedPositiveNegativeSampler:
             ``int(batch_size_per_image * positive_fraction)`` positives, and negatives up to
             ``batch_size_per_image`` in total, fewer when there are not enough.
         """
+        if generators is not None and len(generators) != len(matched_idxs):
+            raise ValueError(f"{len(generators)} generators for {len(matched_idxs)} images")
         pos_idx, neg_idx = [], []
-        for matched_idxs_per_image in matched_idxs:
+        for i, matched_idxs_per_image in enumerate(matched_idxs):
+            rng = self.generator if generators is None else generators[i]
             matched_idxs_per_image = as_array(matched_idxs_per_image)
             xp = get_array_module(matched_idxs_per_image)
             positive = xp.nonzero(matched_idxs_per_image >= POSITIVE)[0]
@@ -138,8 +146,8 @@ class BalancedPositiveNegativeSampler:
             num_neg = min(int(negative.size), self.batch_size_per_image - num_pos)
 
             # 2. a random subset of each (the permutation is drawn on the host)
-            perm_pos = self.generator.permutation(int(positive.size))[:num_pos]
-            perm_neg = self.generator.permutation(int(negative.size))[:num_neg]
+            perm_pos = rng.permutation(int(positive.size))[:num_pos]
+            perm_neg = rng.permutation(int(negative.size))[:num_neg]
             pos_selected = positive[xp.asarray(perm_pos, dtype=xp.int64)]
             neg_selected = negative[xp.asarray(perm_neg, dtype=xp.int64)]
 
