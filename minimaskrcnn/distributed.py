@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -121,7 +122,11 @@ class MPICommunicator(Communicator):
         return self.comm.bcast(obj, root=root)
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        # a non-blocking barrier polled with short sleeps: ranks waiting for rank 0 (validating,
+        # writing a checkpoint) leave the CPU to it instead of spinning in MPI's busy wait
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            time.sleep(0.002)
 
     def allreduce_buffer_(self, buf) -> None:
         if not is_cupy(buf):
@@ -307,7 +312,7 @@ def allreduce_gradients_(comm: Communicator, params: Sequence, bucket_bytes: int
     Returns:
         the bytes summed (the payload of this step's allreduce, per rank).
     """
-    if comm.size == 1 or not params:
+    if type(comm) is Communicator or not params:  # one process: nothing to sum (an MPI job of one still runs)
         return 0
     grads = [p.grad if p.grad is not None else _zeros_like_param(p) for p in params]
     buckets = fusion_buckets(grads, bucket_bytes)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from minimaskrcnn.distributed import shard_slots
+
 __all__ = [
     "Compose",
     "DataLoader",
@@ -242,6 +244,12 @@ class DataLoader:
     leaves the loader at the start of the next; ``loader.forever()`` goes on across epochs (for
     training by steps).
 
+    Data-parallel training: with ``num_replicas`` N > 1, ``batch_size`` is the global batch, and the
+    loader of ``rank`` r loads and hands out only its share of each batch, the contiguous slots
+    ``distributed.shard_slots(b, r, N)`` of the b samples of the batch (``last_batch_slots`` says
+    which). The order, the augmentation keys and the state are those of the global batch, so the N
+    loaders together give exactly the batches one loader gives.
+
     Args:
         dataset: has ``__len__`` and ``__getitem__`` -> (image, target).
         batch_size: samples per batch.
@@ -253,13 +261,17 @@ class DataLoader:
             generator).
         indices: use only these dataset indices (default: all).
         collate_fn: list of samples -> batch (default: ``collate``).
+        num_replicas, rank: the number of data-parallel processes and this one's index (see above).
     """
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  transforms: Callable | None = None, hflip_prob: float = 0.0,
-                 indices: Sequence[int] | None = None, collate_fn: Callable = collate):
+                 indices: Sequence[int] | None = None, collate_fn: Callable = collate,
+                 num_replicas: int = 1, rank: int = 0):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
         self.dataset = dataset
         self.indices = np.arange(len(dataset), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(self.indices) == 0:
@@ -271,6 +283,9 @@ class DataLoader:
         self.transforms = transforms
         self.hflip_prob = hflip_prob
         self.collate_fn = collate_fn
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.last_batch_slots = range(0)  # slots in the global batch of the samples last handed out
         self.epoch = 0
         self.batch_index = 0  # batches of the current epoch already handed out
         if len(self) == 0:
@@ -302,6 +317,9 @@ class DataLoader:
         while self.batch_index < len(self):
             start = self.batch_index * self.batch_size
             positions = range(start, min(start + self.batch_size, len(order)))
+            # this process's share of the batch (all of it for one process)
+            self.last_batch_slots = shard_slots(len(positions), self.rank, self.num_replicas)
+            positions = [positions[s] for s in self.last_batch_slots]
             samples = [self._sample(int(order[k]), np.random.default_rng([self.seed, self.epoch, k])) for k in positions]
             self.batch_index += 1
             yield self.collate_fn(samples)
