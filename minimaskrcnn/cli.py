@@ -4,6 +4,10 @@
 shapes data, trains the small "r18-shapes" model on the CPU and writes a progress bar, a log, the
 curves and a checkpoint into runs/r18-shapes/. Bad input ends with one line ``error: ...`` on
 stderr and exit code 2, never a traceback.
+
+``mpiexec -n N minimaskrcnn train ...`` (or ``python -m mpi4py -m minimaskrcnn train ...``) trains
+data-parallel on N processes (``distributed``); rank 0 prints and writes, and a rank that fails
+ends the whole job with its error.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ examples:
   minimaskrcnn train --dataset coco --train-annotations ann/train.json --train-images img/ \\
       --val-annotations ann/val.json --val-images img_val/
   minimaskrcnn train --backend numpy --detect-anomaly # readable kernels, NaN hunting
+  mpiexec -n 2 minimaskrcnn train --batch-size 4      # data-parallel: 2 processes of 2 images each
 
 model configurations (--model): {configs}
 
@@ -301,8 +306,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume = checkpoint_file(resume) if isinstance(resume, str) else os.path.join(config.run_dir, CHECKPOINT_NAME)
         config = dataclasses.replace(load_training_config(resume), **{**given, "progress": config.progress})
     trainer = Trainer(config, resume=resume)
+    if not trainer.is_root:  # rank 0 speaks for the job
+        trainer.fit()
+        return 0
+    ranks = f", {trainer.comm.size} processes of {config.batch_size // trainer.comm.size} images per step" \
+        if trainer.comm.size > 1 else ""
     print(f"run folder: {trainer.run_dir}  ({len(trainer.train_indices)} training images, "
-          f"{len(trainer.val_indices)} validation images, {trainer.num_classes - 1} classes)", file=sys.stderr)
+          f"{len(trainer.val_indices)} validation images, {trainer.num_classes - 1} classes{ranks})", file=sys.stderr)
     result = trainer.fit()
     if result["val"]:
         from minimaskrcnn.evaluate import format_stats_table
@@ -400,11 +410,12 @@ def one_line(error: BaseException) -> str:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from minimaskrcnn.distributed import DistributedError
     from minimaskrcnn.errors import DataError, DownloadError
     from minimaskrcnn.function import AnomalyError
 
-    return (DataError, AnomalyError, DownloadError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError)
+    return (DataError, AnomalyError, DownloadError, DistributedError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -415,14 +426,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    from minimaskrcnn import distributed
+
     try:
-        return int(args.func(args) or 0)
-    except _expected_errors() as e:
+        # under mpiexec, a failing rank must end every rank (the others would wait for it forever)
+        comm = distributed.init() if args.command == "train" else distributed.Communicator()
+    except distributed.DistributedError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted (resume with --resume from the last checkpoint)", file=sys.stderr)
-        return 130
+    rank = f"[rank {comm.rank} of {comm.size}] " if comm.size > 1 else ""
+    with distributed.abort_on_error(comm):
+        try:
+            code = int(args.func(args) or 0)
+        except _expected_errors() as e:
+            print(f"error: {rank}{one_line(e)}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print(f"error: {rank}interrupted (resume with --resume from the last checkpoint)", file=sys.stderr)
+            code = 130
+        if code != 0 and comm.size > 1:
+            comm.abort(code)
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -88,7 +88,8 @@ class TrainConfig:
     steps: int = field(default=1500, metadata={
         "group": "optimisation", "help": "optimizer steps (iterations) in the whole run"})
     batch_size: int = field(default=4, metadata={
-        "group": "optimisation", "help": "images per step"})
+        "group": "optimisation",
+        "help": "images per step (under mpiexec: the global batch, split evenly over the processes)"})
     lr: float = field(default=0.02, metadata={
         "group": "optimisation", "help": "peak learning rate (after warm-up)"})
     momentum: float = field(default=0.9, metadata={

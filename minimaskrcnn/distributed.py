@@ -51,6 +51,7 @@ class Communicator:
         rank: this process's index, 0..size-1 (rank 0 writes the log, the curves and checkpoints).
         size: N, the number of processes.
         local_rank: the index among the processes of this machine (picks the GPU).
+        local_size: the number of processes on this machine (they share its cores).
 
     Every method is collective: all ranks call it, in the same order.
     """
@@ -58,6 +59,7 @@ class Communicator:
     rank = 0
     size = 1
     local_rank = 0
+    local_size = 1
 
     @property
     def is_root(self) -> bool:
@@ -107,7 +109,7 @@ class MPICommunicator(Communicator):
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = local.Get_rank()
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
         gpu_transport = os.environ.get("MINIMASKRCNN_GPU_ALLREDUCE", gpu_transport)
         if gpu_transport not in self.GPU_TRANSPORTS:
@@ -214,6 +216,55 @@ def init(gpu_transport: str = "auto") -> Communicator:
     else:
         _world = Communicator()
     return _world
+
+
+# ------------------------------------------------------------------------ setting up a run
+@contextlib.contextmanager
+def root_first(comm: Communicator) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writes a data set), the others after it, when it is done."""
+    if not comm.is_root:
+        comm.barrier()
+    yield
+    if comm.is_root:
+        comm.barrier()
+
+
+def threads_per_process(comm: Communicator, threads: int | None) -> int | None:
+    """The kernel threads of each process: ``threads`` when given; else, in a job of several
+    processes, this machine's cores shared among its processes (None alone: every core)."""
+    if threads is not None or comm.local_size == 1:
+        return threads
+    return max(1, (os.cpu_count() or 1) // comm.local_size)
+
+
+def check_no_batch_statistics(model) -> None:
+    """Refuse a model that normalises with batch statistics in training (``nn.BatchNorm2d``).
+
+    Batch norm in training mode normalises each channel with the mean and variance of the images
+    it sees: on N processes those are B/N images, so the run would not be the one-process run of
+    the batch (synchronised batch norm is not implemented). GroupNorm and frozen batch norm look
+    at one image at a time and need nothing.
+
+    Raises:
+        DistributedError: naming the first such layer.
+    """
+    from minimaskrcnn.nn import BatchNorm2d
+
+    for name, module in model.named_modules():
+        if isinstance(module, BatchNorm2d):
+            raise DistributedError(
+                f"the model normalises with batch statistics ({name}: BatchNorm2d, norm 'bn'), which differ "
+                "when each process sees part of the batch; data-parallel training needs GroupNorm ('gn', as "
+                "r18-shapes and r18-coco-tiny) or frozen batch norm ('frozen_bn', as maskrcnn_resnet50_fpn)")
+
+
+def broadcast_state_(comm: Communicator, model) -> None:
+    """Load rank 0's parameters and buffers into every rank's model (equal replicas from the start)."""
+    if comm.size == 1:
+        return
+    state = comm.bcast(model.state_dict() if comm.is_root else None)
+    if not comm.is_root:
+        model.load_state_dict(state)
 
 
 # ------------------------------------------------------------------------ the global batch

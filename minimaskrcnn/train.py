@@ -10,6 +10,11 @@ name the op that made the first NaN, and leaves the last good checkpoint untouch
 
 The rest lives in its own room: the configuration in ``config``, the data sets in ``data.prepare``,
 building the model and reading checkpoints back in ``checkpoint``, thread limits in ``backend``.
+
+Data-parallel training (``mpiexec -n N minimaskrcnn train``): each of the N processes holds a replica
+and ``batch_size / N`` images of each batch; the losses are rescaled to the global counts and the
+gradients summed over the processes (``distributed``), so that the run is the one-process run of the
+same batch. Rank 0 alone writes the log, the curves, validation results and checkpoints.
 """
 from __future__ import annotations
 
@@ -21,13 +26,13 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from minimaskrcnn import optim
+from minimaskrcnn import distributed, optim
 from minimaskrcnn.backend import limit_threads, set_backend
 from minimaskrcnn.checkpoint import CHECKPOINT_NAME, build_model_from_config
 from minimaskrcnn.config import CONFIG_NAME, TrainConfig
@@ -37,6 +42,7 @@ from minimaskrcnn.data.prepare import DetectionDataset, prepare_datasets
 from minimaskrcnn.errors import CheckpointError, DataError, NonFiniteLossError
 from minimaskrcnn.evaluate import evaluate
 from minimaskrcnn.function import AnomalyError, detect_anomaly, no_grad
+from minimaskrcnn.global_batch import global_batch
 from minimaskrcnn.io import atomic_write, load_checkpoint, save_checkpoint
 from minimaskrcnn.rng import find_generators, get_rng_state, set_rng_state
 from minimaskrcnn.runlog import LossMeter, RunLog
@@ -54,6 +60,12 @@ class Trainer:
         datasets: optionally (train_dataset, val_dataset) to use instead of those ``config`` names;
             validation needs a CocoDataset (COCO's evaluation reads its annotations).
         model: optionally a ready model (else built from ``config.model``).
+        comm: the processes of a data-parallel run (default ``distributed.init()``: MPI's world
+            under mpiexec, else one process); ``config.batch_size`` is then the global batch.
+
+    Raises:
+        DistributedError: the batch does not split evenly over the processes, or the model
+            normalises with batch statistics (norm "bn"), which differ on a part of the batch.
 
     Typical use::
 
@@ -62,18 +74,24 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, resume: bool | str | None = False,
-                 datasets: tuple[DetectionDataset, CocoDataset] | None = None, model=None):
+                 datasets: tuple[DetectionDataset, CocoDataset] | None = None, model=None,
+                 comm: distributed.Communicator | None = None):
         self.config = config
+        self.comm = distributed.init() if comm is None else comm
+        self.is_root = self.comm.is_root  # rank 0 writes the files of the run
+        if self.comm.size > 1:
+            distributed.check_batch_split(config.batch_size, self.comm.size)
         if config.backend is not None:
             set_backend(config.backend)
-        limit_threads(config.threads, config.blas_threads)
+        limit_threads(distributed.threads_per_process(self.comm, config.threads), config.blas_threads)
         self.run_dir = config.run_dir
         self.checkpoint_path = os.path.join(self.run_dir, CHECKPOINT_NAME)
         self.log = RunLog(self.run_dir)
 
-        # 1. data
+        # 1. data (rank 0 first: it may generate the shapes data the others then read)
         if datasets is None:
-            self.train_dataset, self.val_dataset, self.class_names = prepare_datasets(config)
+            with distributed.root_first(self.comm):
+                self.train_dataset, self.val_dataset, self.class_names = prepare_datasets(config)
         else:
             self.train_dataset, self.val_dataset = datasets
             self.class_names = list(self.train_dataset.class_names)
@@ -89,8 +107,13 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
         self.model = model if model is not None else build_model_from_config(config, self.num_classes)
+        if self.comm.size > 1:
+            distributed.check_no_batch_statistics(self.model)
+            distributed.broadcast_state_(self.comm, self.model)  # every replica starts from rank 0's weights
+        # each process loads its share of every (global) batch
         self.loader = DataLoader(self.train_dataset, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                                 hflip_prob=config.hflip_prob, indices=self.train_indices)
+                                 hflip_prob=config.hflip_prob, indices=self.train_indices,
+                                 num_replicas=self.comm.size, rank=self.comm.rank)
 
         # 3. optimizer over parameter groups, and the schedule
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -101,19 +124,23 @@ class Trainer:
             warmup_factor=config.warmup_factor, warmup_iters=config.warmup_steps,
         )
         self.step = 0
+        self.batch_images = 0  # images of the last step's (global) batch
+        self._batch_key: tuple | None = None  # the last step's global_batch arguments
         self.seconds_before = 0.0  # training time of the run before this process (when resumed)
         self._fit_start: float | None = None
         self.last_checkpoint_step: int | None = None
         self.last_val: dict[str, Any] = {}
         self._generators: dict | None = None
 
-        os.makedirs(self.run_dir, exist_ok=True)
+        if self.is_root:
+            os.makedirs(self.run_dir, exist_ok=True)
         if resume:
             self.load_checkpoint(resume if isinstance(resume, (str, os.PathLike)) else self.checkpoint_path)
-        else:
+        elif self.is_root:
             self.log.rewrite([])
-        with atomic_write(os.path.join(self.run_dir, CONFIG_NAME), "w") as f:
-            json.dump(self.config.to_dict(), f, indent=2)
+        if self.is_root:
+            with atomic_write(os.path.join(self.run_dir, CONFIG_NAME), "w") as f:
+                json.dump(self.config.to_dict(), f, indent=2)
 
     @property
     def history(self) -> list[dict]:
@@ -160,16 +187,25 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | None = None) -> str:
-        """Write model, optimizer, schedule, data order and generator states atomically."""
+        """Write model, optimizer, schedule, data order and generator states atomically (rank 0 only:
+        the replicas are equal)."""
         path = path or self.checkpoint_path
-        save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), self.state_extra())
+        if self.is_root:
+            save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), self.state_extra())
         self.last_checkpoint_step = self.step
         return path
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore everything ``save_checkpoint`` wrote; the log is cut back to the checkpoint's step."""
+        """Restore everything ``save_checkpoint`` wrote; the log is cut back to the checkpoint's step.
+
+        In a data-parallel run, rank 0 reads the file and sends its contents to the others, so that
+        every rank resumes from the same checkpoint (no shared file system needed).
+        """
         path = os.fspath(path)
-        ckpt = load_checkpoint(path)
+        if self.comm.size == 1:
+            ckpt = load_checkpoint(path)
+        else:
+            ckpt = self.comm.bcast(load_checkpoint(path) if self.is_root else None)
         extra = ckpt.extra or {}
         for key in ("step", "scheduler", "loader", "generators"):
             if key not in extra:
@@ -189,34 +225,57 @@ class Trainer:
         self.last_checkpoint_step = self.step
         self.checkpoint_path = path if os.path.dirname(path) == self.run_dir else self.checkpoint_path
         self.last_val = dict(extra.get("last_val") or {})
-        self.log.cut(self.step)
+        if self.is_root:
+            self.log.cut(self.step)
 
     # ------------------------------------------------------------------------------- one step
-    def train_step(self, images: list, targets: list[dict]) -> dict[str, float]:
+    def train_step(self, images: list, targets: list[dict], image_indices: Sequence[int] | None = None
+                   ) -> dict[str, float]:
         """One SGD step on a batch; returns the losses (floats) and "grad_norm", "lr".
+
+        The model's random draws are keyed by (seed, step, index of each image in the batch)
+        (``global_batch``). In a data-parallel run, ``images`` are this process's share of the
+        batch, at ``image_indices`` in it (default: the loader's last slots); the losses returned are
+        those of the whole batch, and the gradients are summed over the processes before the step.
 
         Raises:
             NonFiniteLossError: a loss or gradient was NaN/Inf (parameters are not updated).
         """
         self.model.train()
+        comm = self.comm
+        if image_indices is None:
+            image_indices = self.loader.last_batch_slots if comm.size > 1 else range(len(images))
+        # every process pads like the whole batch: the sizes of all its images
+        sizes = None
+        if comm.size > 1:
+            sizes = [s for part in comm.allgather([tuple(img.shape[-2:]) for img in images]) for s in part]
+        self._batch_key = (self.config.seed, self.step, list(image_indices), sizes)
+        self.batch_images = len(sizes) if sizes is not None else len(images)
         states_before = self.generator_states() if not self.config.detect_anomaly else None
         values: dict[str, float] = {}
         try:
             # NumPy's overflow/invalid warnings are left out: a NaN/Inf loss is reported, with its op, below
             anomaly_mode = detect_anomaly() if self.config.detect_anomaly else contextlib.nullcontext()
             with anomaly_mode, np.errstate(all="ignore"):
-                loss_dict = self.model(images, targets)
-                loss = _sum_losses(loss_dict)
-                values = {k: float(v.item()) for k, v in loss_dict.items()}
-                values = {"loss": float(loss.item()), **values}
+                with global_batch(*self._batch_key) as batch:
+                    loss_dict = self.model(images, targets) if images else {}
+                if comm.size == 1:
+                    loss = _sum_losses(loss_dict)
+                    values = {k: float(v.item()) for k, v in loss_dict.items()}
+                    values = {"loss": float(loss.item()), **values}
+                else:
+                    loss, values = self._global_loss(loss_dict, batch.loss_counts, len(images))
                 if not math.isfinite(values["loss"]):
                     self._fail(images, targets, states_before, values)
                 self.optimizer.zero_grad()
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
         except AnomalyError as e:
             if isinstance(e, NonFiniteLossError):
                 raise
             raise self._error(values, e.op, e.where) from None
+        # the gradients of all processes summed, in a few fused buffers (nothing to do alone)
+        distributed.allreduce_gradients_(comm, self.params)
         with np.errstate(all="ignore"):
             grad_norm = self._grad_norm()
         if not math.isfinite(grad_norm):
@@ -229,6 +288,23 @@ class Trainer:
         values["grad_norm"] = grad_norm
         return values
 
+    def _global_loss(self, loss_dict: Mapping[str, Any], counts: Mapping[str, int], num_images: int):
+        """This process's losses rescaled to the counts of the whole batch, and the whole batch's values.
+
+        Each loss is a mean over this process's count n of its terms; the whole batch's is the sum
+        over processes of loss * n / G (G the global count), so this process backpropagates
+        loss * n / G and the summed gradients are those of the whole batch (``distributed``).
+
+        Returns:
+            (the Tensor to backpropagate, or None without images; {"loss", each loss}: the whole batch's).
+        """
+        local_values = {k: float(v.item()) for k, v in loss_dict.items()}
+        counts = {k: counts.get(k, num_images) for k in loss_dict}  # a loss that noted no count: per image
+        global_values, global_counts = distributed.global_loss_stats(self.comm, local_values, counts, num_images)
+        weights = distributed.loss_weights(counts, global_counts)
+        loss = _sum_losses({k: v * weights[k] for k, v in loss_dict.items()}) if loss_dict else None
+        return loss, {"loss": sum(global_values.values()), **global_values}
+
     def _grad_norm(self) -> float:
         # each parameter's sum of squares stays on its device; one copy to the host at the end
         # (one sync per step on a GPU instead of one per parameter)
@@ -240,10 +316,10 @@ class Trainer:
     def _fail(self, images, targets, states_before, values, detail: str = "") -> None:
         """Re-run the failed step in anomaly mode to name the op, then raise NonFiniteLossError."""
         op = where = None
-        if states_before is not None:
+        if states_before is not None and images:
             self.set_generator_states(states_before)  # the same sampling as the failed pass
             try:
-                with detect_anomaly(), np.errstate(all="ignore"):
+                with detect_anomaly(), np.errstate(all="ignore"), global_batch(*self._batch_key):
                     loss = _sum_losses(self.model(images, targets))
                     self.optimizer.zero_grad()
                     loss.backward()
@@ -313,7 +389,7 @@ class Trainer:
         cfg = self.config
         end = cfg.steps if until_step is None else min(cfg.steps, int(until_step))
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.run_name, unit="step", dynamic_ncols=True,
-                   disable=not cfg.progress)
+                   disable=not (cfg.progress and self.is_root))
         meter = LossMeter()  # means over the log window, smoothed values and speed for the bar
         t_start = self._fit_start = time.perf_counter()
         values: dict[str, float] = {}
@@ -323,18 +399,20 @@ class Trainer:
                 images, targets = next(batches)
                 values = self.train_step(images, targets)
                 self.step += 1
-                meter.update(values, len(images))
+                meter.update(values, self.batch_images)
                 bar.update(1)
                 bar.set_postfix_str(meter.postfix())
-                if self.step % cfg.log_every == 0 or self.step == end:
+                if (self.step % cfg.log_every == 0 or self.step == end) and self.is_root:
                     self.log.append({"step": self.step, **meter.row(),
                                      "time": self.seconds_before + meter.now - t_start})
                 if callback is not None:
                     callback(self, values)
                 if (cfg.val_every and self.step % cfg.val_every == 0) or self.step == cfg.steps:
                     bar.clear()
-                    self.validate()
-                    self.log.plot()
+                    if self.is_root:  # the others wait (without spinning) until rank 0 has validated
+                        self.validate()
+                        self.log.plot()
+                    self.comm.barrier()
                     meter.restart_clock()  # the speed leaves validation out
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == end:
                     self.save_checkpoint()
@@ -342,7 +420,8 @@ class Trainer:
             bar.close()
             self.seconds_before += time.perf_counter() - t_start
             self._fit_start = None
-        self.log.plot()
+        if self.is_root:
+            self.log.plot()
         return {
             "step": self.step,
             "run_dir": self.run_dir,
