@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -126,6 +127,7 @@ class Trainer:
         self.step = 0
         self.batch_images = 0  # images of the last step's (global) batch
         self._batch_key: tuple | None = None  # the last step's global_batch arguments
+        self._warned_counts: set[str] = set()  # losses without a noted count, warned about once
         self.seconds_before = 0.0  # training time of the run before this process (when resumed)
         self._fit_start: float | None = None
         self.last_checkpoint_step: int | None = None
@@ -299,6 +301,11 @@ class Trainer:
             (the Tensor to backpropagate, or None without images; {"loss", each loss}: the whole batch's).
         """
         local_values = {k: float(v.item()) for k, v in loss_dict.items()}
+        unnoted = sorted(set(loss_dict) - set(counts) - self._warned_counts)
+        if unnoted and self.is_root:
+            warnings.warn(f"losses {unnoted} noted no count (global_batch.note_loss_count): averaged over the "
+                          "images of each process, so this run is not exactly the one-process run", stacklevel=2)
+        self._warned_counts.update(unnoted)
         counts = {k: counts.get(k, num_images) for k in loss_dict}  # a loss that noted no count: per image
         global_values, global_counts = distributed.global_loss_stats(self.comm, local_values, counts, num_images)
         weights = distributed.loss_weights(counts, global_counts)

@@ -2,8 +2,9 @@
 
 Four steps of a global batch of 4 shapes images (two epochs of 8 images, flips and multi-scale
 resizing on) on two ranks give the weights of one process: to 1e-4 in float32 and 1e-10 in float64
-(the sums run in another order, nothing else). A two-rank run interrupted after step 2 and resumed by
-a new job equals the uninterrupted two-rank run bit for bit. And a bad batch ends the job at once.
+(the sums run in another order, nothing else); so does a last, smaller batch that leaves a rank
+without images. A two-rank run interrupted after step 2 and resumed by a new job equals the
+uninterrupted two-rank run bit for bit. And a bad batch ends the job at once.
 
 The model samples every proposal as a RoI and keeps every proposal through the top-n cuts: with a
 random subset, two proposals whose scores round to the same float32 probability could be ordered
@@ -147,6 +148,16 @@ def test_two_ranks_give_the_weights_of_one_process_float64(root):
     a, b = weights(config), weights(config2)
     assert all(v.dtype == np.float64 for v in b.values() if v.dtype.kind == "f")
     assert relative_difference(a, b) < 1e-10
+
+
+def test_a_rank_without_images_in_a_last_small_batch_takes_part(root):
+    # 5 images, batches of 4: the second batch holds one image, and rank 1 none (it sends zeros)
+    config = dataclasses.replace(tiny_config(root, "one5"), num_train_images=5, steps=2, data_dir=str(root / "s5"))
+    model = build_model_from_config(config, len(SHAPE_CLASSES) + 1).to_dtype(np.float64)
+    Trainer(config, model=model).fit()
+    config2 = dataclasses.replace(config, name="two5")
+    run_script(config2, root, 2, "--dtype", "float64")
+    assert relative_difference(weights(config), weights(config2)) < 1e-10
 
 
 def test_resume_on_two_ranks_equals_the_uninterrupted_run(root, two_ranks):
