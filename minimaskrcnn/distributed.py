@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module, is_cupy
+from minimaskrcnn.backend import cupy_or_none, get_array_module, is_cupy
 
 # Horovod's default fusion threshold: gradients are packed into buffers of up to this many bytes
 DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
@@ -235,6 +235,18 @@ def threads_per_process(comm: Communicator, threads: int | None) -> int | None:
     if threads is not None or comm.local_size == 1:
         return threads
     return max(1, (os.cpu_count() or 1) // comm.local_size)
+
+
+def select_gpu(comm: Communicator) -> int | None:
+    """Make the GPU of this rank's local index CuPy's current device (ranks of one machine share its
+    GPUs round robin); call before the model moves to the GPU. Returns the device, or None without
+    CuPy and a GPU."""
+    cupy = cupy_or_none()
+    if cupy is None:
+        return None
+    device = comm.local_rank % cupy.cuda.runtime.getDeviceCount()
+    cupy.cuda.Device(device).use()
+    return device
 
 
 def check_no_batch_statistics(model) -> None:

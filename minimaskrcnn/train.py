@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minimaskrcnn import distributed, optim
-from minimaskrcnn.backend import limit_threads, set_backend
+from minimaskrcnn.backend import get_backend, limit_threads, set_backend
 from minimaskrcnn.checkpoint import CHECKPOINT_NAME, build_model_from_config
 from minimaskrcnn.config import CONFIG_NAME, TrainConfig
 from minimaskrcnn.data import DataLoader
@@ -84,6 +84,8 @@ class Trainer:
             distributed.check_batch_split(config.batch_size, self.comm.size)
         if config.backend is not None:
             set_backend(config.backend)
+        if self.comm.size > 1 and get_backend() == "cuda":
+            distributed.select_gpu(self.comm)  # one GPU per rank of this machine
         limit_threads(distributed.threads_per_process(self.comm, config.threads), config.blas_threads)
         self.run_dir = config.run_dir
         self.checkpoint_path = os.path.join(self.run_dir, CHECKPOINT_NAME)

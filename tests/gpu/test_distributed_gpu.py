@@ -86,3 +86,20 @@ def test_device_gradients_are_summed_in_a_fused_buffer(device, transport, monkey
         copies = [t.where for t in device.transfers if t.kind == "get"]
         # one copy of the presence flags; the host transport also copies the buffer itself
         assert len([c for c in copies if "distributed.py" in c]) == (2 if transport == "host" else 1)
+
+
+@pytest.mark.cuda
+def test_each_rank_of_a_machine_takes_its_own_gpu(device, monkeypatch):
+    if not simulated():
+        pytest.skip("checks the device choice with stand-ins (a GPU machine has its own count)")
+    from minimaskrcnn.distributed import Communicator, select_gpu
+
+    used = []
+    xp = device.xp
+    monkeypatch.setattr(xp.cuda, "runtime", types.SimpleNamespace(getDeviceCount=lambda: 2))
+    monkeypatch.setattr(xp.cuda, "Device", lambda i: types.SimpleNamespace(use=lambda: used.append(i)))
+    comm = Communicator()
+    for local_rank in range(4):
+        comm.local_rank = local_rank
+        select_gpu(comm)
+    assert used == [0, 1, 0, 1]  # round robin over the machine's GPUs
