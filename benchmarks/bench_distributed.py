@@ -2,11 +2,12 @@
 
 The same global batch (``--batch`` images of the shapes data) is trained for ``--steps`` steps after
 ``--warmup`` steps, by one process (with 1 thread and with every core) and by ``mpiexec -n N``
-(each rank with cores / N threads), one after the other in this run, so that their ratio compares
-like with like. Also prints, for every model configuration, the bytes each rank sends into the
-gradient allreduce per step (4 bytes per trainable float32 parameter) and the fused buffers they go in.
+(each rank with cores / N threads); the three runs are repeated ``--repeats`` times, interleaved,
+and the medians are compared, so that a busy machine slows all alike. Also prints, for every model
+configuration, the bytes each rank sends into the gradient allreduce per step (4 bytes per trainable
+float32 parameter) and the fused buffers they go in.
 
-    python benchmarks/bench_distributed.py [--ranks 2] [--steps 10] [--batch 4] [--model r18-shapes]
+    python benchmarks/bench_distributed.py [--ranks 2] [--steps 10] [--repeats 3] [--batch 4] [--model r18-shapes]
 
 Needs the distributed extra (``pip install -e ".[distributed]"``) for the N-rank run. Timings on a
 shared machine are noisy: rerun when another job was busy.
@@ -54,16 +55,19 @@ def worker(args) -> None:
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 comm.barrier()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 allreduce.update(seconds=0.0, bytes=0, calls=0)
             images, targets = next(batches)
             trainer.train_step(images, targets)
             trainer.step += 1
+        cpu = time.process_time() - cpu_start  # before the barrier: its polling is not work
         comm.barrier()
         seconds = time.perf_counter() - start
+        cpu = sum(comm.allgather(cpu))  # CPU seconds of all ranks: the work, whatever share of the CPU we got
     if comm.is_root:
         calls = max(allreduce["calls"], 1)
         print(json.dumps({"ranks": comm.size, "threads": args.threads, "steps_per_s": args.steps / seconds,
+                          "cpu_s_per_step": cpu / args.steps,
                           "allreduce_s_per_step": allreduce["seconds"] / calls,
                           "allreduce_bytes_per_step": allreduce["bytes"] / calls}))
 
@@ -94,6 +98,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="the global batch")
     parser.add_argument("--model", default="r18-shapes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -110,21 +115,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         common = [__file__, "--worker", "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
                   str(args.batch), "--model", args.model, "--out", tmp, "--data", os.path.join(tmp, "shapes")]
-        results = [run([sys.executable, *common, "--threads", "1"])]
+        commands = [[sys.executable, *common, "--threads", "1"]]
         if cores > 1:
-            results.append(run([sys.executable, *common, "--threads", str(cores)]))
+            commands.append([sys.executable, *common, "--threads", str(cores)])
         if mpiexec is None:
             print("no mpiexec: install the distributed extra for the multi-rank run")
         else:
             per_rank = max(1, cores // args.ranks)
-            results.append(run([mpiexec, "-n", str(args.ranks), sys.executable, *common, "--threads", str(per_rank)]))
+            commands.append([mpiexec, "-n", str(args.ranks), sys.executable, *common, "--threads", str(per_rank)])
+        runs = [[] for _ in commands]
+        for _ in range(args.repeats):  # interleaved: a busy spell slows every variant alike
+            for i, cmd in enumerate(commands):
+                runs[i].append(run(cmd))
+    results = []
+    for rs in runs:  # the median run of each variant (by speed)
+        rs.sort(key=lambda r: r["steps_per_s"])
+        results.append({**rs[len(rs) // 2], "all": [r["steps_per_s"] for r in rs]})
     base = results[0]["steps_per_s"]
-    print(f"{args.model}, global batch {args.batch}, {args.steps} steps after {args.warmup}, {cores} cores:")
-    print(f"  {'processes':>9s} {'threads each':>12s} {'steps/s':>8s} {'vs 1x1':>7s} "
+    print(f"{args.model}, global batch {args.batch}, {args.steps} steps after {args.warmup}, {cores} cores, "
+          f"medians of {args.repeats} interleaved runs:")
+    print(f"  {'processes':>9s} {'threads each':>12s} {'steps/s':>8s} {'vs 1x1':>7s} {'CPU s/step':>11s} "
           f"{'allreduce/step':>15s} {'bytes/step':>11s}")
     for r in results:
         print(f"  {r['ranks']:9d} {r['threads']:12d} {r['steps_per_s']:8.3f} {r['steps_per_s'] / base:6.2f}x "
-              f"{r['allreduce_s_per_step'] * 1e3:12.1f} ms {r['allreduce_bytes_per_step'] / 1e6:8.1f} MB")
+              f"{r['cpu_s_per_step']:11.2f} {r['allreduce_s_per_step'] * 1e3:12.1f} ms "
+              f"{r['allreduce_bytes_per_step'] / 1e6:8.1f} MB   "
+              f"(runs: {', '.join(f'{v:.3f}' for v in r['all'])} steps/s)")
+    print("  (CPU s/step: all processes' CPU time per step, the work done whatever share of a busy machine "
+          "each process got)")
     allreduce_volume()
 
 
