@@ -152,10 +152,15 @@ def test_two_ranks_sum_fused_gradients_and_gather_objects():
         if comm.rank == 1:
             params[2].grad = None
         allreduce_bytes = distributed.allreduce_gradients_(comm, params, bucket_bytes=16)
-        print(comm.rank, [p.grad.tolist() for p in params], allreduce_bytes,
-              comm.allgather(comm.rank * 7), comm.bcast("from0" if comm.rank == 0 else None),
-              distributed.replica_checksum([p.grad for p in params]) == comm.bcast(
-                  distributed.replica_checksum([p.grad for p in params])), flush=True)
+        line = " ".join(str(v) for v in (
+            comm.rank, [p.grad.tolist() for p in params], allreduce_bytes,
+            comm.allgather(comm.rank * 7), comm.bcast("from0" if comm.rank == 0 else None),
+            distributed.replica_checksum([p.grad for p in params]) == comm.bcast(
+                distributed.replica_checksum([p.grad for p in params]))))
+        # One writer: two ranks printing to the same pipe can interleave their bytes.
+        lines = comm.allgather(line)
+        if comm.rank == 0:
+            print("\\n".join(lines), flush=True)
         comm.barrier()
     """)
     out = run_mpi(2, script)
