@@ -8,9 +8,10 @@
                                                    # its outputs (only when the cells are the same in number
                                                    # and kind, and the edit does not change what they print)
 
-A source is lessons/_build/src/NN_topic.py: cells start at lines beginning with ``# %%``;
-``# %% [markdown]`` starts a markdown cell whose text follows as is (no comment prefix);
-``# %% tags=exercise-1`` gives the cell tags (comma-separated). Wall times go to timings.json.
+A source is lessons/_build/src/NN_topic.py, in Jupytext's "percent" format so that it stays a valid
+Python file: cells start at lines beginning with ``# %%``; ``# %% [markdown]`` starts a markdown cell
+whose every line is commented (``# text`` or a bare ``#``) and becomes the markdown ``text`` in the
+notebook; ``# %% tags=exercise-1`` gives the cell tags (comma-separated). Wall times go to timings.json.
 """
 from __future__ import annotations
 
@@ -31,8 +32,24 @@ LESSONS = BUILD.parent
 SRC = BUILD / "src"
 
 
-def parse_source(text: str) -> nbformat.NotebookNode:
-    """The notebook for one source file (see the module docstring for the format)."""
+def markdown_line(line: str, where: str = "") -> str:
+    """The markdown text of one commented source line: ``# text`` -> ``text``, ``#`` or empty -> empty.
+
+    Raises ValueError (naming ``where``, e.g. "src/04_x.py:12") for a line that is not commented, which
+    would otherwise reach the notebook with its prefix missing or doubled.
+    """
+    if line.startswith("# "):
+        return line[2:]
+    if line.rstrip() in ("#", ""):
+        return ""
+    raise ValueError(f"{where}: a markdown line must start with '# ' (or be a bare '#'): {line[:60]!r}")
+
+
+def parse_source(text: str, name: str = "<source>") -> nbformat.NotebookNode:
+    """The notebook for one source file (see the module docstring for the format).
+
+    Raises ValueError naming ``name`` and the line when a markdown line is not commented.
+    """
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -47,7 +64,7 @@ def parse_source(text: str) -> nbformat.NotebookNode:
             cell.metadata["tags"] = list(tags)
         nb.cells.append(cell)
 
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.startswith("# %%"):
             flush()
             header = line[4:].strip()
@@ -55,6 +72,8 @@ def parse_source(text: str) -> nbformat.NotebookNode:
             m = re.search(r"tags=([\w,\-]+)", header)
             tags = m.group(1).split(",") if m else []
             lines = []
+        elif kind == "markdown":
+            lines.append(markdown_line(line, f"{name}:{number}"))
         else:
             lines.append(line)
     flush()
@@ -95,7 +114,7 @@ def main(argv=None) -> int:
     timings_path = BUILD / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for src in sources:
-        nb = parse_source(src.read_text())
+        nb = parse_source(src.read_text(), name=str(src.relative_to(LESSONS)))
         out = LESSONS / f"{src.stem}.ipynb"
         if args.text_only:
             stored = nbformat.read(out, as_version=4)
