@@ -92,23 +92,66 @@ def test_lesson_runs_and_checks_pass(nb_path: Path, monkeypatch):
         pytest.fail(f"{nb_path.name}: a cell failed\n{message[-6000:]}")
 
 
-def _parse_source():
-    """``parse_source`` of lessons/_build/build.py (the notebooks are generated from its sources)."""
-    import importlib.util
+def _source_cells(text: str) -> list[tuple[str, list[str], str]]:
+    """The cells of a lesson source as written: ``(kind, tags, body)`` with the body's text untouched."""
+    cells, header, lines = [], None, []
 
-    spec = importlib.util.spec_from_file_location("lessons_build", LESSONS / "_build" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.parse_source
+    def flush():
+        body = "\n".join(lines).strip("\n")
+        if header is not None and body:
+            kind = "markdown" if header.startswith("[markdown]") else "code"
+            m = re.search(r"tags=([\w,\-]+)", header)
+            cells.append((kind, m.group(1).split(",") if m else [], body))
+
+    for line in text.splitlines():
+        if line.startswith("# %%"):
+            flush()
+            header, lines = line[4:].strip(), []
+        else:
+            lines.append(line)
+    flush()
+    return cells
+
+
+def _commented(markdown: str) -> str:
+    """Markdown as the sources write it: every line behind ``# `` (a blank line as a bare ``#``)."""
+    return "\n".join("# " + line if line else "#" for line in markdown.split("\n"))
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_matches_its_source(nb_path: Path):
-    """The stored notebook holds the text of lessons/_build/src/<name>.py (rebuild after editing it)."""
+    """The stored notebook holds the text of lessons/_build/src/<name>.py (rebuild after editing it).
+
+    The comparison runs backwards from the build: each stored markdown cell, commented again line by line,
+    must give the source's cell exactly, so a build that left the comment prefix in (or dropped text) fails.
+    """
     src = LESSONS / "_build" / "src" / f"{nb_path.stem}.py"
     assert src.exists(), f"no source for {nb_path.name}"
-    expected = _parse_source()(src.read_text())
+    expected = _source_cells(src.read_text())
     stored = nbformat.read(nb_path, as_version=4)
-    assert [c.cell_type for c in stored.cells] == [c.cell_type for c in expected.cells]
-    for i, (a, b) in enumerate(zip(stored.cells, expected.cells)):
-        assert a.source == b.source, f"{nb_path.name} cell {i} differs from {src.name}: run lessons/_build/build.py"
+    assert len(stored.cells) == len(expected), f"{nb_path.name}: {len(stored.cells)} cells, {src.name}: {len(expected)}"
+    for i, (cell, (kind, tags, body)) in enumerate(zip(stored.cells, expected)):
+        where = f"{nb_path.name} cell {i} differs from {src.name}: run lessons/_build/build.py"
+        assert cell.cell_type == kind, where
+        assert list(cell.get("metadata", {}).get("tags", [])) == tags, where
+        if kind == "markdown":
+            assert not cell.source.startswith("# # "), f"{nb_path.name} cell {i}: markdown still has its comment prefix"
+            assert _commented(cell.source) == body, where
+        else:
+            assert cell.source == body, where
+
+
+def test_build_writes_markdown_without_the_comment_prefix():
+    """The build turns ``# text`` source lines into markdown ``text`` and refuses an uncommented line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lessons_build", LESSONS / "_build" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    nb = build.parse_source("# %% [markdown]\n# # Title\n#\n# | a | b |\n# |---|---|\n\n# %%\nx = 1  # kept\n", "t.py")
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code"]
+    assert nb.cells[0].source == "# Title\n\n| a | b |\n|---|---|"
+    assert nb.cells[1].source == "x = 1  # kept"
+    for bad in ("# %% [markdown]\n# # Title\nplain text\n", "# %% [markdown]\n# # Title\n\n# more\n"):
+        with pytest.raises(ValueError, match=r"t\.py:3"):
+            build.parse_source(bad, "t.py")

@@ -32,17 +32,24 @@ LESSONS = BUILD.parent
 SRC = BUILD / "src"
 
 
-def markdown_line(line: str, where: str = "") -> str:
-    """The markdown text of one commented source line: ``# text`` -> ``text``, ``#`` or empty -> empty.
+def markdown_text(lines: list[tuple[int, str]], where: str = "<source>") -> str:
+    """The markdown of one cell from its commented source lines ``[(line number, line), ...]``.
 
-    Raises ValueError (naming ``where``, e.g. "src/04_x.py:12") for a line that is not commented, which
-    would otherwise reach the notebook with its prefix missing or doubled.
+    ``# text`` gives ``text`` and a bare ``#`` an empty line; blank lines may only follow the text (they
+    separate cells). Raises ValueError naming ``where`` and the line for any other line, which would
+    otherwise reach the notebook with its comment prefix kept or lost.
     """
-    if line.startswith("# "):
-        return line[2:]
-    if line.rstrip() in ("#", ""):
-        return ""
-    raise ValueError(f"{where}: a markdown line must start with '# ' (or be a bare '#'): {line[:60]!r}")
+    while lines and not lines[-1][1].strip():
+        lines = lines[:-1]
+    out = []
+    for number, line in lines:
+        if line.startswith("# "):
+            out.append(line[2:])
+        elif line.rstrip() == "#":
+            out.append("")
+        else:
+            raise ValueError(f"{where}:{number}: markdown lines start with '# ' or are a bare '#': {line[:60]!r}")
+    return "\n".join(out)
 
 
 def parse_source(text: str, name: str = "<source>") -> nbformat.NotebookNode:
@@ -56,7 +63,7 @@ def parse_source(text: str, name: str = "<source>") -> nbformat.NotebookNode:
     kind, tags, lines = None, [], []
 
     def flush():
-        body = "\n".join(lines).strip("\n")
+        body = markdown_text(lines, name) if kind == "markdown" else "\n".join(lines).strip("\n")
         if kind is None or not body:
             return
         cell = nbformat.v4.new_markdown_cell(body) if kind == "markdown" else nbformat.v4.new_code_cell(body)
@@ -73,7 +80,7 @@ def parse_source(text: str, name: str = "<source>") -> nbformat.NotebookNode:
             tags = m.group(1).split(",") if m else []
             lines = []
         elif kind == "markdown":
-            lines.append(markdown_line(line, f"{name}:{number}"))
+            lines.append((number, line))
         else:
             lines.append(line)
     flush()
@@ -105,7 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all)")
     parser.add_argument("--no-run", action="store_true", help="write the notebooks without running them")
     parser.add_argument("--quick", action="store_true", help="run in quick mode and do not keep the notebook")
-    parser.add_argument("--text-only", action="store_true", help="update the stored notebook's cell text, keep its outputs")
+    parser.add_argument("--text-only", action="store_true",
+                        help="update the stored notebook's cell text, keep its outputs")
     args = parser.parse_args(argv)
 
     sources = sorted(SRC.glob("*.py"))

@@ -1,6 +1,6 @@
 # %% [markdown]
 # # 04 · The autograd engine and gradient checking
-
+#
 # **Goal.** Build, in about sixty lines, a reverse-mode autograd engine for arrays, check its gradients
 # against finite differences, and see that `minimaskrcnn`'s engine gives the same numbers. By the end you
 # will have drawn the *V* of the finite-difference error against the step size, in float32 and float64,
