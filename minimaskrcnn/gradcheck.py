@@ -33,6 +33,14 @@ class GradcheckResult:
         analytic, numeric: the two gradient values there.
         passed: max_rel_error < tolerance.
         per_input: the largest relative error of each checked input.
+        max_abs_error: the largest |analytic - numeric| over all checked elements (before ``atol``).
+        per_input_abs: the largest |analytic - numeric| of each checked input.
+        tol, atol: the tolerances the check used.
+
+    Differences smaller than ``atol`` count as zero relative error (where both gradients are ~0 the
+    relative error means nothing), so ``max_rel_error`` can be 0.0 although the gradients differ by
+    rounding; ``max_abs_error`` and the report show the difference that remained. When every difference
+    is below ``atol``, ``element`` is where the absolute difference is largest.
     """
 
     max_rel_error: float
@@ -42,17 +50,28 @@ class GradcheckResult:
     numeric: float
     passed: bool
     per_input: dict
+    max_abs_error: float = 0.0
+    per_input_abs: dict | None = None
+    tol: float = 1e-6
+    atol: float = 1e-9
 
     def __bool__(self) -> bool:
         return self.passed
 
     def report(self) -> str:
-        lines = ["gradcheck " + ("passed" if self.passed else "FAILED")]
+        lines = [
+            "gradcheck " + ("passed" if self.passed else "FAILED")
+            + f" (relative error < {self.tol:.0e}; differences below atol {self.atol:.0e} count as 0)"
+        ]
+        per_abs = self.per_input_abs or {}
         for i, err in self.per_input.items():
-            lines.append(f"  input {i}: max relative error {err:.2e}")
+            lines.append(f"  input {i}: max |analytic - numeric| {per_abs.get(i, float('nan')):.2e}, "
+                         f"max relative error {err:.2e}")
+        difference = abs(self.analytic - self.numeric)
         lines.append(
-            f"  worst: input {self.input_index} at {self.element}: "
-            f"analytic {self.analytic:.10g}, numeric {self.numeric:.10g}, rel error {self.max_rel_error:.2e}"
+            f"  {'worst' if self.max_rel_error > 0 else 'largest difference'}: input {self.input_index} at "
+            f"{self.element}: analytic {self.analytic:.12g}, numeric {self.numeric:.12g}, "
+            f"|difference| {difference:.2e}, relative {float(rel_error(self.analytic, self.numeric)):.2e}"
         )
         return "\n".join(lines)
 
@@ -106,7 +125,8 @@ def gradcheck(
             return float(to_numpy((fn(*inputs).data * dout).sum()))
 
     worst = (-1.0, checked[0], (), 0.0, 0.0)
-    per_input = {}
+    largest = (-1.0, checked[0], (), 0.0, 0.0)  # the largest absolute difference, for the report
+    per_input, per_input_abs = {}, {}
     for i in checked:
         x = inputs[i].data
         numeric = np.zeros(x.shape)
@@ -119,13 +139,21 @@ def gradcheck(
             x[idx] = old
             numeric[idx] = (f_plus - f_minus) / (2 * eps)
         err = np.array(rel_error(analytic[i], numeric))  # an array even for 0-d inputs
-        err[np.abs(analytic[i] - numeric) < atol] = 0.0
+        difference = np.abs(analytic[i] - numeric)
+        err[difference < atol] = 0.0
         per_input[i] = float(err.max()) if err.size else 0.0
+        per_input_abs[i] = float(difference.max()) if difference.size else 0.0
+        if difference.size and difference.max() > largest[0]:
+            at = np.unravel_index(int(difference.argmax()), difference.shape)
+            where = tuple(int(a) for a in at)
+            largest = (float(difference.max()), i, where, float(analytic[i][at]), float(numeric[at]))
         if err.size and err.max() > worst[0]:
             at = np.unravel_index(int(err.argmax()), err.shape)
             worst = (float(err.max()), i, tuple(int(a) for a in at), float(analytic[i][at]), float(numeric[at]))
         for j in checked:
             inputs[j].grad = None
+    if worst[0] <= 0.0 and largest[0] >= 0.0:  # every difference below atol: point at the largest one
+        worst = (0.0, *largest[1:])
     result = GradcheckResult(
         max_rel_error=max(worst[0], 0.0),
         input_index=worst[1],
@@ -134,6 +162,10 @@ def gradcheck(
         numeric=worst[4],
         passed=worst[0] < tol,
         per_input=per_input,
+        max_abs_error=max(largest[0], 0.0),
+        per_input_abs=per_input_abs,
+        tol=tol,
+        atol=atol,
     )
     if verbose:
         print(result.report())

@@ -345,3 +345,14 @@ def test_zeros_and_ones():
     z, o = mm.zeros(2, 3), mm.ones((1, 2), dtype=np.float64, requires_grad=True)
     assert z.shape == (2, 3) and z.dtype == np.float32 and not z.numpy().any()
     assert o.shape == (1, 2) and o.dtype == np.float64 and o.requires_grad and o.numpy().all()
+
+
+def test_gradcheck_report_shows_the_differences_that_atol_counts_as_zero(rng):
+    """A correct backward passes with relative error 0 after atol; the report still shows what remained."""
+    x, w = _t(rng.standard_normal((4, 3))), _t(rng.standard_normal((3, 5)))
+    result = gradcheck(lambda a, b: (a @ b).relu(), [x, w], atol=1e-6)
+    assert result.passed and result.max_rel_error == 0.0
+    assert 0 < result.max_abs_error < 1e-6 and set(result.per_input_abs) == {0, 1}
+    assert abs(result.analytic - result.numeric) == pytest.approx(result.max_abs_error)
+    report = result.report()
+    assert f"{result.max_abs_error:.2e}" in report and "largest difference" in report
