@@ -1,4 +1,4 @@
-"""Solutions to lesson 09's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 07's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 def pooled_region(box, stride):

@@ -1,4 +1,4 @@
-"""Solutions to lesson 10's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 08's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 def roi_align_shifted(features, rois, PH, PW, spatial_scale, sampling_ratio):

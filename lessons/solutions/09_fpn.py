@@ -1,4 +1,4 @@
-"""Solutions to lesson 07's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 09's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 # stem: conv 7x7/2 then max pool 3x3/2 -> stride 4; each later stage halves; P6 keeps every other pixel

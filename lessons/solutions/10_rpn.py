@@ -1,4 +1,4 @@
-"""Solutions to lesson 08's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 10's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 def labels_without_low_quality(anchors, gt_boxes, fg=0.7, bg=0.3):

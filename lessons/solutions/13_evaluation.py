@@ -1,4 +1,4 @@
-"""Solutions to lesson 14's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 13's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 def ap_11_point(recall, precision):

@@ -1,4 +1,4 @@
-"""Solutions to lesson 13's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 14's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 # levels of stride 4, 8, 16, 32, 64 on 128 x 128: 32^2 + 16^2 + 8^2 + 4^2 + 2^2 cells, 3 anchors each

@@ -1,4 +1,4 @@
-"""Solutions to lesson 15's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 16's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 @cuda.jit(device=True)

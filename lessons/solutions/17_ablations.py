@@ -1,4 +1,4 @@
-"""Solutions to lesson 16's exercises. Each block replaces the notebook cell of the same exercise."""
+"""Solutions to lesson 17's exercises. Each block replaces the notebook cell of the same exercise."""
 
 # %% exercise-1
 best_ap75 = max(rows, key=lambda r: r["segm_AP75"])["variant"]

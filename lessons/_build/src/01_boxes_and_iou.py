@@ -210,7 +210,7 @@ plt.show()
 
 # %% [markdown]
 # The last plot is why small objects are hard: the same few pixels of error that a 64-pixel box
-# barely notices push an 8-pixel box below every threshold. Keep it in mind for lesson 09: RoIPool
+# barely notices push an 8-pixel box below every threshold. Keep it in mind for lesson 07: RoIPool
 # rounds box coordinates to the feature grid, an error of up to 16 pixels at stride 16.
 
 # %% [markdown]

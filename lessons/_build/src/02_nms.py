@@ -199,7 +199,8 @@ plt.show()
 # ## Speed
 # The RPN runs NMS on thousands of boxes per image, so the loop's cost matters. The NumPy reference
 # already does each step's IoUs as one array operation; the Numba kernel (`kernels/nms/cpu.py`) is the
-# same loop compiled. Lesson 15 runs the CUDA version.
+# same loop compiled; `kernels/nms/cuda.py` holds a CUDA version (lesson 16 shows how such
+# kernels are written, on RoIAlign).
 
 # %%
 n = 1000 if QUICK else 4000

@@ -80,7 +80,7 @@ log("areas / 32^2", box_ops.box_area(base) / 32**2)
 # ### Step 2: tile them over a feature map
 # Cell (i, j) of a level with stride S shifts the cell anchors by (j·S, i·S). The order is row-major
 # over cells and, inside a cell, the cell-anchor order: the same order in which the RPN head's output
-# channels will be flattened (lesson 08), so anchor r and prediction r belong together.
+# channels will be flattened (lesson 10), so anchor r and prediction r belong together.
 
 # %%
 def tile(cell, grid_h, grid_w, stride):
@@ -227,7 +227,7 @@ plt.show()
 # For square objects of growing size placed at random, the best IoU any anchor reaches. Between
 # two anchor sizes (e.g. 45 pixels, between 32 and 64) it dips, and below 32 it falls fast: such an
 # object may have no anchor with IoU ≥ 0.7, which is why the matcher also keeps, for every object, its
-# best anchor (lesson 08).
+# best anchor (lesson 10).
 
 # %%
 object_sides = np.arange(8, 400, 6 if QUICK else 2)

@@ -10,7 +10,7 @@
 # %% [markdown]
 # ## The idea
 #
-# Mask R-CNN's backbone is a ResNet (He et al. 2016) with an FPN (lesson 07). Its pieces:
+# Mask R-CNN's backbone is a ResNet (He et al. 2016) with an FPN (lesson 09). Its pieces:
 #
 # | layer | forward | backward |
 # |---|---|---|
@@ -339,4 +339,5 @@ with exercise(3, "06_layers_and_resnet"):
 # * The library's ResNet body loads torchvision's weights by name and reproduces its outputs.
 # * Shortcuts keep the gradient alive through deep stacks.
 #
-# Next: lesson 07 combines the ResNet stages C2 … C5 into a feature pyramid.
+# Next: lesson 07 cuts a fixed-size grid of features out of a feature map for any box (RoIPool); lesson 09
+# then combines the ResNet stages C2 … C5 into a feature pyramid.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 09 · RoIPool and its quantisation
+# # 07 · RoIPool and its quantisation
 #
 # **Goal.** Write RoIPool (Fast R-CNN's way of cutting a fixed-size feature grid out of a feature
 # map for any box), with its backward, check it against `minimaskrcnn.ops.roi_pool` (and
@@ -23,7 +23,7 @@
 # Mask R-CNN §3 calls the two roundings *quantisation*: "these quantizations introduce misalignments
 # between the RoI and the extracted features. While this may not impact classification, which is
 # robust to small translations, it has a large negative effect on predicting pixel-accurate masks."
-# Lesson 10 removes them (RoIAlign); this lesson measures them.
+# Lesson 08 removes them (RoIAlign); this lesson measures them.
 #
 # Shapes: features (N, C, H, W); RoIs (K, 5) `[batch_idx, x1, y1, x2, y2]` in input pixels;
 # `spatial_scale = 1 / stride`; output (K, C, PH, PW).
@@ -214,7 +214,7 @@ plt.show()
 
 # %% [markdown]
 # At stride 16 an edge is off by about 10 pixels on average: for a 32-pixel object, a third of its
-# size. Box classification shrugs that off; a 28×28 mask cannot. Lesson 10 shows the cure.
+# size. Box classification shrugs that off; a 28×28 mask cannot. Lesson 08 shows the cure.
 
 # %% [markdown]
 # ### The output as a box slides
@@ -266,7 +266,7 @@ def pooled_region(box, stride):
     raise NotImplementedError  # your code here
 
 # %% tags=check-1
-with exercise(1, "09_roi_pool"):
+with exercise(1, "07_roi_pool"):
     assert list(pooled_region([37.0, 21.0, 139.0, 90.0], 16)) == [32, 16, 160, 112]
     assert list(pooled_region([0.0, 0.0, 7.9, 7.9], 16)) == [0, 0, 16, 16]
     assert list(pooled_region([8.0, 8.0, 24.0, 24.0], 16)) == [16, 16, 48, 48], "halves round away from zero"
@@ -280,7 +280,7 @@ with exercise(1, "09_roi_pool"):
 num_distinct = None
 
 # %% tags=check-2
-with exercise(2, "09_roi_pool"):
+with exercise(2, "07_roi_pool"):
     if num_distinct is None:
         raise NotImplementedError
     fine = np.arange(0, 64, 0.25)
@@ -290,7 +290,7 @@ with exercise(2, "09_roi_pool"):
 
 # %% [markdown]
 # **Exercise 3 (why).** Why does RoIPool's backward send each bin's gradient to a single pixel, while
-# RoIAlign's (lesson 10) spreads it over many? Set `answer_3`:
+# RoIAlign's (lesson 08) spreads it over many? Set `answer_3`:
 #
 # * (a) because max pooling's derivative is 1 for the winner and 0 for the others;
 # * (b) because RoIPool rounds the box;
@@ -300,7 +300,7 @@ with exercise(2, "09_roi_pool"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "09_roi_pool"):
+with exercise(3, "07_roi_pool"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "a"
@@ -312,4 +312,4 @@ with exercise(3, "09_roi_pool"):
 # * The roundings misalign the pooled features with the box by up to half a stride per edge, and make
 #   the output a staircase function of the box position.
 #
-# Next: lesson 10, RoIAlign: no rounding at all.
+# Next: lesson 08, RoIAlign: no rounding at all.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 10 · RoIAlign: bilinear sampling, forward and backward
+# # 08 · RoIAlign: bilinear sampling, forward and backward
 #
 # **Goal.** Write RoIAlign, the one new layer of Mask R-CNN, with its backward; check it against
 # `minimaskrcnn.ops.roi_align` (and torchvision's) and with a gradient check; and see the misalignment
@@ -243,7 +243,7 @@ plt.show()
 
 # %% [markdown]
 # ### The staircase and the line
-# Lesson 09 slid a box over a ramp (value = column index) and got RoIPool's staircase. RoIAlign's
+# Lesson 07 slid a box over a ramp (value = column index) and got RoIPool's staircase. RoIAlign's
 # output follows the box continuously: the ramp's value at the box centre, in feature pixels.
 
 # %%
@@ -284,7 +284,7 @@ plt.show()
 # The loops in this notebook, the library's NumPy reference (loops over RoIs, bins and samples,
 # vectorised over channels), its Numba kernel and torchvision, forward, for 256 RoIs at 7×7 with
 # sampling ratio 2 on a (1, 256, 50, 68) map (the box head's load for one image, one FPN level).
-# Lesson 15 adds the CUDA kernel.
+# Lesson 16 adds the CUDA kernel.
 
 # %%
 big = rng.standard_normal((1, 256, 50, 68)).astype(np.float32)
@@ -322,7 +322,7 @@ def roi_align_shifted(features, rois, PH, PW, spatial_scale, sampling_ratio):
     raise NotImplementedError  # your code here
 
 # %% tags=check-1
-with exercise(1, "10_roi_align"):
+with exercise(1, "08_roi_align"):
     got = roi_align_shifted(features, rois, 3, 3, 1 / 16, 2)
     assert np.allclose(got, roi_align(mm.tensor(features), rois, 3, 1 / 16, 2, aligned=True).numpy()), "differs from aligned=True"
     image = np.tile(np.arange(64, dtype=np.float64) + 0.5, (1, 1, 64, 1))       # value = x of the pixel centre
@@ -342,7 +342,7 @@ with exercise(1, "10_roi_align"):
 num_samples = None
 
 # %% tags=check-2
-with exercise(2, "10_roi_align"):
+with exercise(2, "08_roi_align"):
     if num_samples is None:
         raise NotImplementedError
     points, _ = sample_points(np.array([0, 0.0, 0.0, 200.0, 120.0]), 1 / 8, 7, 7, -1, False)
@@ -362,7 +362,7 @@ with exercise(2, "10_roi_align"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "10_roi_align"):
+with exercise(3, "08_roi_align"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "b"
@@ -375,4 +375,5 @@ with exercise(3, "10_roi_align"):
 # * `aligned=True` subtracts half a pixel so that samples sit where the features really are; the
 #   torchvision model (and ours) uses `aligned=False`.
 #
-# Next: lesson 11 puts a classifier and a box regressor on top of these 7×7 features.
+# Next: lesson 09 builds the feature pyramid, and the rule that picks the level each RoI is pooled from;
+# lesson 11 puts a classifier and a box regressor on top of these 7×7 features.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 07 · The feature pyramid network
+# # 09 · The feature pyramid network
 #
 # **Goal.** Write the FPN's top-down pathway from ResNet stages C2 … C5 to pyramid levels P2 … P6,
 # check it against `minimaskrcnn.models.fpn.FeaturePyramidNetwork` (and torchvision's, with the same
@@ -27,7 +27,7 @@
 # $$k = \left\lfloor k_0 + \log_2\!\left(\sqrt{wh} / 224\right) \right\rfloor,\quad k_0 = 4,$$
 #
 # clamped to [2, 5]: a 224-pixel RoI (ImageNet's image size) from P4, one half as large from P3, and
-# so on. `MultiScaleRoIAlign` applies RoIAlign (lesson 10) on that level with its stride.
+# so on. `MultiScaleRoIAlign` applies RoIAlign (lesson 08) on that level with its stride.
 #
 # Shapes: C_l (N, C_l, H/2^l, W/2^l) with C = 256, 512, 1024, 2048 for ResNet-50; P_l (N, 256, H/2^l, W/2^l).
 
@@ -245,7 +245,7 @@ plt.show()
 pyramid_sizes = None
 
 # %% tags=check-1
-with exercise(1, "07_fpn"):
+with exercise(1, "09_fpn"):
     if pyramid_sizes is None:
         raise NotImplementedError
     assert [tuple(s) for s in pyramid_sizes] == [(200, 304), (100, 152), (50, 76), (25, 38), (13, 19)]
@@ -260,7 +260,7 @@ first_p3 = None
 first_p5 = None
 
 # %% tags=check-2
-with exercise(2, "07_fpn"):
+with exercise(2, "09_fpn"):
     if first_p3 is None:
         raise NotImplementedError
     side = lambda s: level_of(np.array([[0, 0, s, s]], dtype=np.float64))[0]
@@ -279,7 +279,7 @@ with exercise(2, "07_fpn"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "07_fpn"):
+with exercise(3, "09_fpn"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "b", "(c) is part of it, but the heads are the reason the paper gives"
@@ -290,4 +290,4 @@ with exercise(3, "07_fpn"):
 # * An RoI of side s is pooled from level ⌊4 + log2(s / 224)⌋ clamped to [2, 5], by RoIAlign with that
 #   level's stride.
 #
-# Next: lesson 08, the region proposal network that runs on every level of this pyramid.
+# Next: lesson 10, the region proposal network that runs on every level of this pyramid.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 08 · The region proposal network
+# # 10 · The region proposal network
 #
 # **Goal.** Build the RPN's training targets (anchor labels by IoU, a balanced sample), its two losses
 # and its proposal selection (top-n per level, clipping, NMS), each checked against
@@ -179,7 +179,7 @@ print("equal to minimaskrcnn's RegionProposalNetwork.compute_loss")
 # ### Step 3: proposals
 # A freshly initialised head predicts nothing useful. To see what selection does we imitate a
 # *trained* RPN with an oracle: objectness = (IoU with the best gt − 0.5) × 10 plus noise, deltas = the
-# perfect deltas plus noise. Lesson 13 shows a real trained one.
+# perfect deltas plus noise. Lesson 14 shows a real trained one.
 
 # %%
 oracle_logits = ((iou_best - 0.5) * 10 + rng.normal(0, 1.0, len(anchors))).astype(np.float32)
@@ -252,7 +252,7 @@ def labels_without_low_quality(anchors, gt_boxes):
 num_without_positive = None
 
 # %% tags=check-1
-with exercise(1, "08_rpn"):
+with exercise(1, "10_rpn"):
     m = Matcher(0.7, 0.3, allow_low_quality_matches=False)
     for i in range(len(dataset)):
         g = dataset[i][1]["boxes"]
@@ -275,7 +275,7 @@ with exercise(1, "08_rpn"):
 negative_fraction = None
 
 # %% tags=check-2
-with exercise(2, "08_rpn"):
+with exercise(2, "10_rpn"):
     if negative_fraction is None:
         raise NotImplementedError
     assert abs(negative_fraction - (labels == 0).mean()) < 1e-9
@@ -294,7 +294,7 @@ with exercise(2, "08_rpn"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "08_rpn"):
+with exercise(3, "10_rpn"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "b"
@@ -305,4 +305,5 @@ with exercise(3, "08_rpn"):
 #   ≤ 50% positive; BCE for objectness and smooth L1 (β = 1/9) for the positives' deltas.
 # * Proposals: decode, top-n per level, clip, drop tiny boxes, NMS 0.7 per level, top-n per image.
 #
-# Next: lessons 09-12 turn proposals into pooled features, classes, boxes and masks; lesson 13 trains it all.
+# Next: lessons 11 and 12 turn proposals into classes, boxes and masks on RoIAligned features; lesson 13
+# measures detections as COCO does; lesson 14 trains it all.

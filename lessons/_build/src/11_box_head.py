@@ -9,7 +9,7 @@
 # %% [markdown]
 # ## The idea
 #
-# Given proposals (lesson 08) and pooled 7×7 features for each (lessons 07 and 10), the box head
+# Given proposals (lesson 10) and pooled 7×7 features for each (lessons 08 and 09), the box head
 # (Fast R-CNN, §2; Mask R-CNN §3 keeps it) is two fully connected layers (fc6, fc7, 1024 wide, ReLU)
 # and two outputs per RoI: L class logits (background included) and 4·L box deltas, one set per class.
 #
@@ -213,7 +213,7 @@ if torch is not None:
 
 # %% [markdown]
 # ## Train a small box head
-# A real box head reads features from a trained backbone (lesson 13). Here a fixed stand-in does the
+# A real box head reads features from a trained backbone (lesson 14). Here a fixed stand-in does the
 # backbone's job: RoIAlign pools each RoI's RGB pixels at 14×14, and each pooled pixel becomes its colour
 # distance from the RoI's border (a rough silhouette, the same whatever the shape's colour). The
 # library's `TwoMLPHead` (256 wide) and `FastRCNNPredictor` learn from it to name the shape and to
@@ -291,7 +291,7 @@ if not QUICK:
 
 # %% [markdown]
 # The stand-in features are crude (a colour-distance silhouette at 14×14), so the shape is named right
-# only about half the time, well above guessing but far from lesson 13's trained backbone; the box
+# only about half the time, well above guessing but far from lesson 14's trained backbone; the box
 # regression, which only needs to see where the silhouette's edges are, improves the boxes clearly.
 #
 # ### See it: from proposals to detections

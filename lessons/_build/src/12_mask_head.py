@@ -66,7 +66,7 @@ S = 28
 # ## Build it
 # ### Step 1: mask targets
 # RoIs near each object (jittered boxes with IoU ≥ 0.5, the positives the mask head trains on). Each
-# RoI's target samples its gt mask on the RoI's 28×28 grid: exactly RoIAlign (lesson 10) with the mask
+# RoI's target samples its gt mask on the RoI's 28×28 grid: exactly RoIAlign (lesson 08) with the mask
 # as a one-channel feature map at scale 1.
 
 # %%
@@ -408,4 +408,4 @@ with exercise(3, "12_mask_head"):
 # * Loss: per-pixel sigmoid BCE on the gt class's channel only; no competition between classes.
 # * Inference: the predicted class's channel, sigmoid, pasted into the image at the box, > 0.5.
 #
-# Next: lesson 08 (the RPN) completes the pieces; lesson 13 puts them all together.
+# Next: lesson 13 measures detections and masks the way COCO does; lesson 14 puts all the pieces together.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 14 · Evaluation: precision, recall and COCO's AP, by hand
+# # 13 · Evaluation: precision, recall and COCO's AP, by hand
 #
 # **Goal.** Write COCO's evaluation from scratch (matching detections to objects, precision-recall
 # curves, the interpolated 101-point AP, AP@[.5:.95], AP50, AP75, the size ranges) and show that it
@@ -270,7 +270,7 @@ def ap_11_point(recall, precision):
 voc_ap50 = None
 
 # %% tags=check-1
-with exercise(1, "14_evaluation"):
+with exercise(1, "13_evaluation"):
     r = np.array([0.1, 0.25, 0.25, 0.5, 0.65])
     p = np.array([1.0, 1.0, 0.6, 0.7, 0.5])
     assert abs(ap_11_point(r, p) - (3 * 1.0 + 3 * 0.7 + 1 * 0.5) / 11) < 1e-12, "check the toy curve by hand"
@@ -290,7 +290,7 @@ def ap_without_envelope(recall, precision):
 ap50_raw = None
 
 # %% tags=check-2
-with exercise(2, "14_evaluation"):
+with exercise(2, "13_evaluation"):
     if ap50_raw is None:
         raise NotImplementedError
     expected = np.mean([np.mean([pr[i] if i < len(pr) else 0.0 for i in np.searchsorted(rc, RECALL_POINTS, side="left")])
@@ -312,7 +312,7 @@ with exercise(2, "14_evaluation"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "14_evaluation"):
+with exercise(3, "13_evaluation"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "a"
@@ -324,4 +324,4 @@ with exercise(3, "14_evaluation"):
 # * COCO AP: the mean over t = 0.50 … 0.95 and over classes; size ranges ignore objects outside them.
 #   Our loop gives pycocotools' numbers exactly.
 #
-# Next: lesson 13 trains a whole Mask R-CNN and measures it with these numbers.
+# Next: lesson 14 trains a whole Mask R-CNN and measures it with these numbers.

@@ -1,9 +1,9 @@
 # %% [markdown]
-# # 13 · The full Mask R-CNN: train it, then look inside
+# # 14 · The full Mask R-CNN: train it, then look inside
 #
-# **Goal.** Put lessons 01-12 together: build a small Mask R-CNN with `minimaskrcnn.models.build_model`,
+# **Goal.** Put lessons 01-13 together: build a small Mask R-CNN with `minimaskrcnn.models.build_model`,
 # train it on the synthetic shapes data with `minimaskrcnn.train.Trainer`, measure it with COCO's AP
-# (lesson 14), then run one image through it stage by stage and look at every intermediate result:
+# (lesson 13), then run one image through it stage by stage and look at every intermediate result:
 # anchors by label, proposals before and after NMS, the RoIs sampled for the heads, mask targets next to
 # predicted masks, and the final detections. Last, the same code on real photographs: the COCO sample
 # that ships with the package.
@@ -14,12 +14,12 @@
 # Mask R-CNN (He et al. 2017, Figure 1 and §3) is Faster R-CNN with a mask branch:
 #
 # ```
-# image ─ transform ─ ResNet ─ FPN ─┬─ RPN (anchors, objectness, deltas) ─ proposals ──┐
-#   (lesson 04-06)        (07)      │         (03, 08)                       (02)       │
-#                                   └────────── features P2-P6 ─────────────────────────┤
-#                                                                                       ▼
-#                                   RoIAlign 7×7 ─ box head ─ class + box   (09-11)
-#                                   RoIAlign 14×14 ─ mask head ─ 28×28 mask  (10, 12)
+# image ─ transform ─ ResNet ─ FPN ─┬─ RPN: anchors, objectness, deltas ─ NMS ─ proposals ───┐
+#                     (04-06)  (09) │      (03, 10)                        (02)              │
+#                                   └── features P2-P5 (P6 only for the RPN) ────────────────┤
+#                                                                                            ▼
+#                                   RoIAlign 7×7   ─ box head  ─ class + box deltas  (08, 11)
+#                                   RoIAlign 14×14 ─ mask head ─ 28×28 mask per class (08, 12)
 # ```
 #
 # Training minimises the sum of five losses, one per output: `loss_objectness` and `loss_rpn_box_reg`
@@ -245,7 +245,7 @@ plt.show()
 num_anchors = None
 
 # %% tags=check-1
-with exercise(1, "13_mask_rcnn"):
+with exercise(1, "14_mask_rcnn"):
     if num_anchors is None:
         raise NotImplementedError
     assert num_anchors == len(tinter["anchors"][0])
@@ -260,7 +260,7 @@ with exercise(1, "13_mask_rcnn"):
 proposal_precision = None
 
 # %% tags=check-2
-with exercise(2, "13_mask_rcnn"):
+with exercise(2, "14_mask_rcnn"):
     if proposal_precision is None:
         raise NotImplementedError
     from minimaskrcnn.ops.boxes import box_iou
@@ -282,7 +282,7 @@ with exercise(2, "13_mask_rcnn"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "13_mask_rcnn"):
+with exercise(3, "14_mask_rcnn"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "b"

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 15 · GPU kernels: RoIAlign in CUDA
+# # 16 · GPU kernels: RoIAlign in CUDA
 #
 # **Goal.** Write RoIAlign's forward as a CUDA kernel with Numba (one GPU thread per output element)
 # and its backward with atomic additions, run them, in Numba's CUDA *simulator* when this machine has no
@@ -21,7 +21,7 @@
 # ```
 #
 # Each thread recomputes its RoI's geometry (cheap) and averages its bin's bilinear samples exactly as the
-# reference loop does (lesson 10). Threads next to each other in `i` read neighbouring `pw`, so their
+# reference loop does (lesson 08). Threads next to each other in `i` read neighbouring `pw`, so their
 # memory reads are close together (coalesced).
 #
 # The **backward** inverts the direction: each dout element scatters into 4 pixels per sample, and other
@@ -248,7 +248,7 @@ def roi_align_backward_kernel(dout, rois, spatial_scale, sampling_ratio, dx):
 roi_align_backward_kernel_written = False  # set to True when written
 
 # %% tags=check-1
-with exercise(1, "15_gpu_kernels"):
+with exercise(1, "16_gpu_kernels"):
     if not roi_align_backward_kernel_written:
         raise NotImplementedError
     dout = rng.standard_normal((len(rois), 3, 3, 3))
@@ -265,7 +265,7 @@ with exercise(1, "15_gpu_kernels"):
 num_blocks = None
 
 # %% tags=check-2
-with exercise(2, "15_gpu_kernels"):
+with exercise(2, "16_gpu_kernels"):
     if num_blocks is None:
         raise NotImplementedError
     assert num_blocks == launch_shape(512 * 256 * 7 * 7)[0]  # the launch of every cuda.py in kernels/
@@ -282,7 +282,7 @@ with exercise(2, "15_gpu_kernels"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "15_gpu_kernels"):
+with exercise(3, "16_gpu_kernels"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "a"

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 16 · The paper's ablations, in miniature
+# # 17 · The paper's ablations, in miniature
 #
 # **Goal.** Re-run, on the synthetic shapes data, the experiments by which the Mask R-CNN paper justified
 # its design (§4.2, Table 2): RoIAlign against RoIPool, a per-pixel sigmoid against a per-pixel softmax
@@ -17,7 +17,7 @@
 # | variant | what changes | the paper says |
 # |---|---|---|
 # | baseline | RoIAlign, per-pixel sigmoid, one mask per class | |
-# | RoIPool | both heads pool with RoIPool (lesson 09) | Table 2c: RoIAlign +3 mask AP, +5 AP75 (more with stride 32) |
+# | RoIPool | both heads pool with RoIPool (lesson 07) | Table 2c: RoIAlign +3 mask AP, +5 AP75 (more with stride 32) |
 # | softmax | the mask loss is a per-pixel softmax over classes (lesson 12) | Table 2b: sigmoid +5.5 mask AP |
 # | class-agnostic | one mask for all classes | §4.2: 29.7 vs 30.3 mask AP, "nearly as effective" |
 # | partial, proposals | class-agnostic; no mask loss for triangles; mask head on positive proposals | |
@@ -369,7 +369,7 @@ print(f"triangles without mask labels, mask head on gt boxes vs on proposals: ma
 best_ap75 = None
 
 # %% tags=check-1
-with exercise(1, "16_ablations"):
+with exercise(1, "17_ablations"):
     if best_ap75 is None:
         raise NotImplementedError
     assert best_ap75 == max(rows, key=lambda r: r["segm_AP75"])["variant"]
@@ -384,7 +384,7 @@ gap_ap75 = None
 gap_ap50 = None
 
 # %% tags=check-2
-with exercise(2, "16_ablations"):
+with exercise(2, "17_ablations"):
     if gap_ap75 is None:
         raise NotImplementedError
     assert abs(gap_ap75 - points("baseline", "RoIPool", "segm_AP75")) < 1e-6
@@ -404,7 +404,7 @@ with exercise(2, "16_ablations"):
 answer_3 = None
 
 # %% tags=check-3
-with exercise(3, "16_ablations"):
+with exercise(3, "17_ablations"):
     if answer_3 is None:
         raise NotImplementedError
     assert answer_3 == "a"
