@@ -55,6 +55,8 @@ def draw_boxes(ax, boxes, color="tab:blue", lw=2, ls="-", labels=None):
 # %% [markdown]
 # ## Build it
 # ### Step 1: area and the IoU of one pair
+# The area is width times height; the intersection is the overlap of the two x-ranges times the
+# overlap of the two y-ranges, each clamped at 0 when the ranges do not meet.
 
 # %%
 def area(box):

@@ -60,6 +60,7 @@ def draw_boxes(ax, boxes, color="tab:blue", lw=1.5, ls="-", alpha=1.0):
 # %% [markdown]
 # ## Build it
 # ### Step 1: the anchors of one cell
+# Three ratios × one size per level, centred on (0, 0), in torchvision's order: ratio-major.
 
 # %%
 def cell_anchors(sizes, ratios):
@@ -146,6 +147,8 @@ plt.show()
 
 # %% [markdown]
 # ### Step 3: box coding, both ways
+# `encode` turns a (gt box, anchor) pair into deltas; `decode` applies deltas to an anchor. Each is
+# the other's inverse, up to the clamp on dw and dh.
 
 # %%
 def encode(gt, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
@@ -180,6 +183,7 @@ print("round trip max error:", np.abs(decode(deltas, all_anchors[near]) - gt_box
 
 # %% [markdown]
 # ### Check the coder against the library and torchvision
+# 500 random anchor/box pairs, with the RPN's weights and with the box head's.
 
 # %%
 anchors_k = all_anchors[rng.choice(len(all_anchors), 500, replace=False)]

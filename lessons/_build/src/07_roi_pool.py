@@ -46,6 +46,7 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## Build it
 # ### Step 1: round the box (C's `round`: halves away from zero, unlike NumPy's round-half-to-even)
+# Each coordinate is scaled to the feature grid and rounded to the nearest feature pixel.
 
 # %%
 def c_round(v):
@@ -62,6 +63,8 @@ print("box in input pixels:", box, "-> feature pixels (stride 16):", quantise_bo
 
 # %% [markdown]
 # ### Step 2: bins and maxima, with the argmax kept for backward
+# Split the rounded box into PH × PW bins with rounded edges, take each bin's maximum per channel and
+# remember where it was: backward sends each bin's gradient to that one pixel.
 
 # %%
 def roi_pool_loops(features, rois, PH, PW, spatial_scale):

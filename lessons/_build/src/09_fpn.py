@@ -152,6 +152,7 @@ plt.show()
 
 # %% [markdown]
 # ### Step 2: which level for which RoI
+# FPN Eq. (1), with torchvision's clamp to the levels that exist and its 1e-6 before the floor.
 
 # %%
 def level_of(boxes, k0=4, s0=224, k_min=2, k_max=5):

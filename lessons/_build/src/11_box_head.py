@@ -93,6 +93,7 @@ log("proposals", proposals)
 # %% [markdown]
 # ## Build it
 # ### Step 1: targets, by hand
+# The four steps of the idea section, for one image, and the library's version of the same.
 
 # %%
 def assign_and_encode(proposals, gt_boxes, gt_labels, fg_iou=0.5, weights=(10.0, 10.0, 5.0, 5.0)):
@@ -164,6 +165,9 @@ if torch is not None:
 
 # %% [markdown]
 # ### See it: L2, L1 and smooth L1
+# Over ±3 both pieces of smooth L1 show: the parabola inside |d| < β and the straight lines outside it.
+# β = 1 is Fast R-CNN's (its Eq. 3); torchvision uses β = 1/9 in both the RPN and the box head. The
+# gradient (right) is bounded by 1, where L2's keeps growing with the error.
 
 # %%
 d = np.linspace(-1, 1, 401)
@@ -181,6 +185,7 @@ plt.show()
 
 # %% [markdown]
 # ### Step 3: post-processing, by hand
+# From logits and deltas to at most 100 labelled boxes, in the order of the idea section.
 
 # %%
 def postprocess(class_logits, box_regression, rois, image_size, score_thresh=0.05, nms_thresh=0.5, top_k=100):

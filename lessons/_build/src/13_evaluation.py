@@ -138,6 +138,8 @@ def match_image(dets, gts, area_range, max_dets=100):
 
 # %% [markdown]
 # ### Step 2: precision, recall and the 101-point AP
+# Concatenate the matches of all images, rank them by score, and read the envelope of the
+# precision-recall curve at 101 recall values.
 
 # %%
 def average_precision(scores, matched, ignore, num_objects):
@@ -190,6 +192,7 @@ for name, value in ours.items():
 
 # %% [markdown]
 # ## Check it: pycocotools, and the library's wrapper
+# The same detections through pycocotools' `COCOeval`: every number must agree to rounding.
 
 # %%
 with contextlib.redirect_stdout(io.StringIO()):           # pycocotools prints as it goes

@@ -52,6 +52,7 @@ rng = np.random.default_rng(0)
 
 # %% [markdown]
 # ## The model
+# The configuration, stage by stage, and the size of the network it builds.
 
 # %%
 config = get_config("r18-shapes")
@@ -91,6 +92,7 @@ plt.show()
 
 # %% [markdown]
 # ### COCO AP on the held-out images
+# `Trainer` evaluated the model on the held-out images when it finished: box and mask AP as in lesson 13.
 
 # %%
 stats = result["val"]
@@ -135,6 +137,8 @@ plt.show()
 
 # %% [markdown]
 # ### Proposals before and after NMS, and the detections
+# The ten best boxes before NMS, the ten best after it, and the final detections: before NMS the top of
+# the list repeats the same objects; after it the proposals spread over the objects.
 
 # %%
 before = inter["proposals_before_nms"][0]
@@ -191,6 +195,7 @@ plt.show()
 
 # %% [markdown]
 # ## A gallery of held-out detections
+# Eight images the model never saw, with its detections above a score of 0.5.
 
 # %%
 fig, axes = plt.subplots(2, 4, figsize=(13, 6.5))

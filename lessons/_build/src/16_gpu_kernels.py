@@ -62,6 +62,7 @@ print("GPU present:", HAS_GPU, "| simulator:", os.environ.get("NUMBA_ENABLE_CUDA
 # %% [markdown]
 # ## Build it
 # ### Step 1: the thread mapping
+# Thread i computes output element i: unravel i into (k, c, ph, pw), row-major.
 
 # %%
 def thread_to_output(i, C, PH, PW):
