@@ -26,7 +26,7 @@
 # |---|---|---|
 # | RPN anchor labels | IoU ≥ 0.7 with a ground-truth box: positive; < 0.3: negative | 08 |
 # | RoI sampling for the heads | IoU ≥ 0.5: foreground, else background (paper §3.1) | 11 |
-# | NMS | drop a box whose IoU with a better box is > 0.7 (RPN) or > 0.5 (detections) | 02 |
+# | NMS | drop a box whose IoU with a better box is > 0.7 (RPN) or > 0.5 (detections, torchvision's default) | 02 |
 # | evaluation | a detection is a hit when IoU ≥ 0.5 (AP50), 0.75 (AP75), … | 14 |
 #
 # Shapes: `boxes1` (N, 4), `boxes2` (M, 4), `iou` (N, M).
@@ -76,18 +76,20 @@ a, b = [0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]
 print("IoU of [0,0,2,2] and [1,1,3,3]:", iou_pair(a, b), "= 1/7 =", 1 / 7)  # overlap 1, union 4 + 4 - 1
 assert abs(iou_pair(a, b) - 1 / 7) < 1e-12
 
-fig, ax = plt.subplots(figsize=(3, 3))
+fig, ax = plt.subplots(figsize=(4, 4))
 draw_boxes(ax, [a], "tab:blue", labels=["a"])
 draw_boxes(ax, [b], "tab:orange", labels=["b"])
-ax.add_patch(Rectangle((1, 1), 1, 1, color="tab:green", alpha=0.4))
+ax.add_patch(Rectangle((1, 1), 1, 1, color="tab:green", alpha=0.4, label="a ∩ b"))
+ax.plot([], [], color="tab:blue", label="a = [0, 0, 2, 2]"), ax.plot([], [], color="tab:orange", label="b = [1, 1, 3, 3]")
 ax.set_xlim(-0.5, 3.5), ax.set_ylim(3.5, -0.5), ax.set_aspect("equal")
-ax.set_title("intersection 1, union 7")
+ax.set_xlabel("x (pixels)"), ax.set_ylabel("y (pixels, downwards)"), ax.legend(fontsize=8, loc="lower left")
+ax.set_title("intersection 1, union 4 + 4 - 1 = 7: IoU 1/7")
 plt.show()
 
 # %% [markdown]
 # ### Step 2: every pair, with loops
-# The RPN compares ~200,000 anchors with every ground-truth box; the box head compares 2,000
-# proposals with them. First the obvious double loop, as the specification.
+# The RPN compares every anchor with every ground-truth box (about 200,000 anchors for an 800-pixel
+# image, FPN paper Table 1); the box head compares its 2,000 proposals per training image with them. First the obvious double loop, as the specification.
 
 # %%
 def iou_loops(boxes1, boxes2):
@@ -191,9 +193,14 @@ for ax, target in zip(axes, [0.3, 0.5, 0.7, 0.9]):
     draw_boxes(ax, shifted, "tab:blue", ls="--")
     draw_boxes(ax, diag, "tab:orange", ls=":")
     check = box_ops.box_iou(gt, np.concatenate([shifted, diag]))[0]
-    ax.set_title(f"IoU {check[0]:.2f} / {check[1]:.2f}")
-    ax.set_xlim(0, 60), ax.set_ylim(60, 0), ax.set_aspect("equal")
-plt.suptitle("black: ground truth; blue: shifted in x; orange: shifted along the diagonal")
+    ax.set_title(f"IoU {check[0]:.2f}: shift {d:.1f} px in x\nor {diag_d:.1f} px in x and y", fontsize=10)
+    ax.set_xlim(0, 60), ax.set_ylim(60, 0), ax.set_aspect("equal"), ax.set_xlabel("x (pixels)")
+axes[0].set_ylabel("y (pixels)")
+for color, ls, name in [("black", "-", "ground truth (30 x 30)"), ("tab:blue", "--", "shifted in x"),
+                        ("tab:orange", ":", "shifted along the diagonal")]:
+    axes[0].plot([], [], color=color, ls=ls, label=name)
+fig.legend(loc="lower center", ncol=3, fontsize=9, bbox_to_anchor=(0.5, -0.06))
+plt.suptitle("what IoU 0.3, 0.5, 0.7 and 0.9 look like")
 plt.show()
 
 # %%
@@ -204,16 +211,17 @@ for side in sides:
     gt = np.array([[0, 0, side, side]], dtype=np.float64)
     moved = np.stack([shifts, np.zeros_like(shifts), shifts + side, np.full_like(shifts, side)], 1)
     ax.plot(shifts, box_ops.box_iou(gt, moved)[0], label=f"side {side}px")
-for t in (0.5, 0.7):
-    ax.axhline(t, color="gray", ls=":")
-ax.set_xlabel("shift in pixels"), ax.set_ylabel("IoU"), ax.legend()
+for t, ls in ((0.5, ":"), (0.7, "--")):
+    ax.axhline(t, color="gray", ls=ls, lw=1, label=f"IoU {t}")
+ax.set_xlabel("shift along x (pixels)"), ax.set_ylabel("IoU with the unshifted box"), ax.legend(fontsize=8)
 ax.set_title("a 4-pixel shift costs a small box far more IoU than a large one")
 plt.show()
 
 # %% [markdown]
 # The last plot is why small objects are hard: the same few pixels of error that a 64-pixel box
 # barely notices push an 8-pixel box below every threshold. Keep it in mind for lesson 07: RoIPool
-# rounds box coordinates to the feature grid, an error of up to 16 pixels at stride 16.
+# rounds each box edge to the feature grid and pools whole feature pixels, which moves the region it
+# pools by up to one and a half strides from the box: up to 24 pixels at stride 16.
 
 # %% [markdown]
 # ## Exercises
