@@ -16,10 +16,12 @@
 # 3. drop every remaining box whose IoU with it is **greater than** the threshold;
 # 4. repeat from 2 until no box remains.
 #
-# Mask R-CNN uses it twice (paper §3, following Faster R-CNN): on the RPN's proposals, per image and
-# per FPN level, with threshold 0.7 (keep the best 1,000-2,000); and on the final detections *per
-# class*, with threshold 0.5 (torchvision's `box_nms_thresh`), so that a person and a bicycle in the
-# same place do not suppress each other. Nothing flows back through NMS: it is a plain array function.
+# Mask R-CNN uses it twice. On the RPN's proposals (Faster R-CNN §3.3: threshold 0.7), per image and,
+# in torchvision, per FPN level, keeping the best 2,000 in training and 1,000 at test (FPN paper §5.2;
+# Mask R-CNN §3.1 "Inference"). And on the final detections, *per class*, so that a person and a bicycle
+# in the same place do not suppress each other: torchvision's `box_nms_thresh` is 0.5, the threshold of
+# the paper's "updated baseline" (its first results used 0.3; Appendix B). Nothing flows back through
+# NMS: it is a plain array function.
 #
 # Shapes: `boxes` (N, 4) (x1, y1, x2, y2); `scores` (N,); `idxs` (N,) class of each box;
 # result `keep` (K,) int64 indices, by decreasing score.
@@ -169,30 +171,62 @@ except ImportError:
     print("torchvision is not installed: the torchvision comparison was skipped")
 
 # %% [markdown]
-# ## See it: what the threshold does
-# Low thresholds suppress aggressively (one box per pile, but also neighbours that were different
-# objects); high thresholds let duplicates through.
+# ## See it: what the threshold does to a crowd
+# Six people of one class standing in a row, neighbours overlapping at IoU 0.3 to 0.6, and eight
+# jittered detections around each. NMS cannot tell a second person from a duplicate: a low threshold
+# suppresses neighbours that were real people, a high one lets duplicates through.
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
-colors = np.array(["tab:blue", "tab:orange"])
-for ax, threshold in zip(axes, [None, 0.3, 0.5, 0.7]):
-    shown = np.arange(len(boxes)) if threshold is None else box_ops.batched_nms(boxes, scores, labels, threshold)
-    for i in shown:
-        draw_boxes(ax, boxes[i], colors[labels[i]], alpha=float(scores[i]))
-    draw_boxes(ax, objects, "black", lw=1, ls=":")
-    ax.set_title("before NMS" if threshold is None else f"per-class NMS at {threshold}: {len(shown)} kept")
-    ax.set_xlim(0, 160), ax.set_ylim(140, 0), ax.set_aspect("equal")
-plt.suptitle("box opacity = score; dotted black: the objects")
+gaps = [12, 9, 15, 6, 12]                                    # x distance between neighbours (pixels)
+x0 = 10 + np.concatenate([[0], np.cumsum(gaps)])
+y0 = np.array([20.0, 28, 16, 24, 30, 18])
+crowd = np.stack([x0, y0, x0 + 30, y0 + 70], 1)              # six 30 x 70 people
+print("IoU of neighbours:", np.round([box_ops.box_iou(crowd[i:i + 1], crowd[i + 1:i + 2])[0, 0] for i in range(5)], 2))
+crowd_boxes, crowd_scores, _ = jitter_around(crowd, np.zeros(6, int), per_object=8, noise=0.09)
+
+
+def found_and_extra(kept):
+    """People with a kept box of IoU >= 0.5 (one box each, best score first), and the kept boxes left over."""
+    iou = box_ops.box_iou(crowd_boxes[kept], crowd)
+    taken = np.zeros(len(crowd), dtype=bool)
+    extra = 0
+    for k in range(len(kept)):                                # kept is sorted by decreasing score
+        free = np.nonzero((iou[k] >= 0.5) & ~taken)[0]
+        if len(free):
+            taken[free[iou[k, free].argmax()]] = True
+        else:
+            extra += 1
+    return int(taken.sum()), extra
+
+
+fig, axes = plt.subplots(2, 2, figsize=(10, 8.5), sharex=True, sharey=True)
+cmap = plt.get_cmap("viridis")
+for ax, threshold in zip(axes.ravel(), [None, 0.3, 0.5, 0.7]):
+    kept = np.argsort(-crowd_scores, kind="stable") if threshold is None else box_ops.nms(crowd_boxes, crowd_scores, threshold)
+    for i in kept:
+        draw_boxes(ax, crowd_boxes[i], cmap(crowd_scores[i]), lw=1.2)
+    draw_boxes(ax, crowd, "black", lw=1.5, ls=":")
+    found, extra = found_and_extra(kept)
+    name = "before NMS" if threshold is None else f"NMS at {threshold}"
+    ax.set_title(f"{name}: {len(kept)} boxes\n{found} of 6 people found, {extra} extra boxes", fontsize=11)
+    ax.set_xlim(0, 120), ax.set_ylim(110, 5), ax.set_aspect("equal")
+for ax in axes[:, 0]:
+    ax.set_ylabel("y (pixels)")
+for ax in axes[1]:
+    ax.set_xlabel("x (pixels)")
+axes[0, 0].plot([], [], "k:", label="the six people"), axes[0, 0].legend(loc="lower left", fontsize=9)
+fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=axes, label="detection score", shrink=0.8)
+plt.suptitle("one class, one crowd: low thresholds lose people, high thresholds keep duplicates")
 plt.show()
 
 # %%
 thresholds = np.linspace(0.05, 0.95, 37)
-counts = [len(box_ops.batched_nms(boxes, scores, labels, t)) for t in thresholds]
-fig, ax = plt.subplots(figsize=(6, 3))
-ax.step(thresholds, counts, where="post")
-ax.axhline(len(objects), color="gray", ls=":", label="number of objects")
-ax.set_xlabel("IoU threshold"), ax.set_ylabel("boxes kept"), ax.legend()
+counts = np.array([found_and_extra(box_ops.nms(crowd_boxes, crowd_scores, t)) for t in thresholds])
+fig, ax = plt.subplots(figsize=(6.5, 3.2))
+ax.step(thresholds, counts[:, 0], where="post", label="people found (of 6)")
+ax.step(thresholds, counts[:, 1], where="post", label="extra boxes (duplicates)")
+ax.set_xlabel("NMS IoU threshold"), ax.set_ylabel("count"), ax.legend(fontsize=8)
+ax.set_title("the threshold trades lost people against duplicates")
 plt.show()
 
 # %% [markdown]
