@@ -128,21 +128,28 @@ except ImportError:
 
 # %% [markdown]
 # ## See it: the 15 anchors of one location
-# One input pixel (here (160, 128)) is the centre of one cell on each level, and so of 15 anchors:
-# 5 sizes × 3 ratios.
+# An input pixel whose coordinates are multiples of 64, here (x, y) = (128, 128), is the top-left pixel
+# of one cell on every level (strides 4 … 64 all divide 64), and so the centre of 15 anchors: 5 sizes ×
+# 3 ratios. They are read out of the tiled arrays above, so they are the anchors the RPN really uses.
 
 # %%
-centre = np.array([160, 128])
-fig, ax = plt.subplots(figsize=(5, 4.2))
+centre = np.array([128, 128])                                     # (x, y) in input pixels
+fig, ax = plt.subplots(figsize=(6.5, 5.5))
 colors = plt.cm.viridis(np.linspace(0, 0.9, 5))
-for level, (cell, stride, color) in enumerate(zip(generator.cell_anchors, strides, colors)):
-    draw_boxes(ax, cell + np.tile(centre, 2), color, lw=1.5)
-    ax.plot([], [], color=color, label=f"P{level + 2}: size {sizes[level]}, stride {stride}")
+for level, (level_anchors, (gh, gw), stride, color) in enumerate(zip(lib_per_level, grid_sizes, strides, colors)):
+    row, col = centre[1] // stride, centre[0] // stride           # the cell whose top-left pixel is the centre
+    assert centre[0] % stride == 0 and centre[1] % stride == 0 and row < gh and col < gw
+    cell_index = row * gw + col
+    these = level_anchors[3 * cell_index:3 * cell_index + 3]       # A = 3 anchors per cell, in cell order
+    assert np.allclose((these[:, :2] + these[:, 2:]) / 2, centre, atol=0.5)
+    draw_boxes(ax, these, color, lw=1.5)
+    ax.plot([], [], color=color, label=f"P{level + 2}: size {sizes[level]}, cell ({row}, {col}) of {gh}x{gw}")
 ax.add_patch(Rectangle((0, 0), image_size[1], image_size[0], fill=False, color="black", lw=2))
 ax.plot(*centre, "k+", ms=12)
 ax.set_xlim(-250, 570), ax.set_ylim(500, -250), ax.set_aspect("equal")
-ax.legend(fontsize=8, loc="lower left")
-ax.set_title("anchors centred on one pixel (black frame: the image)")
+ax.set_xlabel("x (input pixels)"), ax.set_ylabel("y (input pixels)")
+ax.legend(fontsize=8, loc="lower right", title="level: anchor size, cell (row, col)", title_fontsize=8)
+ax.set_title("the 15 anchors centred on (128, 128); black frame: the 320 x 256 image")
 plt.show()
 
 # %% [markdown]
@@ -223,7 +230,12 @@ for k, color in zip(range(4), ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     ax.annotate("", xy=((r[0] + r[2]) / 2, (r[1] + r[3]) / 2), xytext=((a[0] + a[2]) / 2, (a[1] + a[3]) / 2),
                 arrowprops=dict(arrowstyle="->", color=color))
 ax.set_xlim(0, 320), ax.set_ylim(256, 0), ax.set_aspect("equal")
-ax.set_title("black: object; dashed: anchors; solid: after the deltas")
+ax.set_xlabel("x (input pixels)"), ax.set_ylabel("y (input pixels)")
+for style, name in [(dict(color="black", lw=2.5), "object"), (dict(color="gray", ls="--"), "anchor (colour: which one)"),
+                    (dict(color="gray"), "anchor after the noisy deltas")]:
+    ax.plot([], [], **style, label=name)
+ax.legend(fontsize=8, loc="lower right")
+ax.set_title("four anchors refined onto one object")
 plt.show()
 
 # %% [markdown]
@@ -240,12 +252,14 @@ for side in object_sides:
     xy = rng.uniform(0, np.array([image_size[1], image_size[0]]) - min(side, 250), (20, 2))
     objs = np.concatenate([xy, xy + side], 1)
     best.append(box_ops.box_iou(objs, all_anchors).max(1).mean())
-fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(object_sides, best)
+fig, ax = plt.subplots(figsize=(6.5, 3.2))
+ax.plot(object_sides, best, label="best IoU of any anchor")
 for s in sizes[:4]:
-    ax.axvline(s, color="gray", ls=":")
+    ax.axvline(s, color="gray", ls=":", lw=1)
+ax.plot([], [], color="gray", ls=":", label="anchor sizes 32, 64, 128, 256")
 ax.axhline(0.7, color="tab:red", ls="--", label="RPN positive threshold 0.7")
-ax.set_xlabel("object side (pixels)"), ax.set_ylabel("best anchor IoU (mean)"), ax.legend()
+ax.set_xlabel("object side (pixels)"), ax.set_ylabel("best anchor IoU (mean of 20)"), ax.legend(fontsize=8)
+ax.set_title("how well the anchors cover square objects of each size")
 plt.show()
 
 # %% [markdown]
