@@ -128,12 +128,12 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [
 axes[0].imshow(tiny[0, 0], cmap="viridis")
 for (i, j), v in np.ndenumerate(tiny[0, 0]):
     axes[0].text(j, i, int(v), ha="center", va="center", color="w", fontsize=8)
-axes[0].set_title("x (5x5)")
+axes[0].set_title("x (5x5), value = 5 i + j"), axes[0].set_xlabel("column j"), axes[0].set_ylabel("row i")
 axes[1].imshow(tiny_cols, cmap="viridis")
 for (r, c), v in np.ndenumerate(tiny_cols):
     axes[1].text(c, r, int(v), ha="center", va="center", color="w", fontsize=6)
 axes[1].set_xlabel("output position i*OW + j"), axes[1].set_ylabel("tap kh*KW + kw")
-axes[1].set_title("cols (9 x 25); the zero padding shows as 0")
+axes[1].set_title("cols (9 x 25): column = one output position's 3x3 patch; the zero padding shows as 0")
 plt.show()
 
 # %% [markdown]
@@ -244,9 +244,12 @@ window[0, 0, 20:28, 30:40] = 1.0                                 # d/dx response
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
 for ax, data, title in zip(axes, [picture, edges.numpy()[0, 0], edges.numpy()[0, 1], img.grad[0, 0]],
                            ["input", "d/dx filter", "d/dy filter", "dx of the window's sum"]):
-    ax.imshow(data, cmap="gray" if title == "input" else "RdBu_r")
+    limit = np.abs(data).max()
+    ax.imshow(data, cmap="gray") if title == "input" else ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_title(title), ax.axis("off")
-axes[3].add_patch(plt.Rectangle((29.5, 19.5), 10, 8, fill=False, color="tab:green"))
+axes[3].add_patch(plt.Rectangle((29.5, 19.5), 10, 8, fill=False, color="tab:green", label="the window"))
+axes[3].legend(loc="lower right", fontsize=8)
+plt.suptitle("64 x 64 pixels; red positive, blue negative, white 0: only pixels near the window get a gradient")
 plt.show()
 
 # %% [markdown]
