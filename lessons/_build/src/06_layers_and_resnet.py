@@ -21,10 +21,14 @@
 # | group norm | statistics per image over groups of channels | as batch norm, per (image, group) |
 # | bottleneck | `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1 x)))))) + shortcut(x))` | the engine composes it |
 #
-# Mask R-CNN fine-tunes with 2 images per GPU, far too few for batch statistics, so the ResNet's
-# batch norms are **frozen** (the paper's §3.1 "Implementation"; torchvision's `FrozenBatchNorm2d`);
-# group norm (Wu & He 2018) is the alternative when training from scratch, as our small shapes
-# models do.
+# The ResNet's batch norms are **frozen** when a detector is fine-tuned: the statistics computed on
+# ImageNet become a fixed per-channel scale and shift. The ResNet paper introduced this for Faster R-CNN
+# (He et al. 2016, Appendix A: "the BN layers are fixed during fine-tuning for object detection",
+# "mainly for reducing memory consumption"); Detectron, the Mask R-CNN paper's code, and torchvision's
+# `FrozenBatchNorm2d` do the same. (The Mask R-CNN paper itself does not discuss it; its §3.1 gives
+# the batch: 2 images per GPU.) Such small batches would also make batch statistics too noisy: Group
+# Normalization (Wu & He 2018) shows batch norm's error growing quickly as the batch shrinks, and its
+# per-image statistics are the alternative when training from scratch, as our small shapes models do.
 #
 # The shortcut `+ x` gives the gradient a path that skips the block: `∂(f(x) + x)/∂x = f'(x) + 1`.
 # Stacking fifty blocks without it, the gradient reaching the first layers is a product of fifty
@@ -314,8 +318,8 @@ with exercise(2, "06_layers_and_resnet"):
     print(f"naive dx: max relative error {r.per_input[0]:.2f}")
 
 # %% [markdown]
-# **Exercise 3 (why).** Mask R-CNN trains with 2 images per GPU. Why are the ResNet's batch norms frozen
-# rather than trained? Set `answer_3`:
+# **Exercise 3 (why).** Mask R-CNN trains with 2 images per GPU. Besides the memory it saves (the ResNet
+# paper's reason), why would training the batch norms with batch statistics hurt here? Set `answer_3`:
 #
 # * (a) with 2 images (and strongly correlated pixels) the batch mean and variance are too noisy to
 #   normalise with, and too far from the ImageNet statistics the weights were trained with;
