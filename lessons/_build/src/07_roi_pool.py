@@ -34,7 +34,8 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import Rectangle
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 import minimaskrcnn as mm
 from minimaskrcnn.ops.roi_pool import roi_pool
@@ -166,41 +167,65 @@ assert np.allclose(x_ours.grad, x_lib.grad)
 
 # %% [markdown]
 # ## See it: the box that is really pooled
-# A box on a stride-16 feature map (thin grey lines are feature-pixel borders; feature pixel (i, j)
-# covers input pixels [16j, 16j + 16)). Solid black: the box we asked for. Red: the pixels RoIPool pools,
-# split into its 7×7 bins. Some bins are 2 pixels wide, some 3, some overlap.
+# Boxes on a stride-16 feature map, drawn in input pixels (the thin grey lines are feature-pixel borders:
+# feature pixel (i, j) covers input pixels [16j, 16j + 16) × [16i, 16i + 16)). Black: the box asked for.
+# Red dashed: the feature pixels RoIPool pools. Shaded: its 7×7 bins, one bin outlined in green. When the
+# pooled region is a multiple of 7 pixels wide the bins are equal (left); otherwise the rounded bin
+# edges make some bins 2 pixels wide and some 3, and neighbours share a row or column of pixels (right).
 
 # %%
-def draw_pooled(ax, box, stride=16, PH=7, PW=7, grid=(10, 12)):
+def draw_pooled(ax, box, stride=16, PH=7, PW=7, grid=(17, 17), highlight=(2, 2)):
+    """Feature grid, the box asked for, the pixels RoIPool pools and its PH x PW bins, in input pixels."""
     for i in range(grid[0] + 1):
-        ax.axhline(i * stride, color="0.85", lw=0.6)
+        ax.axhline(i * stride, color="0.85", lw=0.6, zorder=0)
     for j in range(grid[1] + 1):
-        ax.axvline(j * stride, color="0.85", lw=0.6)
+        ax.axvline(j * stride, color="0.85", lw=0.6, zorder=0)
     x1, y1, x2, y2 = quantise_box(box, 1 / stride)
-    roi_w, roi_h = x2 - x1 + 1, y2 - y1 + 1
+    roi_w, roi_h = x2 - x1 + 1, y2 - y1 + 1                      # inclusive
+    shades = ["tab:blue", "tab:orange"]
     for ph in range(PH):
         for pw in range(PW):
             h0, h1 = math.floor(ph * roi_h / PH) + y1, math.ceil((ph + 1) * roi_h / PH) + y1
             w0, w1 = math.floor(pw * roi_w / PW) + x1, math.ceil((pw + 1) * roi_w / PW) + x1
-            ax.add_patch(Rectangle((w0 * stride + 1, h0 * stride + 1), (w1 - w0) * stride - 2, (h1 - h0) * stride - 2,
-                                   fill=False, color="tab:red", lw=0.8, alpha=0.7))
+            ax.add_patch(Rectangle((w0 * stride, h0 * stride), (w1 - w0) * stride, (h1 - h0) * stride,
+                                   color=shades[(ph + pw) % 2], alpha=0.28, lw=0))
+            if (ph, pw) == highlight:
+                ax.add_patch(Rectangle((w0 * stride, h0 * stride), (w1 - w0) * stride, (h1 - h0) * stride,
+                                       fill=False, color="tab:green", lw=2.5))
+                ax.annotate(f"bin {highlight}: {w1 - w0} x {h1 - h0} feature pixels", (w1 * stride, h0 * stride),
+                            xytext=(w1 * stride + 16, h0 * stride - 24), color="tab:green", fontsize=9, bbox=dict(fc="white", ec="none", alpha=0.85),
+                            arrowprops=dict(arrowstyle="->", color="tab:green"))
+    ax.add_patch(Rectangle((x1 * stride, y1 * stride), roi_w * stride, roi_h * stride, fill=False, color="tab:red", lw=2, ls="--"))
     ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, color="black", lw=2.5))
     ax.set_xlim(0, grid[1] * stride), ax.set_ylim(grid[0] * stride, 0), ax.set_aspect("equal")
+    ax.set_xticks(range(0, grid[1] * stride + 1, 32)), ax.set_yticks(range(0, grid[0] * stride + 1, 32))
+    ax.set_xlabel("x (input pixels); grey lines: feature pixels, stride 16"), ax.set_ylabel("y (input pixels)")
 
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-draw_pooled(axes[0], [26.0, 18.0, 138.0, 130.0])
-axes[0].set_title("black: the box; red: RoIPool's 7x7 bins on the feature grid")
-draw_pooled(axes[1], [38.0, 23.0, 150.0, 135.0])
-axes[1].set_title("the box moved by (12, 5) px: the very same bins")
+fig, axes = plt.subplots(1, 2, figsize=(13, 6.6))
+box = [26.0, 18.0, 234.0, 226.0]
+moved = [box[0] + 12, box[1] + 5, box[2] + 12, box[3] + 5]
+draw_pooled(axes[0], box)
+axes[0].add_patch(Rectangle((moved[0], moved[1]), moved[2] - moved[0], moved[3] - moved[1], fill=False, color="black", lw=1.5, ls=":"))
+assert quantise_box(box, 1 / 16) == quantise_box(moved, 1 / 16)
+axes[0].set_title("a 14 x 14 pixel region: 7 x 7 bins of 2 x 2 pixels;\nthe box moved by (12, 5) px (dotted) pools the very same bins", fontsize=11)
+odd = [50.0, 30.0, 196.0, 210.0]
+draw_pooled(axes[1], odd)
+axes[1].set_title("a 10 x 12 pixel region: bins 2 or 3 pixels wide,\nneighbours sharing a row or column of pixels", fontsize=11)
+handles = [Line2D([], [], color="black", lw=2.5, label="the box asked for"),
+           Line2D([], [], color="tab:red", lw=2, ls="--", label="the feature pixels RoIPool pools"),
+           Patch(color="tab:blue", alpha=0.4, label="bins, shaded alternately"),
+           Patch(color="tab:orange", alpha=0.4, label="(a shared pixel looks darker)")]
+fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=10, bbox_to_anchor=(0.5, -0.02))
 plt.show()
 
 # %% [markdown]
 # ### How far off, in input pixels?
-# The first rounding moves each box edge by up to half a stride, and since the pixel range is
-# inclusive (pixels `x1 … x2` cover `[16·x1, 16·(x2 + 1))` of the input at stride 16) the far edge can
-# land up to one and a half strides away. For random boxes, the distance between the box's edges and
-# the edges of the region RoIPool pools:
+# The first rounding moves each box edge to the nearest feature pixel: up to half a stride. The pooled
+# pixels `x1 … x2` are inclusive and cover `[16·x1, 16·(x2 + 1))` of the input at stride 16, so the far
+# edges (x2, y2) end up between half a stride and one and a half strides beyond the box. (The second
+# rounding, of the bin edges, moves the bins inside the region but not its outer edges.) For random
+# boxes, the distance between each edge of the box and the same edge of the pooled region:
 
 # %%
 num = 2000 if QUICK else 20000
@@ -210,14 +235,16 @@ for stride in strides:
     b = np.sort(rng.uniform(0, 800, (num, 2)), axis=1)
     q = np.array([[c_round(v / stride) for v in pair] for pair in b])
     err = np.abs(np.concatenate([q[:, 0] * stride - b[:, 0], (q[:, 1] + 1) * stride - b[:, 1]]))
-    ax.hist(err, bins=40, histtype="step", lw=1.5, label=f"stride {stride}: mean {err.mean():.1f} px")
-ax.set_xlabel("|box edge - pooled edge| (input pixels)"), ax.set_ylabel("count"), ax.legend(fontsize=8)
-ax.set_title("RoIPool's misalignment, first rounding only")
+    ax.hist(err, bins=40, histtype="step", lw=1.5,
+            label=f"stride {stride}: mean {err.mean():.1f} px, max {err.max():.1f} px = {err.max() / stride:.2f} strides")
+ax.set_xlabel("|box edge - pooled edge| (input pixels)"), ax.set_ylabel("count (near and far edges)"), ax.legend(fontsize=8)
+ax.set_title("RoIPool's misalignment of the pooled region's edges")
 plt.show()
 
 # %% [markdown]
-# At stride 16 an edge is off by about 10 pixels on average: for a 32-pixel object, a third of its
-# size. Box classification shrugs that off; a 28×28 mask cannot. Lesson 08 shows the cure.
+# At stride 16 an edge is off by about 10 pixels on average and by up to 24 (1.5 strides): for a
+# 32-pixel object, a third of its size on average. Box classification shrugs that off; a 28×28 mask
+# cannot. Lesson 08 shows the cure.
 
 # %% [markdown]
 # ### The output as a box slides
@@ -231,8 +258,9 @@ shifts = np.arange(0, 64, 1.0)
 slid = np.array([[0, 40 + s, 40, 104 + s, 104] for s in shifts])
 pooled = roi_pool(mm.tensor(ramp), slid, (1, 1), 1 / 16).numpy()[:, 0, 0, 0]
 fig, ax = plt.subplots(figsize=(6, 2.8))
-ax.step(shifts, pooled, where="post")
-ax.set_xlabel("box shift (input pixels)"), ax.set_ylabel("RoIPool output (1x1 bin)")
+ax.step(shifts, pooled, where="post", label="RoIPool, one 1x1 bin (max)")
+ax.set_xlabel("box shift (input pixels)"), ax.set_ylabel("output = column index"), ax.legend(fontsize=8)
+ax.set_title("a 64-pixel box sliding over a ramp: a staircase with 16-pixel steps")
 plt.show()
 
 # %% [markdown]
@@ -261,8 +289,8 @@ for name, t in timings.items():
 #
 # **Exercise 1.** RoIPool pools pixels `x1 … x2` inclusive, so the pooled region spans input pixels
 # `[16·x1, 16·(x2 + 1))` at stride 16. Write `pooled_region(box, stride)` returning that region as an
-# input-pixel box `[X1, Y1, X2, Y2]`. The check compares its IoU with the asked box to what the
-# lesson's formula gives on a few boxes.
+# input-pixel box `[X1, Y1, X2, Y2]`. The check compares it with regions worked out by hand for a few
+# boxes (mind the rounding of halves).
 
 # %% tags=exercise-1
 def pooled_region(box, stride):
@@ -312,7 +340,8 @@ with exercise(3, "07_roi_pool"):
 # ## Summary
 # * RoIPool rounds the box onto the feature grid, splits it into bins with rounded edges, and takes
 #   each bin's maximum; backward goes to the argmax.
-# * The roundings misalign the pooled features with the box by up to half a stride per edge, and make
-#   the output a staircase function of the box position.
+# * The roundings misalign the pooled region with the box: up to half a stride at the near edges, half
+#   to one and a half strides at the far edges (up to 24 pixels at stride 16); the output is a staircase
+#   function of the box position.
 #
 # Next: lesson 08, RoIAlign: no rounding at all.
