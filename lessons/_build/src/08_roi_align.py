@@ -28,13 +28,15 @@
 # * the output is the average of the grid_h × grid_w samples.
 #
 # **Backward.** The output is linear in the features: each sample's weight goes back to its 4 pixels,
-# times `dout / count`. No gradient for the boxes (the paper, and torchvision, do not backpropagate into
-# the proposals).
+# times `dout / count`. No gradient for the boxes: torchvision does not backpropagate into the
+# proposals, and the paper's end-to-end training uses this "approximate" version that ignores the
+# gradient with respect to the RoI coordinates (Appendix B).
 #
-# **`aligned`.** With `aligned=False` (the original paper, torchvision's Mask R-CNN) a box edge at
-# x1 = 16 samples around feature coordinate 1.0; but feature pixel 1 is centred at input pixel 16 + 8.
-# `aligned=True` (Detectron2) subtracts half a pixel so that the continuous coordinates line up.
-# This project keeps torchvision's `aligned=False` for the model, to load its weights.
+# **`aligned`.** With `aligned=False` (torchvision's Mask R-CNN) a box edge at x1 = 16 samples around
+# feature coordinate 1.0; but feature pixel 1 covers input pixels [16, 32), centred at 16 + 8.
+# `aligned=True` (Detectron2's default) subtracts half a feature pixel so that the continuous
+# coordinates line up. This project keeps torchvision's `aligned=False` for the model, so that
+# torchvision's weights give torchvision's results.
 #
 # Shapes: features (N, C, H, W); RoIs (K, 5); output (K, C, PH, PW); 7×7 for the box head, 14×14
 # for the mask head.
@@ -211,34 +213,58 @@ assert np.allclose(x_ours.grad, x_lib.grad, rtol=1e-12, atol=1e-12)
 
 # %% [markdown]
 # ## See it
-# ### The sample grid
-# A box on a stride-16 feature map, 2×2 bins with 2×2 samples each (the paper's Figure 3). Each
-# sample (dot) reads the 4 feature pixels around it; the lines show them for one sample.
+# ### The sample grid, in input pixels
+# A box on a stride-16 feature map, 2×2 bins with 2×2 samples each (the paper's Figure 3), drawn in the
+# input image's pixels. Feature pixel j covers input pixels [16j, 16j + 16), so its value belongs at the
+# pixel's centre, 16j + 8 (grey squares). RoIAlign reads the value at feature coordinate f by bilinear
+# interpolation between the feature pixels ⌊f⌋ and ⌊f⌋ + 1, whose centres are at 16⌊f⌋ + 8 and beyond: a
+# sample at feature coordinate f reads the image around input coordinate 16f + 8, and that is where it
+# is drawn (red dots; green lines: the 4 feature pixels one sample mixes, thicker for larger weights).
+#
+# With `aligned=False` (torchvision's Mask R-CNN) the box's edge x1 becomes f = x1/16, which reads the
+# image at x1 + 8: the bins and samples sit half a feature pixel (8 input pixels) right of and below the
+# box asked for. `aligned=True` uses f = x1/16 − 0.5, and the bins land exactly on the box.
 
 # %%
 def draw_sample_grid(ax, roi, PH=2, PW=2, sampling_ratio=2, stride=16, grid=(6, 8), aligned=False):
-    for i in range(grid[0]):           # feature-pixel centres, in feature coordinates (aligned=False: at integers)
-        for j in range(grid[1]):
-            ax.plot(j, i, "s", color="0.8", ms=4)
+    """RoIAlign's bins and samples for one RoI, drawn where they read the input (input pixels)."""
+    to_input = lambda f: stride * f + stride / 2      # feature coordinate -> the input pixel its value belongs to
+    for i in range(grid[0] + 1):
+        ax.axhline(i * stride, color="0.9", lw=0.6, zorder=0)
+    for j in range(grid[1] + 1):
+        ax.axvline(j * stride, color="0.9", lw=0.6, zorder=0)
+    centres = np.arange(grid[1]) * stride + stride / 2, np.arange(grid[0]) * stride + stride / 2
+    cx, cy = np.meshgrid(*centres)
+    ax.plot(cx.ravel(), cy.ravel(), "s", color="0.7", ms=4, zorder=1)
+    ax.add_patch(Rectangle(roi[1:3], roi[3] - roi[1], roi[4] - roi[2], fill=False, color="black", lw=2.5, zorder=2))
     points, _ = sample_points(roi, 1 / stride, PH, PW, sampling_ratio, aligned)
     start_x, start_y, bin_w, bin_h, _, _ = roi_geometry(roi, 1 / stride, PH, PW, sampling_ratio, aligned)
     for ph in range(PH):
         for pw in range(PW):
-            ax.add_patch(Rectangle((start_x + pw * bin_w, start_y + ph * bin_h), bin_w, bin_h, fill=False, color="tab:blue", lw=1.5))
-    ys, xs = [p[2] for p in points], [p[3] for p in points]
-    ax.plot(xs, ys, "o", color="tab:red", ms=5)
+            x0, y0 = to_input(start_x + pw * bin_w), to_input(start_y + ph * bin_h)
+            ax.add_patch(Rectangle((x0, y0), stride * bin_w, stride * bin_h, fill=False, color="tab:blue", lw=1.5, zorder=3))
+    ys, xs = np.array([p[2] for p in points]), np.array([p[3] for p in points])
+    ax.plot(to_input(xs), to_input(ys), "o", color="tab:red", ms=5, zorder=4)
     _, taps = bilinear(np.zeros((1,) + grid), ys[0], xs[0])
     for yy, xx, w in taps:
-        ax.plot([xs[0], xx], [ys[0], yy], "-", color="tab:green", lw=0.5 + 3 * w)
-    ax.set_xlim(-0.7, grid[1] - 0.3), ax.set_ylim(grid[0] - 0.3, -0.7), ax.set_aspect("equal")
+        ax.plot([to_input(xs[0]), to_input(xx)], [to_input(ys[0]), to_input(yy)], "-", color="tab:green", lw=0.5 + 3 * w, zorder=3)
+    ax.set_xlim(0, grid[1] * stride), ax.set_ylim(grid[0] * stride, 0), ax.set_aspect("equal")
+    ax.set_xticks(range(0, grid[1] * stride + 1, 16)), ax.set_yticks(range(0, grid[0] * stride + 1, 16))
+    ax.set_xlabel("x (input pixels); grey lines: feature pixels"), ax.set_ylabel("y (input pixels)")
 
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
 roi = np.array([0, 21.0, 14.0, 85.0, 62.0])
 draw_sample_grid(axes[0], roi)
-axes[0].set_title("bins (blue), samples (red),\none sample's 4 taps (green)")
+axes[0].set_title("aligned=False: bins and samples 8 px (half a feature pixel)\nright of and below the box", fontsize=11)
 draw_sample_grid(axes[1], roi, aligned=True)
-axes[1].set_title("aligned=True: the same box,\nhalf a feature pixel up and left")
+axes[1].set_title("aligned=True: f = x/16 - 0.5, the bins land on the box", fontsize=11)
+handles = [plt.Line2D([], [], color="black", lw=2.5, label="the box (RoI)"),
+           plt.Line2D([], [], color="tab:blue", lw=1.5, label="its 2x2 bins, where they read"),
+           plt.Line2D([], [], color="tab:red", marker="o", ls="", label="samples (2x2 per bin)"),
+           plt.Line2D([], [], color="tab:green", lw=2, label="one sample's 4 taps"),
+           plt.Line2D([], [], color="0.7", marker="s", ls="", label="feature-pixel centres")]
+fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=9, bbox_to_anchor=(0.5, -0.03))
 plt.show()
 
 # %% [markdown]
@@ -253,7 +279,8 @@ slid = np.array([[0, 40 + s, 40, 104 + s, 104] for s in shifts])
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.step(shifts, roi_pool(mm.tensor(ramp), slid, 1, 1 / 16).numpy().ravel(), where="post", label="RoIPool (max)")
 ax.plot(shifts, roi_align(mm.tensor(ramp), slid, 1, 1 / 16, 2).numpy().ravel(), label="RoIAlign (average)")
-ax.set_xlabel("box shift (input pixels)"), ax.set_ylabel("output (1x1 bin)"), ax.legend()
+ax.set_xlabel("box shift (input pixels)"), ax.set_ylabel("output (1x1 bin) = column index"), ax.legend(fontsize=8)
+ax.set_title("a 64-pixel box sliding over a ramp")
 plt.show()
 
 # %% [markdown]
@@ -272,7 +299,8 @@ for name, op in [("RoIPool", lambda t: roi_pool(t, box, 7, 1 / 16)), ("RoIAlign"
     grads[name] = t.grad[0, 0]
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 for ax, (name, g) in zip(axes, grads.items()):
-    ax.imshow(g, cmap="magma")
+    shown = ax.imshow(g, cmap="magma")
+    fig.colorbar(shown, ax=ax, shrink=0.8, label="d(sum of output) / d(feature)")
     ax.add_patch(Rectangle((box[0, 1] / 16 - 0.5, box[0, 2] / 16 - 0.5), (box[0, 3] - box[0, 1]) / 16, (box[0, 4] - box[0, 2]) / 16,
                            fill=False, color="tab:cyan", lw=1.5))
     ax.set_title(f"{name}: {int((g > 0).sum())} pixels get a gradient")
