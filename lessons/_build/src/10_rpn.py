@@ -9,10 +9,11 @@
 # %% [markdown]
 # ## The idea
 #
-# Faster R-CNN §3.1: a small network slides over every level of the feature pyramid and, for each of
-# the A anchors of each cell (lesson 03), predicts an **objectness** logit ("is there an object here?")
-# and four **deltas** that move the anchor onto the object. The head is a 3×3 conv (ReLU) and two 1×1
-# convs, (N, A, H, W) logits and (N, 4A, H, W) deltas, shared by all levels.
+# Faster R-CNN §3.1: a small network slides over a feature map and, for each of the A anchors of each
+# cell (lesson 03), predicts an **objectness** logit ("is there an object here?") and four **deltas**
+# that move the anchor onto the object. With an FPN (lesson 09; FPN §4.1) the same head, a 3×3 conv
+# (ReLU) and two 1×1 convs giving (N, A, H, W) logits and (N, 4A, H, W) deltas, runs on every level
+# P2-P6, each level with anchors of one size.
 #
 # **Targets** (no gradient), per image (§3.1.2):
 #
@@ -24,8 +25,19 @@
 # | the highest IoU any anchor has with some gt (ties included) | positive, whatever its value |
 #
 # The last rule guarantees every object at least one positive anchor, even a small or oddly shaped one.
-# Then 256 anchors are sampled, at most half positive, and the losses are BCE on their objectness and
-# smooth L1 (β = 1/9) on the positives' deltas (weights (1, 1, 1, 1)), divided by the number sampled.
+# (Faster R-CNN's wording is "IoU higher than 0.7"; torchvision's `Matcher`, and so this project, counts
+# an IoU of exactly 0.7 as positive.) Then 256 anchors are sampled, at most half positive (Faster
+# R-CNN §3.1.3), and two losses are computed on them:
+#
+# * **objectness**: binary cross-entropy of the logit x against the label t ∈ {0, 1}, averaged over the
+#   sampled anchors: −t log σ(x) − (1 − t) log(1 − σ(x)), where σ(x) = 1 / (1 + e^{−x}). Computed as
+#   `max(x, 0) − x t + log(1 + e^{−|x|})`, the same value without overflow or log(0) (lesson 12 derives
+#   it); its gradient is σ(x) − t.
+# * **box regression**, on the positives only: smooth L1 of each delta's error d, summed and divided by
+#   the number of sampled anchors. Smooth L1 is 0.5 d²/β for |d| < β and |d| − 0.5 β beyond: quadratic
+#   near 0, linear far away, so that a badly placed anchor cannot dominate the gradient (Fast R-CNN
+#   §2.3, with β = 1; torchvision uses β = 1/9). Lesson 11 plots it. The box coder's weights are
+#   (1, 1, 1, 1) here.
 #
 # **Proposals** (no gradient): decode every anchor's deltas; on each level keep the `pre_nms_top_n`
 # best by objectness (2000 in training, 1000 at test); clip to the image; drop boxes smaller than
@@ -121,26 +133,41 @@ if torch is not None:
 
 # %% [markdown]
 # ### See it: anchors by label
-# Green: positive anchors (solid: IoU ≥ 0.7; dashed: kept only as some object's best anchor). Red: a
-# sample of 15 negatives. Ignored anchors are not drawn. Per level, how many positives each object got.
+# Left: the ground-truth objects (thick dashed, one colour each), the positive anchors (green; solid:
+# IoU ≥ 0.7, dashed: positive only as some object's best anchor) and a sample of 15 negatives (red).
+# Ignored anchors are not drawn. Right: per level, how many positive anchors each object got.
 
 # %%
 iou_best = box_ops.box_iou(gt_boxes, anchors).max(0)
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1, 1.2]})
+object_colors = [f"C{g}" for g in range(len(gt_boxes))]
+fig, axes = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
 axes[0].imshow(image.transpose(1, 2, 0))
 for i in rng.choice(np.nonzero(labels == 0)[0], 15, replace=False):
     axes[0].add_patch(Rectangle(anchors[i, :2], *(anchors[i, 2:] - anchors[i, :2]), fill=False, color="tab:red", lw=0.8))
 for i in np.nonzero(labels == 1)[0]:
     axes[0].add_patch(Rectangle(anchors[i, :2], *(anchors[i, 2:] - anchors[i, :2]), fill=False, color="lime",
                                 lw=1.2, ls="-" if iou_best[i] >= 0.7 else "--"))
-axes[0].set_xlim(-30, 158), axes[0].set_ylim(158, -30), axes[0].set_title("anchors by label")
+for g, (b, color) in enumerate(zip(gt_boxes, object_colors)):
+    axes[0].add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color=color, lw=2.5, ls=(0, (4, 2))))
+    axes[0].text(b[0] + 1, b[3] - 2, str(g), color=color, fontsize=11, fontweight="bold",
+                 bbox=dict(fc="white", ec="none", alpha=0.8, pad=1))
+for style, name in [(dict(color="lime"), "positive, IoU ≥ 0.7"), (dict(color="lime", ls="--"), "positive: an object's best anchor"),
+                    (dict(color="tab:red", lw=0.8), "negative (15 of them)"), (dict(color="C0", lw=2.5, ls=(0, (4, 2))), "ground truth")]:
+    axes[0].plot([], [], **style, label=name)
+axes[0].legend(fontsize=8, loc="lower left", framealpha=0.9)
+axes[0].set_xlim(-30, 158), axes[0].set_ylim(158, -30)
+axes[0].set_xlabel("x (pixels)"), axes[0].set_ylabel("y (pixels)"), axes[0].set_title("anchors by label, with the objects")
 level_of_anchor = np.repeat(np.arange(5), num_anchors_per_level)
-counts = np.array([[int(((labels == 1) & (best_gt == g) & (level_of_anchor == l)).sum()) for l in range(5)] for g in range(len(gt_boxes))])
+counts = np.array([[int(((labels == 1) & (best_gt == g) & (level_of_anchor == level)).sum()) for level in range(5)]
+                   for g in range(len(gt_boxes))])
 for g in range(len(gt_boxes)):
     side = np.sqrt(box_ops.box_area(gt_boxes[g:g + 1])[0])
-    axes[1].bar(np.arange(5) + 0.8 * g / len(gt_boxes), counts[g], width=0.8 / len(gt_boxes), label=f"object {g} (side ~{side:.0f} px)")
-axes[1].set_xticks(np.arange(5) + 0.3, [f"P{l + 2}\nsize {s[0]}" for l, s in enumerate(sizes)])
+    axes[1].bar(np.arange(5) + 0.8 * g / len(gt_boxes), counts[g], width=0.8 / len(gt_boxes), color=object_colors[g],
+                label=f"object {g} (side ~{side:.0f} px)")
+axes[1].set_xticks(np.arange(5) + 0.3, [f"P{level + 2}\n{s[0]} px" for level, s in enumerate(sizes)])
+axes[1].set_xlabel("level and its anchor size")
 axes[1].set_ylabel("positive anchors"), axes[1].legend(fontsize=8)
+axes[1].set_title("positive anchors per object and level")
 plt.show()
 
 # %% [markdown]
@@ -185,7 +212,7 @@ print("equal to minimaskrcnn's RegionProposalNetwork.compute_loss")
 
 # %%
 oracle_logits = ((iou_best - 0.5) * 10 + rng.normal(0, 1.0, len(anchors))).astype(np.float32)
-oracle_deltas = (regression_targets + rng.normal(0, 0.15, regression_targets.shape)).astype(np.float32)
+oracle_deltas = (regression_targets + rng.normal(0, 0.05, regression_targets.shape)).astype(np.float32)
 decoded = BoxCoder((1.0, 1.0, 1.0, 1.0)).decode_single(oracle_deltas, anchors)  # (R, 4)
 
 
@@ -226,19 +253,27 @@ if torch is not None:
 # after NMS the ten best proposals spread over the objects. Dashed cyan: the ground truth.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
-for ax, (title, boxes_, scores_) in zip(axes, [("the 100 best candidates before NMS", before_boxes, before_scores),
-                                               ("the 50 proposals after NMS (0.7)", proposals, scores),
-                                               ("the 10 best proposals", proposals[:10], scores[:10])]):
+fig, axes = plt.subplots(1, 3, figsize=(14, 5))
+order_before = np.argsort(-before_scores, kind="stable")
+panels = [(f"the 10 best of {len(before_boxes)} candidates, before NMS", before_boxes[order_before[:10]]),
+          ("the 10 best proposals, after NMS (0.7)", proposals[:10]),
+          (f"all {len(proposals)} proposals after NMS", proposals)]
+for ax, (title, boxes_) in zip(axes, panels):
     ax.imshow(image.transpose(1, 2, 0))
-    for b in boxes_[np.argsort(-scores_, kind="stable")[:100]]:
-        ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color="yellow", lw=0.7))
+    for b in boxes_:
+        ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color="yellow", lw=1))
     for b in gt_boxes:
         ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color="cyan", lw=1.5, ls="--"))
-    ax.set_title(title), ax.axis("off")
+    ax.set_title(title, fontsize=11), ax.set_xlabel("x (pixels)")
+axes[0].set_ylabel("y (pixels)")
+axes[0].plot([], [], color="yellow", label="candidate / proposal"), axes[0].plot([], [], color="cyan", ls="--", label="ground truth")
+axes[0].legend(fontsize=8, loc="lower left", framealpha=0.9)
 plt.show()
+covered = lambda boxes_: int((box_ops.box_iou(gt_boxes, boxes_).max(1) >= 0.5).sum())
+print(f"objects covered at IoU 0.5 by the 10 best boxes: {covered(before_boxes[order_before[:10]])} of {len(gt_boxes)} "
+      f"before NMS, {covered(proposals[:10])} after")
 recall = (box_ops.box_iou(gt_boxes, proposals).max(1) >= 0.5).mean()
-print(f"recall of the objects at IoU 0.5 by the 50 proposals: {recall:.2f}")
+print(f"recall of the objects at IoU 0.5 by all {len(proposals)} proposals: {recall:.2f}")
 
 # %% [markdown]
 # ## Exercises
