@@ -25,8 +25,8 @@
 # COCO's **AP** is the mean over 10 thresholds t = 0.50, 0.55, …, 0.95 and over classes; **AP50** and
 # **AP75** fix t; **APs / APm / APl** count only objects (and unmatched detections) with area < 32², between
 # 32² and 96², and above 96² pixels; at most 100 detections per image are counted. Mask AP is the same
-# with the IoU of masks instead of boxes. The Mask R-CNN paper reports mask AP (Tables 1-3) and box AP
-# (Table 3) this way.
+# with the IoU of masks instead of boxes. The Mask R-CNN paper reports mask AP (Tables 1 and 2) and box
+# AP (Table 3, and Table 2d) this way (§4: "the standard COCO metrics").
 
 # %%
 import contextlib
@@ -238,6 +238,7 @@ for cat, ap in ap_by_cat.items():
 mean_curve = np.mean(list(ap_by_cat.values()), axis=0)
 ax.plot(IOU_THRESHOLDS, mean_curve, "k--", label=f"mean: its average is AP = {mean_curve.mean():.3f}")
 ax.set_xlabel("IoU threshold"), ax.set_ylabel("AP"), ax.legend(fontsize=8)
+ax.set_title("AP at each IoU threshold: COCO's AP is the mean of the 10 points")
 plt.show()
 
 # %% [markdown]
