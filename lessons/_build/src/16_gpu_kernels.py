@@ -179,24 +179,34 @@ assert result.passed
 
 # %% [markdown]
 # ## See it: threads and blocks
-# Each square is one output element of a (K=3, C=2, PH=4, PW=4) RoIAlign; its colour is the block that
-# computes it with 16 threads per block, its number the thread index inside the block.
+# Each square is one output element of a (K=3, C=2, PH=3, PW=3) RoIAlign, 54 elements in all, computed
+# with 8 threads per block: 7 blocks, the last with 2 spare threads (they return at once). Its colour
+# is the block (`blockIdx.x`), its number the thread inside the block (`threadIdx.x`). Blocks know
+# nothing of RoIs or channels: one block can finish one channel and start the next, or cross from one
+# RoI to the next, and every panel holds pieces of two or three blocks.
 
 # %%
-K, C, PH, PW, tpb = 3, 2, 4, 4, 16
-fig, axes = plt.subplots(K, C, figsize=(5, 7))
+K, C, PH, PW, tpb = 3, 2, 3, 3, 8
+num_blocks = (K * C * PH * PW + tpb - 1) // tpb
+fig, axes = plt.subplots(K, C, figsize=(6.5, 8))
 cmap = plt.get_cmap("tab10")
 for i in range(K * C * PH * PW):
     k, c, ph, pw = thread_to_output(i, C, PH, PW)
     ax = axes[k, c]
-    ax.add_patch(plt.Rectangle((pw, ph), 1, 1, color=cmap(i // tpb), alpha=0.6))
-    ax.text(pw + 0.5, ph + 0.5, str(i % tpb), ha="center", va="center", fontsize=8)
+    ax.add_patch(plt.Rectangle((pw, ph), 1, 1, facecolor=cmap(i // tpb), alpha=0.6, edgecolor="white", lw=2))
+    ax.text(pw + 0.5, ph + 0.5, str(i % tpb), ha="center", va="center", fontsize=11)
 for k in range(K):
     for c in range(C):
-        axes[k, c].set_xlim(0, PW), axes[k, c].set_ylim(PH, 0), axes[k, c].set_xticks([]), axes[k, c].set_yticks([])
-        axes[k, c].set_title(f"RoI k={k}, channel c={c}", fontsize=9)
-plt.suptitle("colour = block, number = threadIdx.x")
-plt.tight_layout()
+        ax = axes[k, c]
+        ax.set_xlim(0, PW), ax.set_ylim(PH, 0), ax.set_aspect("equal")
+        ax.set_xticks(np.arange(PW) + 0.5, range(PW)), ax.set_yticks(np.arange(PH) + 0.5, range(PH))
+        ax.set_title(f"RoI k={k}, channel c={c}", fontsize=10)
+        ax.set_xlabel("pw", fontsize=9), ax.set_ylabel("ph", fontsize=9)
+handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(b), alpha=0.6, label=f"block {b}") for b in range(num_blocks)]
+fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=9)
+plt.suptitle(f"{K * C * PH * PW} output elements, {tpb} threads per block: {num_blocks} blocks\n"
+             "colour = blockIdx.x, number = threadIdx.x", fontsize=11)
+plt.tight_layout(rect=(0, 0.07, 1, 1))
 plt.show()
 
 # %% [markdown]
