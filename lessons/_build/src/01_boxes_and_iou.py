@@ -39,6 +39,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from minimaskrcnn.ops import boxes as box_ops
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80

@@ -39,6 +39,7 @@ from matplotlib.patches import Rectangle
 
 import minimaskrcnn as mm
 from minimaskrcnn.ops import boxes as box_ops
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80

@@ -47,6 +47,7 @@ from matplotlib.patches import Rectangle
 from minimaskrcnn.models.anchors import AnchorGenerator
 from minimaskrcnn.ops import boxes as box_ops
 from minimaskrcnn.ops.box_coder import BoxCoder
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80
@@ -168,7 +169,10 @@ def encode(gt, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     return np.stack([wx * (gx - px) / pw, wy * (gy - py) / ph, ww * np.log(gw / pw), wh * np.log(gh / ph)], axis=1)
 
 
-def decode(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=np.log(1000.0 / 16)):
+DW_CLIP = np.log(1000.0 / 16)  # torchvision's bbox_xform_clip
+
+
+def decode(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=DW_CLIP):
     """Boxes (K, 4) obtained by applying deltas (K, 4) to anchors (K, 4)."""
     wx, wy, ww, wh = weights
     pw, ph = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]

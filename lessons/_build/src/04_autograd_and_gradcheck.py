@@ -42,6 +42,7 @@ import numpy as np
 
 import minimaskrcnn as mm
 from minimaskrcnn.function import unbroadcast
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80

@@ -34,11 +34,12 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-
-import minimaskrcnn as mm
 from minimaskrcnn.kernels.im2col import conv_output_size
 from minimaskrcnn.kernels.im2col import reference as im2col_reference
+
+import minimaskrcnn as mm
 from minimaskrcnn.ops.conv import conv2d
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80

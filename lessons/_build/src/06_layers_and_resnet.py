@@ -42,8 +42,9 @@ import numpy as np
 
 import minimaskrcnn as mm
 from minimaskrcnn import nn
-from minimaskrcnn.models.resnet import Bottleneck, ResNetBody, make_norm_layer
+from minimaskrcnn.models.resnet import ResNetBody, make_norm_layer
 from minimaskrcnn.nn import functional as F
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80
@@ -218,7 +219,7 @@ if torch is not None:
         for layer in (tv_model.layer1, tv_model.layer2, tv_model.layer3, tv_model.layer4):
             t = layer(t)
             ref_stages.append(t.numpy())
-    for (name, ours), ref, level in zip(ours_stages.items(), ref_stages, range(2, 6)):
+    for ours, ref, level in zip(ours_stages.values(), ref_stages, range(2, 6)):
         err = np.abs(ours.numpy() - ref).max() / np.abs(ref).max()
         log(f"C{level} (stride {2 ** level})", ours)
         assert err < 1e-4, (level, err)

@@ -39,6 +39,7 @@ from matplotlib.patches import Patch, Rectangle
 
 import minimaskrcnn as mm
 from minimaskrcnn.ops.roi_pool import roi_pool
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80

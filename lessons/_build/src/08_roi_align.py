@@ -52,6 +52,7 @@ from matplotlib.patches import Rectangle
 import minimaskrcnn as mm
 from minimaskrcnn.ops.roi_align import roi_align
 from minimaskrcnn.ops.roi_pool import roi_pool
+
 from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80

@@ -58,7 +58,8 @@ from minimaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from minimaskrcnn.models.poolers import LevelMapper, MultiScaleRoIAlign
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops.roi_align import roi_align
-from _helpers import QUICK, exercise, log
+
+from _helpers import exercise, log
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)

@@ -54,11 +54,11 @@ import minimaskrcnn as mm
 from minimaskrcnn.data import ShapesDataset
 from minimaskrcnn.models.anchors import AnchorGenerator
 from minimaskrcnn.models.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
-from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops import boxes as box_ops
 from minimaskrcnn.ops.box_coder import BoxCoder
 from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler, Matcher
-from _helpers import QUICK, exercise, log
+
+from _helpers import exercise, log
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)

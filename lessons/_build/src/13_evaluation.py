@@ -40,7 +40,8 @@ from pycocotools.cocoeval import COCOeval
 
 from minimaskrcnn.evaluate import coco_evaluate
 from minimaskrcnn.ops import boxes as box_ops
-from _helpers import QUICK, exercise, log
+
+from _helpers import exercise, log
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)

@@ -47,13 +47,14 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from numba import cuda
-
-import minimaskrcnn as mm
 from minimaskrcnn.kernels._cuda import launch_shape
 from minimaskrcnn.kernels.roi_align import cuda as lib_cuda
 from minimaskrcnn.kernels.roi_align import reference
-from _helpers import QUICK, exercise, log
+from numba import cuda
+
+import minimaskrcnn as mm
+
+from _helpers import QUICK, exercise
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)
