@@ -118,7 +118,8 @@ def gradcheck(
     for i in checked:
         inputs[i].grad = None
     out.backward(dout)
-    analytic = {i: to_numpy(inputs[i].grad) if inputs[i].grad is not None else np.zeros(inputs[i].shape) for i in checked}
+    analytic = {i: to_numpy(inputs[i].grad) if inputs[i].grad is not None else np.zeros(inputs[i].shape)
+                for i in checked}
 
     def objective() -> float:
         with no_grad():
