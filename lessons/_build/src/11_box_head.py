@@ -323,10 +323,11 @@ if not QUICK:
 
 # %% [markdown]
 # The backbone is tiny and trained from scratch for a few minutes on one core, yet it names the shape of
-# most foreground RoIs (guessing would get one in three), and the deltas of the true class move the RoIs
-# clearly closer to their objects. The confusion matrix shows what is left: mostly squares and triangles
-# taken for one another, and poorly placed RoIs called background. Lesson 14's full model learns its
-# ResNet-FPN backbone on whole images and does better.
+# about three foreground RoIs in four (guessing would get one in three), calls most background RoIs
+# background, and the deltas of the true class move the RoIs clearly closer to their objects. The
+# confusion matrix shows what is left: mostly circles taken for squares (at 7×7 a small rotated square
+# and a circle differ in a few cells), and foreground RoIs called background. Lesson 14's full model
+# learns a ResNet-FPN backbone on whole images and does better.
 #
 # ### See it: from proposals to detections
 
@@ -345,7 +346,7 @@ with mm.no_grad():
         for b, s, c in zip(boxes_d, scores_d, cls_d):
             ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color=colors[int(c)], lw=2))
             ax.text(b[0], b[1] - 1, f"{CLASSES[c]} {s:.2f}", color=colors[int(c)], fontsize=9, backgroundcolor="white")
-        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlim(0, 96), ax.set_ylim(96, 0), ax.set_xticks([]), ax.set_yticks([])
 axes[0].plot([], [], color="white", ls="--", label="proposal")
 for c, color in colors.items():
     axes[0].plot([], [], color=color, lw=2, label=f"detected {CLASSES[c]}")

@@ -311,7 +311,7 @@ for ax, losses, name in [(axes[0], sigmoid_losses, "per-pixel sigmoid: binary cr
     ax.axvline(int(0.75 * num_steps), color="gray", ls=":", label="learning rate / 10")
     ax.set_title(name, fontsize=11), ax.set_xlabel("step"), ax.set_ylabel(f"training loss (mean of {window})")
     ax.legend(fontsize=8)
-plt.suptitle("two different losses, so two scales: compare how each falls, not their values")
+plt.suptitle("two different losses, so two scales: compare how each falls, not their values", y=1.02)
 plt.show()
 
 # %% [markdown]
@@ -365,10 +365,20 @@ if not QUICK:
     assert sigmoid_iou > box_iou, "the sigmoid head should beat filling the whole RoI"
 
 # %% [markdown]
-# PLACEHOLDER_12RESULT
+# The sigmoid head beats the whole-box guess clearly (about 0.86 against 0.61 in the stored run). The
+# softmax head's masks score far lower (about 0.34), yet its "object or not" IoU (about 0.79) is close
+# to the sigmoid's: it finds the object's pixels almost as well and loses on the class, giving over
+# 40% of the target's pixels to a wrong shape. Every pixel has to name the shape from features of a
+# 17-pixel window, and nothing makes the pixels of one RoI agree. With sigmoids the class comes from
+# the box head (here the true class is used) and the mask head only separates object from background:
+# the decoupling that the paper's Table 2b credits with +5.5 mask AP (30.3 against 24.8). Our
+# miniature's gap is far larger than the paper's, whose ResNet-50 features, trained for 160k
+# iterations, name the class much better than a 16-channel head trained for 1,500 steps; the
+# direction and the reason are the same.
 
 # %%
-image, target = held_out[2]
+busiest = max(range(len(held_out)), key=lambda i: len(held_out[i][1]["boxes"]))   # the image with most objects
+image, target = held_out[busiest]
 rois, matched = positive_rois(target["boxes"], np.random.default_rng(7), per_gt=1)
 with mm.no_grad():
     prob = 1 / (1 + np.exp(-mask_logits_of(sigmoid_model, image, rois).numpy()))
