@@ -9,9 +9,9 @@
 # %% [markdown]
 # ## The idea
 #
-# Mask R-CNN is trained end to end by gradient descent on one loss,
-# $L = L_{cls} + L_{box} + L_{mask}$ (paper, §3), so we need $\partial L / \partial w$ for every
-# weight $w$: millions of numbers, from one scalar. *Reverse mode* gets all of them in one backward
+# Mask R-CNN is trained by gradient descent on a sum of losses: $L = L_{cls} + L_{box} + L_{mask}$ on
+# each sampled RoI (paper, §3), plus the RPN's two losses (torchvision trains all five together, end to
+# end). So we need $\partial L / \partial w$ for every weight $w$: millions of numbers, from one scalar. *Reverse mode* gets all of them in one backward
 # pass that costs about as much as the forward pass.
 #
 # Every op is a pair:
