@@ -29,14 +29,15 @@
 #
 # The model here is the "r18-shapes" configuration: a ResNet-18 of quarter width with group norm,
 # an FPN of 64 channels, anchors of 16-256 pixels, trained from scratch on 128×128 images. It is the
-# same code as torchvision's ResNet-50 model (`maskrcnn_resnet50_fpn`), only smaller.
+# same code as torchvision's ResNet-50 model (`maskrcnn_resnet50_fpn`), only smaller. One consequence
+# of the small images (lesson 09): the FPN level rule sends every RoI under 112 pixels to P2, so the
+# box and mask heads of this model pool almost everything from P2; the training-mode look below counts it.
 
 # %%
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _helpers import QUICK, exercise, log
 from matplotlib.patches import Rectangle
 
 import minimaskrcnn as mm
@@ -44,11 +45,34 @@ from minimaskrcnn import visualize
 from minimaskrcnn.evaluate import format_stats_table
 from minimaskrcnn.models import build_model
 from minimaskrcnn.models.configs import get_config
+from minimaskrcnn.models.poolers import LevelMapper
 from minimaskrcnn.runlog import read_log
 from minimaskrcnn.train import TrainConfig, Trainer
 
+from _helpers import QUICK, exercise, log
+
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)
+
+
+def show_detections(ax, image, detections, class_names, score_threshold=0.5, fontsize=9):
+    """One image's detections drawn with matplotlib: tinted masks, boxes, and "class score" labels whose
+    size does not depend on the image's (so they stay readable on small images)."""
+    ax.imshow(image.transpose(1, 2, 0))
+    keep = np.nonzero(detections["scores"] > score_threshold)[0]
+    overlay = np.zeros(image.shape[1:] + (4,))
+    for k in keep:
+        color = np.array(visualize.color_for(int(detections["labels"][k]))) / 255
+        overlay[detections["masks"][k, 0] > 0.5] = (*color, 0.45)
+    ax.imshow(overlay)
+    for k in keep:
+        x1, y1, x2, y2 = detections["boxes"][k]
+        color = np.array(visualize.color_for(int(detections["labels"][k]))) / 255
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, lw=1.5))
+        name = visualize.class_name(class_names, detections["labels"][k])
+        ax.text(x1, y1, f"{name} {detections['scores'][k]:.2f}", fontsize=fontsize, color="white", va="bottom",
+                bbox=dict(fc=color, ec="none", pad=1, alpha=0.85))
+    ax.set_xlim(0, image.shape[2]), ax.set_ylim(image.shape[1], 0), ax.set_xticks([]), ax.set_yticks([])
 
 # %% [markdown]
 # ## The model
@@ -65,7 +89,7 @@ print(f"\n{num_params:,} parameters; torchvision's ResNet-50 Mask R-CNN has 44,4
 # %% [markdown]
 # ## Train on shapes
 # `Trainer` generates the data set (600 training images, 64 held out, from fixed seeds), runs the loop,
-# logs every 10 steps and evaluates at the end. Everything is seeded: the same run gives the same numbers.
+# logs every 20 steps and evaluates at the end. Everything is seeded: the same run gives the same numbers.
 
 # %%
 shapes_config = TrainConfig(
@@ -86,7 +110,7 @@ rows = [r for r in read_log(trainer.run_dir) if "loss" in r]
 fig, ax = plt.subplots(figsize=(7, 3.2))
 for key in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"):
     ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key, lw=2 if key == "loss" else 1)
-ax.set_xlabel("step"), ax.set_yscale("log"), ax.legend(fontsize=7, ncol=2)
+ax.set_xlabel("step"), ax.set_ylabel("loss (log scale)"), ax.set_yscale("log"), ax.legend(fontsize=7, ncol=2)
 ax.set_title("training losses (averages over 20 steps)")
 plt.show()
 
@@ -102,8 +126,8 @@ if not QUICK:
 
 # %% [markdown]
 # ## Look inside, stage by stage
-# `return_intermediates=True` returns every intermediate array (see `MaskRCNN`'s docstring). First in
-# eval mode, on a held-out image.
+# Inside `with mm.record_intermediates() as inter:` the model records every intermediate array of the
+# calls it makes (the keys are listed in docs/INTERMEDIATES.md). First in eval mode, on a held-out image.
 
 # %%
 model = trainer.model
@@ -126,13 +150,14 @@ for level, obj in enumerate(inter["objectness"]):
 # levels, large ones on the coarse levels.
 
 # %%
-fig, axes = plt.subplots(1, 6, figsize=(15, 2.8))
+fig, axes = plt.subplots(1, 6, figsize=(15, 3))
 axes[0].imshow(image.transpose(1, 2, 0)), axes[0].set_title("input")
 for ax, (level, obj) in zip(axes[1:], enumerate(inter["objectness"])):
-    ax.imshow(1 / (1 + np.exp(-obj[0].max(0))), vmin=0, vmax=1, cmap="magma")
+    shown = ax.imshow(1 / (1 + np.exp(-obj[0].max(0))), vmin=0, vmax=1, cmap="magma")
     ax.set_title(f"P{level + 2}: {obj.shape[2]}x{obj.shape[3]}")
 for ax in axes:
     ax.axis("off")
+fig.colorbar(shown, ax=axes, shrink=0.8, label="objectness probability")
 plt.show()
 
 # %% [markdown]
@@ -144,16 +169,21 @@ plt.show()
 before = inter["proposals_before_nms"][0]
 proposals, proposal_scores = inter["proposals"][0], inter["proposal_scores"][0]
 print(f"{len(before['boxes'])} candidates after top-n, clipping and tiny-box removal -> {len(proposals)} proposals after NMS")
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
-order = np.argsort(-before["scores"], kind="stable")[:50]
-panels = [("50 best candidates before NMS", before["boxes"][order]), ("50 best proposals after NMS", proposals[:50])]
+fig, axes = plt.subplots(1, 3, figsize=(14, 5))
+order = np.argsort(-before["scores"], kind="stable")[:10]
+panels = [(f"the 10 best of {len(before['boxes'])} candidates, before NMS", before["boxes"][order]),
+          (f"the 10 best of {len(proposals)} proposals, after NMS", proposals[:10])]
 for ax, (title, boxes) in zip(axes[:2], panels):
     ax.imshow(image.transpose(1, 2, 0))
     for b in boxes:
-        ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color="yellow", lw=0.6))
-    ax.set_title(title), ax.axis("off")
-axes[2].imshow(visualize.draw_detections(image, output[0], class_names, score_threshold=0.5))
-axes[2].set_title("detections (score > 0.5)"), axes[2].axis("off")
+        ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color="yellow", lw=1))
+    for b in target["boxes"]:
+        ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color="cyan", lw=1.5, ls="--"))
+    ax.set_title(title, fontsize=11), ax.set_xticks([]), ax.set_yticks([])
+axes[0].plot([], [], color="yellow", label="candidate / proposal"), axes[0].plot([], [], color="cyan", ls="--", label="ground truth")
+axes[0].legend(fontsize=8, loc="lower left", framealpha=0.9)
+show_detections(axes[2], image, output[0], class_names)
+axes[2].set_title("detections (score > 0.5)", fontsize=11)
 plt.show()
 
 # %% [markdown]
@@ -174,14 +204,25 @@ draw_labels = np.full(len(labels), -1)
 draw_labels[labels == 1] = 1
 draw_labels[sampled_neg] = 0
 rois, roi_labels = tinter["roi_proposals"][0], tinter["roi_labels"][0]
-fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
 axes[0].imshow(visualize.draw_anchors(train_image, anchors, draw_labels, show_negative=20))
-axes[0].set_title(f"anchors: {int((labels == 1).sum())} positive (green), 20 of the sampled negatives (red)")
+axes[0].set_title(f"anchors: {int((labels == 1).sum())} positive, 20 of the sampled negatives", fontsize=11)
 axes[1].imshow(visualize.draw_boxes(train_image, rois[roi_labels > 0], colors=(0, 200, 0), width=1))
-axes[1].set_title(f"sampled RoIs: {int((roi_labels > 0).sum())} foreground of {len(roi_labels)}")
+axes[1].set_title(f"sampled RoIs: {int((roi_labels > 0).sum())} foreground of {len(roi_labels)}", fontsize=11)
 for ax in axes:
-    ax.axis("off")
+    for b in train_target["boxes"]:
+        ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, color="cyan", lw=1.5, ls="--"))
+    ax.set_xticks([]), ax.set_yticks([])
+handles = [plt.Line2D([], [], color=np.array(visualize.LABEL_COLORS[1]) / 255, label="positive anchor"),
+           plt.Line2D([], [], color=np.array(visualize.LABEL_COLORS[0]) / 255, label="sampled negative anchor"),
+           plt.Line2D([], [], color=(0, 200 / 255, 0), label="foreground RoI"),
+           plt.Line2D([], [], color="cyan", ls="--", label="ground truth")]
+fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=9)
 plt.show()
+levels = LevelMapper(2, 5)([rois]) + 2            # the FPN level rule of lesson 09, on the sampled RoIs
+sides = np.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
+print(f"sampled RoIs pooled from each level: { {f'P{k}': int((levels == k).sum()) for k in range(2, 6)} }; "
+      f"RoI sides {sides.min():.0f}-{sides.max():.0f} px (P3 starts at 112)")
 
 # %%
 targets_28 = tinter["mask_targets"]
@@ -198,11 +239,12 @@ plt.show()
 # Eight images the model never saw, with its detections above a score of 0.5.
 
 # %%
-fig, axes = plt.subplots(2, 4, figsize=(13, 6.5))
+fig, axes = plt.subplots(2, 4, figsize=(14, 7.2))
 for ax, i in zip(axes.ravel(), range(8)):
     img, _ = val_ds[i % len(val_ds)]
-    ax.imshow(visualize.draw_detections(img, model([img])[0], class_names, score_threshold=0.5))
-    ax.axis("off")
+    show_detections(ax, img, model([img])[0], class_names)
+plt.suptitle("held-out images: detections with score > 0.5 (colour = class, label = class and score)")
+plt.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -235,8 +277,8 @@ axes[0].set_xlabel("step"), axes[0].set_ylabel("total loss"), axes[0].set_title(
 names = coco_trainer.class_names
 for ax, i in zip(axes[1:], range(2)):
     img, _ = coco_trainer.val_dataset[i]
-    ax.imshow(visualize.draw_detections(img, coco_model([img])[0], names, score_threshold=0.5))
-    ax.axis("off")
+    show_detections(ax, img, coco_model([img])[0], names, fontsize=10)
+    ax.set_title(f"training image {i}: detections with score > 0.5", fontsize=11)
 plt.show()
 
 # %% [markdown]
@@ -295,6 +337,6 @@ with exercise(3, "14_mask_rcnn"):
 # %% [markdown]
 # ## Summary
 # * `build_model` + `Trainer` train the whole network on the sum of its five losses.
-# * `return_intermediates=True` exposes every stage: anchors and their labels, proposals before and after
+# * `mm.record_intermediates()` exposes every stage: anchors and their labels, proposals before and after
 #   NMS, sampled RoIs, mask targets and predictions, detections.
 # * The same code runs torchvision's ResNet-50 model, and loads its weights (see the project README).
