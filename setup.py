@@ -5,7 +5,9 @@ top-level package named ``kernels``, a name another project owns.
 """
 from setuptools import find_packages, setup
 
-packages = ["minimaskrcnn"] + [f"minimaskrcnn.{p}" for p in find_packages("minimaskrcnn", exclude=["data.sample", "data.sample.*"])]
+packages = ["minimaskrcnn"] + [
+    f"minimaskrcnn.{p}" for p in find_packages("minimaskrcnn", exclude=["data.sample", "data.sample.*"])
+]
 packages += ["minimaskrcnn.kernels"] + [f"minimaskrcnn.kernels.{p}" for p in find_packages("kernels")]
 
 setup(

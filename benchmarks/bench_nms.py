@@ -11,6 +11,7 @@ single-threaded algorithms.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -50,8 +51,8 @@ def main() -> None:
     for n in args.sizes:
         boxes, scores = clustered_boxes(n, rng)
         boxes_t, scores_t = torch.from_numpy(boxes), torch.from_numpy(scores)
-        ours = lambda: nms(boxes, scores, args.threshold)  # noqa: E731
-        theirs = lambda: torchvision.ops.nms(boxes_t, scores_t, args.threshold)  # noqa: E731
+        ours = functools.partial(nms, boxes, scores, args.threshold)
+        theirs = functools.partial(torchvision.ops.nms, boxes_t, scores_t, args.threshold)
         keep = ours()  # also compiles
         if not np.array_equal(keep, theirs().numpy()):
             raise AssertionError(f"kept indices differ from torchvision's for {n} boxes")

@@ -111,7 +111,9 @@ class Optimizer:
             raise ValueError("loaded state dict has a different number of parameter groups")
         for saved, group in zip(groups, self.param_groups):
             if len(saved["params"]) != len(group["params"]):
-                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+                )
         params = self._params()
         self.state = {}
         for i, entries in state_dict["state"].items():
@@ -282,8 +284,16 @@ class WarmupMultiStepLR(LRScheduler):
         last_epoch: the last iteration done (-1 for a fresh start).
     """
 
-    def __init__(self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1, warmup_factor: float = 1.0 / 1000,
-                 warmup_iters: int = 1000, warmup_method: str = "linear", last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        milestones: Iterable[int],
+        gamma: float = 0.1,
+        warmup_factor: float = 1.0 / 1000,
+        warmup_iters: int = 1000,
+        warmup_method: str = "linear",
+        last_epoch: int = -1,
+    ):
         milestones = list(milestones)
         if milestones != sorted(milestones):
             raise ValueError(f"milestones should be a list of increasing integers, got {milestones}")

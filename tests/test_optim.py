@@ -162,18 +162,34 @@ def test_param_groups_weight_decay_exempts_norms_and_biases():
 
 
 # --------------------------------------------------------------------------------- LR schedule
-@pytest.mark.parametrize("milestones,warmup_iters,warmup_factor", [([8, 15], 5, 0.001), ([3], 0, 0.1), ([4, 30], 10, 1 / 3)])
+@pytest.mark.parametrize(
+    "milestones,warmup_iters,warmup_factor", [([8, 15], 5, 0.001), ([3], 0, 0.1), ([4, 30], 10, 1 / 3)]
+)
 def test_warmup_multistep_equals_torch_linear_then_multistep(milestones, warmup_iters, warmup_factor):
     base = [0.02, 0.01]
-    ours_opt = SGD([dict(params=[nn.Parameter(np.zeros(1))]), dict(params=[nn.Parameter(np.zeros(1))], lr=base[1])], lr=base[0])
+    ours_opt = SGD(
+        [dict(params=[nn.Parameter(np.zeros(1))]), dict(params=[nn.Parameter(np.zeros(1))], lr=base[1])], lr=base[0]
+    )
     ours = WarmupMultiStepLR(ours_opt, milestones, gamma=0.1, warmup_factor=warmup_factor, warmup_iters=warmup_iters)
-    t_opt = torch.optim.SGD([dict(params=[torch.nn.Parameter(torch.zeros(1))]), dict(params=[torch.nn.Parameter(torch.zeros(1))], lr=base[1])], lr=base[0])
+    t_opt = torch.optim.SGD(
+        [
+            dict(params=[torch.nn.Parameter(torch.zeros(1))]),
+            dict(params=[torch.nn.Parameter(torch.zeros(1))], lr=base[1]),
+        ],
+        lr=base[0],
+    )
     schedulers = [torch.optim.lr_scheduler.MultiStepLR(t_opt, milestones, gamma=0.1)]
     if warmup_iters:
-        schedulers.insert(0, torch.optim.lr_scheduler.LinearLR(t_opt, start_factor=warmup_factor, total_iters=warmup_iters))
+        warmup = torch.optim.lr_scheduler.LinearLR(t_opt, start_factor=warmup_factor, total_iters=warmup_iters)
+        schedulers.insert(0, warmup)
     theirs = torch.optim.lr_scheduler.ChainedScheduler(schedulers)
     for it in range(25):
-        np.testing.assert_allclose([g["lr"] for g in ours_opt.param_groups], [g["lr"] for g in t_opt.param_groups], rtol=1e-10, err_msg=f"iteration {it}")
+        np.testing.assert_allclose(
+            [g["lr"] for g in ours_opt.param_groups],
+            [g["lr"] for g in t_opt.param_groups],
+            rtol=1e-10,
+            err_msg=f"iteration {it}",
+        )
         assert ours.get_last_lr() == [g["lr"] for g in ours_opt.param_groups]
         ours_opt.step()
         t_opt.step()
@@ -196,7 +212,9 @@ def test_warmup_multistep_by_hand_and_resume():
     sched.step()
     sched2.step()
     assert sched2.get_last_lr() == sched.get_last_lr() == [0.25]
-    constant = WarmupMultiStepLR(SGD([nn.Parameter(np.zeros(1))], lr=1.0), [], warmup_factor=0.3, warmup_iters=2, warmup_method="constant")
+    constant = WarmupMultiStepLR(
+        SGD([nn.Parameter(np.zeros(1))], lr=1.0), [], warmup_factor=0.3, warmup_iters=2, warmup_method="constant"
+    )
     assert constant.get_last_lr() == [0.3]
     with pytest.raises(ValueError, match="increasing"):
         WarmupMultiStepLR(opt, [5, 2])

@@ -87,7 +87,9 @@ class AnchorGenerator:
         """A, the number of anchors per feature-map cell, for each level."""
         return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)]
 
-    def anchors_per_level(self, image_size: tuple[int, int], grid_sizes: Sequence[tuple[int, int]], dtype=np.float32) -> list[np.ndarray]:
+    def anchors_per_level(
+        self, image_size: tuple[int, int], grid_sizes: Sequence[tuple[int, int]], dtype=np.float32
+    ) -> list[np.ndarray]:
         """The anchors of each level for a padded batch of size ``image_size``. No gradient.
 
         Args:
@@ -117,7 +119,13 @@ class AnchorGenerator:
             self._cache[key] = levels
         return self._cache[key]
 
-    def __call__(self, image_size: tuple[int, int], grid_sizes: Sequence[tuple[int, int]], num_images: int = 1, dtype=np.float32) -> list[np.ndarray]:
+    def __call__(
+        self,
+        image_size: tuple[int, int],
+        grid_sizes: Sequence[tuple[int, int]],
+        num_images: int = 1,
+        dtype=np.float32,
+    ) -> list[np.ndarray]:
         """Anchors of every level concatenated, one (R, 4) array per image (all images share them).
 
         Args:

@@ -47,7 +47,9 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         1 for linear/conv/sigmoid, 5/3 for tanh, sqrt(2) for relu, sqrt(2 / (1 + slope**2)) for
         leaky_relu, 3/4 for selu.
     """
-    if nonlinearity in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "sigmoid"):
+    if nonlinearity in (
+        "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "sigmoid"
+    ):
         return 1.0
     if nonlinearity == "tanh":
         return 5.0 / 3
@@ -96,7 +98,9 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: np.rando
     return _fill(tensor, (generator or _generator).uniform(a, b, size=tensor.shape))
 
 
-def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: np.random.Generator | None = None) -> Tensor:
+def normal_(
+    tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: np.random.Generator | None = None
+) -> Tensor:
     """Fill with N(mean, std**2) (e.g. the RPN head's convs: std 0.01)."""
     return _fill(tensor, (generator or _generator).normal(mean, std, size=tensor.shape))
 

@@ -13,7 +13,7 @@ def test_stage_shapes_and_strides(depth, expansion):
     assert list(out) == ["0", "1", "2", "3"]
     widths = [8 * expansion, 16 * expansion, 32 * expansion, 64 * expansion]
     assert body.out_channels_list == widths
-    for (name, feature), c, stride in zip(out.items(), widths, (4, 8, 16, 32)):
+    for (_name, feature), c, stride in zip(out.items(), widths, (4, 8, 16, 32)):
         assert feature.shape == (2, c, 64 // stride, 96 // stride)
 
 

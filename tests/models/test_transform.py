@@ -140,7 +140,9 @@ def test_postprocess_matches_torchvision():
     masks = rng.random((3, 1, 28, 28)).astype(np.float32)
     image_sizes, original = [(100, 160)], [(50, 81)]
     tv = TVTransform(100, 200, list(MEAN), list(STD)).eval()
-    expected = tv.postprocess([{"boxes": torch.from_numpy(boxes), "masks": torch.from_numpy(masks)}], image_sizes, original)
+    expected = tv.postprocess(
+        [{"boxes": torch.from_numpy(boxes), "masks": torch.from_numpy(masks)}], image_sizes, original
+    )
     ours = GeneralizedRCNNTransform(100, 200, MEAN, STD).eval()
     got = ours.postprocess([{"boxes": boxes.copy(), "masks": masks}], image_sizes, original)
     np.testing.assert_allclose(got[0]["boxes"], expected[0]["boxes"].numpy(), rtol=0, atol=1e-5)

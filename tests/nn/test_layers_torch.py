@@ -14,20 +14,50 @@ tnn = torch.nn
 
 # name -> (our layer, torch's layer, input shape); the constructors take the same arguments
 LAYERS = {
-    "conv3x3_s2": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), lambda: tnn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 7, 6)),
-    "conv_groups_dilation": (lambda: nn.Conv2d(4, 6, (3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1), groups=2, bias=False),
-                             lambda: tnn.Conv2d(4, 6, (3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1), groups=2, bias=False), (1, 4, 6, 5)),
+    "conv3x3_s2": (
+        lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        lambda: tnn.Conv2d(3, 4, 3, stride=2, padding=1),
+        (2, 3, 7, 6),
+    ),
+    "conv_groups_dilation": (
+        lambda: nn.Conv2d(4, 6, (3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1), groups=2, bias=False),
+        lambda: tnn.Conv2d(4, 6, (3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1), groups=2, bias=False),
+        (1, 4, 6, 5),
+    ),
     "conv1x1": (lambda: nn.Conv2d(4, 2, 1), lambda: tnn.Conv2d(4, 2, 1), (2, 4, 3, 3)),
-    "conv_transpose_mask_head": (lambda: nn.ConvTranspose2d(4, 3, 2, stride=2), lambda: tnn.ConvTranspose2d(4, 3, 2, stride=2), (2, 4, 3, 3)),
-    "conv_transpose_general": (lambda: nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
-                               lambda: tnn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1, groups=2), (1, 2, 3, 4)),
+    "conv_transpose_mask_head": (
+        lambda: nn.ConvTranspose2d(4, 3, 2, stride=2),
+        lambda: tnn.ConvTranspose2d(4, 3, 2, stride=2),
+        (2, 4, 3, 3),
+    ),
+    "conv_transpose_general": (
+        lambda: nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
+        lambda: tnn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
+        (1, 2, 3, 4),
+    ),
     "linear": (lambda: nn.Linear(6, 4), lambda: tnn.Linear(6, 4), (5, 6)),
     "linear_3d_no_bias": (lambda: nn.Linear(5, 3, bias=False), lambda: tnn.Linear(5, 3, bias=False), (2, 3, 5)),
     "batch_norm": (lambda: nn.BatchNorm2d(3), lambda: tnn.BatchNorm2d(3), (4, 3, 3, 5)),
-    "batch_norm_cumulative": (lambda: nn.BatchNorm2d(3, momentum=None), lambda: tnn.BatchNorm2d(3, momentum=None), (3, 3, 2, 2)),
-    "batch_norm_no_affine": (lambda: nn.BatchNorm2d(2, affine=False), lambda: tnn.BatchNorm2d(2, affine=False), (3, 2, 2, 3)),
-    "batch_norm_no_stats": (lambda: nn.BatchNorm2d(2, track_running_stats=False), lambda: tnn.BatchNorm2d(2, track_running_stats=False), (3, 2, 2, 3)),
-    "frozen_batch_norm": (lambda: nn.FrozenBatchNorm2d(3), lambda: torchvision.ops.misc.FrozenBatchNorm2d(3), (2, 3, 4, 4)),
+    "batch_norm_cumulative": (
+        lambda: nn.BatchNorm2d(3, momentum=None),
+        lambda: tnn.BatchNorm2d(3, momentum=None),
+        (3, 3, 2, 2),
+    ),
+    "batch_norm_no_affine": (
+        lambda: nn.BatchNorm2d(2, affine=False),
+        lambda: tnn.BatchNorm2d(2, affine=False),
+        (3, 2, 2, 3),
+    ),
+    "batch_norm_no_stats": (
+        lambda: nn.BatchNorm2d(2, track_running_stats=False),
+        lambda: tnn.BatchNorm2d(2, track_running_stats=False),
+        (3, 2, 2, 3),
+    ),
+    "frozen_batch_norm": (
+        lambda: nn.FrozenBatchNorm2d(3),
+        lambda: torchvision.ops.misc.FrozenBatchNorm2d(3),
+        (2, 3, 4, 4),
+    ),
     "group_norm": (lambda: nn.GroupNorm(2, 4), lambda: tnn.GroupNorm(2, 4), (2, 4, 3, 3)),
     "max_pool_stem": (lambda: nn.MaxPool2d(3, 2, 1), lambda: tnn.MaxPool2d(3, 2, 1), (1, 2, 7, 8)),
     "max_pool_2": (lambda: nn.MaxPool2d(2), lambda: tnn.MaxPool2d(2), (2, 2, 4, 6)),
@@ -121,7 +151,8 @@ def test_state_dict_names_equal_torch(name):
     ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
     assert list(ours_sd) == list(theirs_sd)
     for k in ours_sd:
-        assert ours_sd[k].shape == tuple(theirs_sd[k].shape) and str(ours_sd[k].dtype) == str(theirs_sd[k].dtype).replace("torch.", ""), k
+        assert ours_sd[k].shape == tuple(theirs_sd[k].shape), k
+        assert str(ours_sd[k].dtype) == str(theirs_sd[k].dtype).replace("torch.", ""), k
 
 
 @pytest.mark.parametrize("name", [n for n in LAYERS if n not in ("identity", "flatten")])
@@ -138,10 +169,14 @@ def test_layer_gradcheck(name, training):
 
 
 def test_a_small_cnn_loaded_from_torch_gives_identical_outputs():
-    tmodel = tnn.Sequential(tnn.Conv2d(3, 8, 3, padding=1), tnn.BatchNorm2d(8), tnn.ReLU(), tnn.MaxPool2d(2),
-                            tnn.Conv2d(8, 4, 3, stride=2, padding=1), tnn.GroupNorm(2, 4), tnn.ReLU(), tnn.Flatten(), tnn.Linear(16, 5))
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(8, 4, 3, stride=2, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5))
+    tmodel = tnn.Sequential(
+        tnn.Conv2d(3, 8, 3, padding=1), tnn.BatchNorm2d(8), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(8, 4, 3, stride=2, padding=1), tnn.GroupNorm(2, 4), tnn.ReLU(), tnn.Flatten(), tnn.Linear(16, 5),
+    )
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 4, 3, stride=2, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5),
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         tmodel[1].running_mean.normal_()
@@ -155,4 +190,6 @@ def test_a_small_cnn_loaded_from_torch_gives_identical_outputs():
         out = model(Tensor(x)).numpy()
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, out_t, rtol=1e-4, atol=1e-5)  # float32: rounding only
-    np.testing.assert_allclose(model.state_dict()["1.running_var"], tmodel.state_dict()["1.running_var"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        model.state_dict()["1.running_var"], tmodel.state_dict()["1.running_var"].numpy(), rtol=1e-5
+    )

@@ -19,7 +19,9 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
-        self.blocks = nn.ModuleList([nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4), nn.Sequential(nn.Identity(), nn.ConvTranspose2d(4, 2, 2, 2))])
+        self.blocks = nn.ModuleList(
+            [nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4), nn.Sequential(nn.Identity(), nn.ConvTranspose2d(4, 2, 2, 2))]
+        )
         self.heads = nn.ModuleDict({"cls": nn.Linear(4, 3), "box": nn.Linear(4, 8)})
         self.frozen = nn.FrozenBatchNorm2d(4)
         self.register_buffer("scale", np.ones(2, np.float32))
@@ -36,7 +38,11 @@ def _torch_net():
         def __init__(self):
             super().__init__()
             self.stem = tnn.Sequential(tnn.Conv2d(3, 4, 3, bias=False), tnn.BatchNorm2d(4), tnn.ReLU())
-            self.blocks = tnn.ModuleList([tnn.Conv2d(4, 4, 1), tnn.GroupNorm(2, 4), tnn.Sequential(tnn.Identity(), tnn.ConvTranspose2d(4, 2, 2, 2))])
+            self.blocks = tnn.ModuleList([
+                tnn.Conv2d(4, 4, 1),
+                tnn.GroupNorm(2, 4),
+                tnn.Sequential(tnn.Identity(), tnn.ConvTranspose2d(4, 2, 2, 2)),
+            ])
             self.heads = tnn.ModuleDict({"cls": tnn.Linear(4, 3), "box": tnn.Linear(4, 8)})
             self.frozen = torchvision.ops.misc.FrozenBatchNorm2d(4)
             self.register_buffer("scale", torch.ones(2))
@@ -90,7 +96,7 @@ def test_attribute_registration_rules():
     del m.child
     assert not hasattr(m, "child")
     with pytest.raises(AttributeError, match="no attribute"):
-        m.missing
+        _ = m.missing  # reading an attribute that was never set must raise
 
     class Early(nn.Module):
         def __init__(self):
@@ -113,7 +119,10 @@ def test_load_state_dict_copies_in_place_with_the_modules_dtype():
     net = Net()
     w = net.stem[0].weight
     array_before = w.data
-    sd = {k: np.random.default_rng(1).standard_normal(v.shape) if v.dtype.kind == "f" else v for k, v in net.state_dict().items()}
+    sd = {
+        k: np.random.default_rng(1).standard_normal(v.shape) if v.dtype.kind == "f" else v
+        for k, v in net.state_dict().items()
+    }
     result = net.load_state_dict(sd)
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert net.stem[0].weight is w and w.data is array_before  # same objects: optimizers keep working
@@ -288,13 +297,18 @@ def test_manual_seed_makes_weights_reproducible():
 
 @pytest.mark.parametrize("shape", [(8, 3, 3, 3), (4, 6), (6, 2, 2, 2), (5, 2, 3)])
 def test_fan_in_and_fan_out_equal_torch(shape):
-    assert init._calculate_fan_in_and_fan_out(Tensor(np.zeros(shape))) == torch.nn.init._calculate_fan_in_and_fan_out(torch.zeros(shape))
+    ours = init._calculate_fan_in_and_fan_out(Tensor(np.zeros(shape)))
+    assert ours == torch.nn.init._calculate_fan_in_and_fan_out(torch.zeros(shape))
 
 
-@pytest.mark.parametrize("nonlinearity,param", [("relu", None), ("leaky_relu", None), ("leaky_relu", math.sqrt(5)), ("tanh", None),
-                                                ("linear", None), ("conv2d", None), ("sigmoid", None), ("selu", None)])
+@pytest.mark.parametrize(
+    "nonlinearity,param",
+    [("relu", None), ("leaky_relu", None), ("leaky_relu", math.sqrt(5)), ("tanh", None),
+     ("linear", None), ("conv2d", None), ("sigmoid", None), ("selu", None)],
+)
 def test_calculate_gain_equals_torch(nonlinearity, param):
-    assert init.calculate_gain(nonlinearity, param) == pytest.approx(torch.nn.init.calculate_gain(nonlinearity, param), rel=1e-15)
+    expected = torch.nn.init.calculate_gain(nonlinearity, param)
+    assert init.calculate_gain(nonlinearity, param) == pytest.approx(expected, rel=1e-15)
 
 
 def test_default_conv_and_linear_init_are_torchs_bounds():

@@ -119,7 +119,8 @@ def test_frozen_batch_norm_equals_torchvision(xp_backend, rng):
 
 def test_frozen_batch_norm_gradcheck_and_no_gradient_to_its_buffers(rng):
     C = 3
-    stats = [Tensor(rng.standard_normal(C), requires_grad=True) for _ in range(3)] + [Tensor(rng.uniform(0.5, 2, C), requires_grad=True)]
+    stats = [Tensor(rng.standard_normal(C), requires_grad=True) for _ in range(3)]
+    stats.append(Tensor(rng.uniform(0.5, 2, C), requires_grad=True))
     x = Tensor(rng.standard_normal((2, C, 3, 2)), requires_grad=True)
     result = gradcheck(lambda x_: frozen_batch_norm(x_, *stats), [x])
     assert result.passed, result.report()

@@ -70,7 +70,9 @@ def test_forward_and_backward_equal_torch(backend_name, case, rng):
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
-@pytest.mark.parametrize("shape,k,s,p", [((1, 2, 5, 6), 3, 2, 1), ((2, 1, 4, 4), 2, 2, 0), ((1, 1, 6, 5), (2, 3), 1, (1, 1))])
+@pytest.mark.parametrize(
+    "shape,k,s,p", [((1, 2, 5, 6), 3, 2, 1), ((2, 1, 4, 4), 2, 2, 0), ((1, 1, 6, 5), (2, 3), 1, (1, 1))]
+)
 def test_gradcheck(backend_name, shape, k, s, p, rng):
     x = Tensor(rng.standard_normal(shape), requires_grad=True)  # distinct values: no ties within eps
     with use_backend(backend_name):
