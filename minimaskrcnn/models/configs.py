@@ -20,6 +20,8 @@ class BackboneConfig:
 
     depth: int = 50  # ResNet depth: 18/34 use basic blocks, 50/101/152 bottlenecks; deeper = more capacity, slower
     width_multiplier: float = 1.0  # scales every ResNet width (64 in conv1); raising it adds capacity at ~quadratic cost
+    groups: int = 1  # ResNeXt cardinality (groups of every 3x3 conv; 32 in resnext50_32x4d); 1 is ResNet
+    width_per_group: int = 64  # ResNeXt channels per group at full width (4 in resnext50_32x4d); 64 is ResNet
     norm: str = "frozen_bn"  # "frozen_bn" (fixed statistics, for pretrained weights), "bn" (batch statistics) or "gn" (GroupNorm)
     norm_eps: float = 1e-5  # eps added to the variance; torchvision's COCO_V1 weights want 0.0 with "frozen_bn"
     gn_groups: int = 32  # GroupNorm groups (capped at the channel count); more groups = more local statistics

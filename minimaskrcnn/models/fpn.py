@@ -97,6 +97,7 @@ class BackboneWithFPN(nn.Module):
 def resnet_fpn_backbone(config: BackboneConfig) -> BackboneWithFPN:
     """The backbone a ``BackboneConfig`` describes, with the bottom stages frozen as configured."""
     norm_layer = make_norm_layer(config.norm, eps=config.norm_eps, gn_groups=config.gn_groups)
-    body = ResNetBody(config.depth, norm_layer, config.width_multiplier, config.returned_layers)
+    body = ResNetBody(config.depth, norm_layer, config.width_multiplier, config.returned_layers,
+                      groups=config.groups, width_per_group=config.width_per_group)
     freeze_layers(body, config.trainable_layers)
     return BackboneWithFPN(body, body.out_channels_list, config.fpn_channels)

@@ -2,6 +2,8 @@
 
 BasicBlock (ResNet-18/34) and Bottleneck (ResNet-50/101/152, stride in the 3x3 conv: "v1.5"),
 with a width multiplier and a choice of normalisation layer for small from-scratch models.
+ResNeXt (Xie et al. 2017) is the Bottleneck with a grouped 3x3 conv: ``groups`` paths of
+``width_per_group`` channels each (resnext50_32x4d: depth 50, 32 groups of 4).
 Parameter names equal torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``).
 Lesson 06 (layers and ResNet) walks through a block.
 """
@@ -59,8 +61,8 @@ def _shortcut(downsample: nn.Module | None, x):
     return conv_norm(downsample[0], downsample[1], x)
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -68,13 +70,20 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+    """Two 3x3 convs with a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
+
+    Raises:
+        ValueError: ``groups`` other than 1 or ``base_width`` other than 64 (as torchvision: no
+            ResNeXt basic block).
+    """
 
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, groups: int = 1, base_width: int = 64):
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64 (ResNeXt needs depth >= 50)")
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
         self.conv2 = conv3x3(planes, planes)
@@ -91,18 +100,26 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (with the stride), 1x1 expand (x4), with a shortcut (torchvision's v1.5)."""
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand (x4), with a shortcut (torchvision's v1.5).
+
+    ResNeXt's block when ``groups > 1``: the 3x3 conv is grouped, and the inner width is
+    ``int(planes * base_width / 64) * groups`` (torchvision's rule: 2 * planes for 32x4d), so that
+    each of the ``groups`` paths has ``int(planes * base_width / 64)`` channels.
+    """
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, groups: int = 1, base_width: int = 64):
         super().__init__()
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = norm_layer(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = norm_layer(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        width = int(planes * (base_width / 64.0)) * groups
+        if width < 1:
+            raise ValueError(f"Bottleneck: planes={planes} with base_width={base_width} leaves no channel per group")
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = norm_layer(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = norm_layer(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
         self.downsample = downsample
         self.stride = stride
@@ -117,24 +134,33 @@ class Bottleneck(nn.Module):
 
 
 class ResNetBody(nn.Module):
-    """ResNet without its classifier, returning the outputs of chosen stages (torchvision's
-    ``resnet`` wrapped in ``IntermediateLayerGetter``).
+    """ResNet or ResNeXt without its classifier, returning the outputs of chosen stages
+    (torchvision's ``resnet``/``resnext`` wrapped in ``IntermediateLayerGetter``).
 
     Args:
         depth: 18, 34 (BasicBlock), 50, 101 or 152 (Bottleneck).
         norm_layer: factory ``norm_layer(C)``, e.g. from ``make_norm_layer``.
         width_multiplier: scales every width (64 * m in conv1 and layer1).
         returned_layers: stages whose outputs are returned, named "0", "1", ... in order.
+        groups: ResNeXt's cardinality, the groups of every 3x3 conv (1: ResNet). Needs depth >= 50.
+        width_per_group: ResNeXt's channels per group at width 64 (torchvision's ``width_per_group``;
+            64 with groups=1 is ResNet). resnext50_32x4d is ``depth=50, groups=32, width_per_group=4``.
 
     Attributes:
         out_channels_list: channels of each returned stage (e.g. [256, 512, 1024, 2048] for R50).
     """
 
     def __init__(self, depth: int = 50, norm_layer: Callable[[int], nn.Module] | None = None,
-                 width_multiplier: float = 1.0, returned_layers: Sequence[int] = (1, 2, 3, 4)):
+                 width_multiplier: float = 1.0, returned_layers: Sequence[int] = (1, 2, 3, 4),
+                 groups: int = 1, width_per_group: int = 64):
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYERS)}")
+        if depth < 50 and (groups != 1 or width_per_group != 64):
+            raise ValueError(f"ResNeXt (groups={groups}, width_per_group={width_per_group}) needs a Bottleneck "
+                             f"depth (50, 101, 152), got depth {depth}")
+        self.groups = groups
+        self.base_width = width_per_group
         if min(returned_layers) < 1 or max(returned_layers) > 4:
             raise ValueError(f"returned_layers must be in [1, 4], got {returned_layers}")
         norm_layer = norm_layer or make_norm_layer("frozen_bn")
@@ -161,9 +187,10 @@ class ResNetBody(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
                                        norm_layer(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample, norm_layer)]
+        kw = dict(norm_layer=norm_layer, groups=self.groups, base_width=self.base_width)
+        layers = [block(self.inplanes, planes, stride, downsample, **kw)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, norm_layer=norm_layer) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, **kw) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x) -> OrderedDict:
