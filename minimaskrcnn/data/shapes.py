@@ -3,11 +3,13 @@
 Each image holds 1-4 circles, squares and triangles of random size, colour and rotation on a noisy
 gradient; later shapes occlude earlier ones, and every mask is the *visible* part of its shape. The
 class is the shape, never the colour. Everything follows from the seed: ``(seed, index)`` picks one
-image, so the same seed gives the same bytes. Lesson: lessons/ (training on shapes).
+image, so the same seed gives the same bytes. ``classes`` draws other shapes too (pentagons and
+hexagons, which look alike, for the ablations of lesson 17). Lesson: lessons/ (training on shapes).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,11 +20,13 @@ from pycocotools import mask as mask_utils
 from minimaskrcnn.errors import PathLike
 from minimaskrcnn.io import atomic_write
 
-__all__ = ["SHAPE_CLASSES", "ShapesDataset", "ShapesFiles", "ShapesSample", "generate_shapes_image",
+__all__ = ["SHAPE_CLASSES", "SHAPE_KINDS", "ShapesDataset", "ShapesFiles", "ShapesSample", "generate_shapes_image",
            "make_shapes_dataset"]
 
-SHAPE_CLASSES = ("circle", "square", "triangle")
-_VERTICES = {"square": 4, "triangle": 3}  # regular polygons, vertices on the circumscribed circle
+SHAPE_CLASSES = ("circle", "square", "triangle")  # the default classes, labels 1, 2, 3
+# regular polygons, vertices on the circumscribed circle
+_VERTICES = {"square": 4, "triangle": 3, "pentagon": 5, "hexagon": 6}
+SHAPE_KINDS = ("circle", "square", "triangle", "pentagon", "hexagon")  # every shape the generator can draw
 _MIN_VISIBLE_PIXELS = 20  # an instance showing fewer pixels than this is dropped
 _MIN_CONTRAST = 80.0  # mean |shape colour - background| over RGB, in 0..255 units
 _MAX_PLACEMENT_TRIES = 30
@@ -64,6 +68,23 @@ def _shape_mask(kind: str, cx: float, cy: float, radius: float, angle: float, he
     return inside
 
 
+def shape_classes(num_classes: int = len(SHAPE_CLASSES), classes: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The shape of each label, from 1: ``classes``, or the first ``num_classes`` of SHAPE_CLASSES.
+
+    Raises:
+        ValueError: an unknown or repeated shape, or num_classes outside 1..3.
+    """
+    if classes is None:
+        if not 1 <= num_classes <= len(SHAPE_CLASSES):
+            raise ValueError(f"num_classes must be in 1..{len(SHAPE_CLASSES)}, got {num_classes}")
+        return SHAPE_CLASSES[:num_classes]
+    kinds = tuple(classes)
+    unknown = [k for k in kinds if k not in SHAPE_KINDS]
+    if unknown or not kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f"classes must be distinct shapes among {SHAPE_KINDS}, got {kinds}")
+    return kinds
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """(H, W, 3) float64: a linear gradient between two random colours along a random direction."""
     c0, c1 = rng.uniform(0, 255, size=(2, 3))
@@ -84,6 +105,7 @@ def generate_shapes_image(
     max_size: float = 60,
     max_occlusion: float = 0.5,
     noise: float = 10.0,
+    classes: Sequence[str] | None = None,
 ) -> ShapesSample:
     """Draw one image of shapes.
 
@@ -95,19 +117,24 @@ def generate_shapes_image(
     Args:
         rng: the generator all randomness comes from.
         image_size: H = W, or (H, W), in pixels.
-        num_classes: how many of SHAPE_CLASSES to use (labels 1..num_classes).
+        num_classes: how many of SHAPE_CLASSES to use (labels 1..num_classes); ignored when
+            ``classes`` is given.
         min_objects, max_objects: the number of shapes tried, inclusive.
         min_size, max_size: the diameter of the circle that holds a shape, in pixels.
         max_occlusion: the largest fraction of a shape's pixels later shapes may hide.
         noise: standard deviation of the pixel noise, in 0..255 units.
+        classes: the shape of each label (label i + 1 is ``classes[i]``), any of SHAPE_KINDS;
+            None: SHAPE_CLASSES[:num_classes].
+
+    Raises:
+        ValueError: an unknown shape, a bad class count or sizes that do not fit the image.
 
     Returns:
         A ShapesSample (image uint8 (H, W, 3); masks (M, H, W) uint8; labels (M,) int64;
         boxes (M, 4) float32 x1 y1 x2 y2).
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if not 1 <= num_classes <= len(SHAPE_CLASSES):
-        raise ValueError(f"num_classes must be in 1..{len(SHAPE_CLASSES)}, got {num_classes}")
+    kinds = shape_classes(num_classes, classes)
     if not 0 < min_size <= max_size <= min(height, width):
         raise ValueError(f"need 0 < min_size <= max_size <= image side, got {min_size}, {max_size}")
     image = _background(rng, height, width)
@@ -115,8 +142,8 @@ def generate_shapes_image(
     visible: list[np.ndarray] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
-        label = int(rng.integers(1, num_classes + 1))
-        kind = SHAPE_CLASSES[label - 1]
+        label = int(rng.integers(1, len(kinds) + 1))
+        kind = kinds[label - 1]
         for _try in range(_MAX_PLACEMENT_TRIES):
             radius = rng.uniform(min_size, max_size) / 2
             cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
@@ -178,9 +205,9 @@ class ShapesDataset:
         self.seed = seed
         self.transforms = transforms
         self.generator_kwargs = generator_kwargs
-        k = generator_kwargs.get("num_classes", len(SHAPE_CLASSES))
-        self.categories: dict[int, str] = {i + 1: SHAPE_CLASSES[i] for i in range(k)}
-        self.num_classes = k + 1  # with background
+        kinds = shape_classes(generator_kwargs.get("num_classes", len(SHAPE_CLASSES)), generator_kwargs.get("classes"))
+        self.categories: dict[int, str] = {i + 1: kind for i, kind in enumerate(kinds)}
+        self.num_classes = len(kinds) + 1  # with background
         self.class_names = ["__background__"] + list(self.categories.values())
         self.ids = list(range(1, num_images + 1))
 

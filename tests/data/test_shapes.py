@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from minimaskrcnn.data import SHAPE_CLASSES, CocoDataset, ShapesDataset, generate_shapes_image, make_shapes_dataset
+from minimaskrcnn.data.shapes import _shape_mask
 
 
 def _files(folder):
@@ -133,3 +134,19 @@ def test_options_and_bad_arguments():
         ShapesDataset(0)
     with pytest.raises(IndexError):
         ShapesDataset(2)[2]
+
+
+def test_chosen_classes_draw_other_shapes():
+    kinds = ("circle", "triangle", "square", "pentagon", "hexagon")
+    ds = ShapesDataset(30, image_size=96, seed=2, classes=kinds, min_size=30, max_size=60, max_objects=5)
+    assert ds.categories == dict(enumerate(kinds, start=1)) and ds.num_classes == 6
+    labels = np.concatenate([ds.sample(i).labels for i in range(len(ds))])
+    assert set(labels.tolist()) == {1, 2, 3, 4, 5}
+    # each polygon covers the area of a regular n-gon inscribed in the circle: n/2 r^2 sin(2 pi / n)
+    for kind, n in (("triangle", 3), ("square", 4), ("pentagon", 5), ("hexagon", 6)):
+        area = _shape_mask(kind, 60.0, 60.0, 40.0, 0.3, 120, 120).sum()
+        assert abs(area - n / 2 * 40.0**2 * np.sin(2 * np.pi / n)) < 0.01 * area, kind
+    with pytest.raises(ValueError, match="distinct shapes"):
+        ShapesDataset(2, classes=("circle", "star"))
+    with pytest.raises(ValueError, match="distinct shapes"):
+        ShapesDataset(2, classes=("circle", "circle"))
