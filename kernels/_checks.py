@@ -121,3 +121,10 @@ def check_dout_shape(dout_shape, rois_shape, input_shape, PH: int, PW: int, op: 
     expected = (int(rois_shape[0]), int(input_shape[1]), PH, PW)
     if tuple(int(s) for s in dout_shape) != expected:
         raise ValueError(f"{op}: dout has shape {tuple(dout_shape)}, expected (K, C, PH, PW) = {expected}")
+
+
+def check_argmax_shape(argmax, dout_shape, op: str) -> None:
+    """Raise ValueError unless ``argmax`` (a max-pooling forward's winners) has dout's shape (K, C, PH, PW)."""
+    if tuple(argmax.shape) != tuple(dout_shape):
+        raise ValueError(f"{op}: argmax has shape {tuple(argmax.shape)}, expected dout's (K, C, PH, PW) = "
+                         f"{tuple(dout_shape)}")

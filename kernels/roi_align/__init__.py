@@ -15,9 +15,15 @@ exactly what torchvision.ops.roi_align computes, in the input's dtype:
 and a sample at or past the last row/column reads that row/column. The weights factorise:
 w = (weight along y) * (weight along x), which is what ``interp_1d`` computes per axis.
 
+RoIAlign "max" (``roi_align_max_forward``, the paper's Table 2c) keeps the largest of the same
+samples instead of their mean, and ``argmax[k, c, ph, pw] = iy * grid_w + ix`` of the first largest
+one (-1 for a bin without samples, whose output is 0); its backward sends dout to that sample's 4
+pixels with their bilinear weights.
+
 ``reference.py`` is NumPy (the spec), ``cpu.py`` Numba (parallel over RoIs, over channels in the
 backward), ``cuda.py`` Numba-CUDA (one thread per output element); the scalar helpers they share
 (``roi_geometry``, ``sample_coord``, ``interp_1d``) are written once in ``_scalar.py``, the argument
 checks in ``kernels/_checks.py``. Lesson: RoIAlign.
 """
 from __future__ import annotations
+

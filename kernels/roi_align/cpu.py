@@ -9,15 +9,17 @@ The loops and names are the reference's. What changes is where the work is done:
    dependent additions) let the CPU overlap their work; the tables are read once for the 4.
 3. The backward runs one parallel task per image channel (b, c): it alone adds into dx[b, c], so
    there are no races and the summation order is fixed (deterministic).
-A sample outside the map gets weights 0 in the tables (torchvision's pre_calc does the same).
+A sample outside the map gets weights 0 in the tables (torchvision's pre_calc does the same), so it
+reads as 0, which is also what the max variant (``roi_align_max_*``) compares it as.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
-from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
+from minimaskrcnn.kernels._checks import check_argmax_shape, check_roi_backward_args, check_roi_forward_args
 from minimaskrcnn.kernels._compile import compile_helpers
 from minimaskrcnn.kernels.roi_align import _scalar
+from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST
 
 CHANNELS_PER_TASK = 4  # channels one forward task interpolates together (the kernel names 4 sums)
 
@@ -213,4 +215,127 @@ def roi_align_backward(
         np.ascontiguousarray(rois), float(spatial_scale), PH, PW, int(sampling_ratio), bool(aligned), H, W
     )
     _backward_kernel(np.ascontiguousarray(dout), *tables, dx)
+    return dx
+
+
+# ----------------------------------------------------------------------------------- max pooling
+@numba.njit(cache=True, parallel=True)
+def _max_forward_kernel(
+    input, batch_idx, grid_h, grid_w, row_start, col_start, y_low, y_high, ly, hy, x_low, x_high, lx, hx, output,
+    argmax,
+):
+    T = input.dtype.type
+    K, C, PH, PW = output.shape
+    for task in numba.prange(C * K):
+        c, k = task // K, task % K  # channel-major, as the average's forward
+        plane = input[batch_idx[k], c]
+        gh, gw = grid_h[k], grid_w[k]
+        r0, s0 = row_start[k], col_start[k]
+        for ph in range(PH):
+            for pw in range(PW):
+                maxval = T(LOWEST)
+                maxidx = EMPTY_BIN
+                for iy in range(gh):
+                    r = r0 + numba.uintp(ph * gh + iy)
+                    yl, yh, wly, why = y_low[r], y_high[r], ly[r], hy[r]
+                    for ix in range(gw):
+                        s = s0 + numba.uintp(pw * gw + ix)
+                        value = bilinear(plane, yl, yh, x_low[s], x_high[s], wly, why, lx[s], hx[s])
+                        if value > maxval:  # strict: ties keep the first sample; NaN never wins
+                            maxval = value
+                            maxidx = iy * gw + ix
+                output[k, c, ph, pw] = maxval if maxidx != EMPTY_BIN else T(0.0)
+                argmax[k, c, ph, pw] = maxidx
+
+
+@numba.njit(cache=True, parallel=True)
+def _max_backward_kernel(
+    dout, argmax, batch_idx, grid_h, grid_w, row_start, col_start, y_low, y_high, ly, hy, x_low, x_high, lx, hx, dx
+):
+    K, C, PH, PW = dout.shape
+    N = dx.shape[0]
+    for task in numba.prange(N * C):
+        b, c = task // C, task % C
+        plane = dx[b, c]  # this task alone writes dx[b, c]: no races
+        for k in range(K):
+            if batch_idx[k] != b:
+                continue
+            gh, gw = grid_h[k], grid_w[k]
+            for ph in range(PH):
+                for pw in range(PW):
+                    idx = argmax[k, c, ph, pw]
+                    if idx == EMPTY_BIN:
+                        continue
+                    iy, ix = idx // gw, idx % gw  # the winning sample
+                    r = row_start[k] + numba.uintp(ph * gh + iy)
+                    s = col_start[k] + numba.uintp(pw * gw + ix)
+                    g = dout[k, c, ph, pw]
+                    yl, yh, wly, why = y_low[r], y_high[r], ly[r], hy[r]
+                    xl, xh, wlx, whx = x_low[s], x_high[s], lx[s], hx[s]
+                    plane[yl, xl] += g * (why * whx)  # a winner outside the map has weights 0
+                    plane[yl, xh] += g * (why * wlx)
+                    plane[yh, xl] += g * (wly * whx)
+                    plane[yh, xh] += g * (wly * wlx)
+
+
+def roi_align_max_forward(
+    input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
+):
+    """The largest bilinear sample of every bin, and which one (see reference.roi_align_max_forward).
+
+    Args:
+        input: (N, C, H, W) float32 or float64 NumPy array.
+        rois: (K, 5) input's dtype, [batch_idx, x1, y1, x2, y2] in input-image pixels.
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned: as the reference.
+
+    Returns:
+        output: (K, C, PH, PW), input's dtype; argmax: (K, C, PH, PW) int32, -1 for a bin without samples.
+    """
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_align")
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    output = np.zeros((K, C, PH, PW), dtype=input.dtype)
+    argmax = np.full((K, C, PH, PW), EMPTY_BIN, dtype=np.int32)
+    if K * C == 0:
+        return output, argmax
+    batch_idx, _, grid_h, grid_w, *rest = sample_tables(
+        np.ascontiguousarray(rois), float(spatial_scale), PH, PW, int(sampling_ratio), bool(aligned), H, W
+    )
+    _max_forward_kernel(np.ascontiguousarray(input), batch_idx, grid_h, grid_w, *rest, output, argmax)
+    return output, argmax
+
+
+def roi_align_max_backward(
+    dout,
+    rois,
+    argmax,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    input_shape,
+):
+    """Gradient of ``roi_align_max_forward`` w.r.t. its input (see reference.roi_align_max_backward).
+    Deterministic.
+
+    Args:
+        dout: (K, C, PH, PW) float32 or float64 NumPy array.
+        rois: (K, 5) dout's dtype, as given to the forward.
+        argmax: (K, C, PH, PW) int32, as the forward returned it.
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned: as given to the forward.
+        input_shape: (N, C, H, W) of the forward's input.
+
+    Returns:
+        dx: (N, C, H, W), dout's dtype.
+    """
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, pooled_height, pooled_width, "roi_align")
+    check_argmax_shape(argmax, dout.shape, "roi_align")
+    dx = np.zeros((N, C, H, W), dtype=dout.dtype)
+    if rois.shape[0] * C == 0:
+        return dx
+    batch_idx, _, *rest = sample_tables(
+        np.ascontiguousarray(rois), float(spatial_scale), PH, PW, int(sampling_ratio), bool(aligned), H, W
+    )
+    _max_backward_kernel(np.ascontiguousarray(dout), np.ascontiguousarray(argmax, dtype=np.int32), batch_idx, *rest, dx)
     return dx

@@ -10,8 +10,9 @@ for the equations.
 from __future__ import annotations
 
 import numpy as np
-from minimaskrcnn.kernels._checks import check_roi_backward_args, check_roi_forward_args
+from minimaskrcnn.kernels._checks import check_argmax_shape, check_roi_backward_args, check_roi_forward_args
 from minimaskrcnn.kernels.roi_align._scalar import interp_1d, roi_geometry, sample_coord
+from minimaskrcnn.kernels.roi_pool import EMPTY_BIN, LOWEST
 
 
 def roi_align_forward(
@@ -106,4 +107,110 @@ def roi_align_backward(
                         dx[b, :, y_low, x_high] += hy * lx * g
                         dx[b, :, y_high, x_low] += ly * hx * g
                         dx[b, :, y_high, x_high] += ly * lx * g
+    return dx
+
+
+# ----------------------------------------------------------------------------------- max pooling
+def roi_align_max_forward(
+    input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
+):
+    """Pool every RoI to a fixed PH x PW grid by keeping the largest bilinear sample of each bin
+    (RoIAlign "max", Mask R-CNN Table 2c). The samples are those of ``roi_align_forward``.
+
+    Args:
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned: as
+            ``roi_align_forward``.
+
+    Returns:
+        output: (K, C, PH, PW), input's dtype: the bin's largest sample (a sample outside the map
+            counts as 0, as in the average); 0 for a bin without samples.
+        argmax: (K, C, PH, PW) int32: ``iy * grid_w + ix`` of the first largest sample in row-major
+            order, -1 (EMPTY_BIN) for a bin without samples. NaN never wins.
+    """
+    PH, PW = check_roi_forward_args(input, rois, pooled_height, pooled_width, "roi_align")
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    T = input.dtype.type
+    output = np.zeros((K, C, PH, PW), dtype=input.dtype)
+    argmax = np.full((K, C, PH, PW), EMPTY_BIN, dtype=np.int32)
+    for k in range(K):
+        b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, _ = roi_geometry(
+            rois, k, spatial_scale, PH, PW, sampling_ratio, aligned
+        )
+        for ph in range(PH):
+            for pw in range(PW):
+                maxval = np.full(C, LOWEST, dtype=input.dtype)  # one running maximum per channel
+                maxidx = np.full(C, EMPTY_BIN, dtype=np.int32)
+                for iy in range(grid_h):
+                    y = sample_coord(roi_start_h, ph, bin_size_h, iy, grid_h, T)
+                    inside_y, y_low, y_high, ly, hy = interp_1d(y, H, T)
+                    for ix in range(grid_w):
+                        x = sample_coord(roi_start_w, pw, bin_size_w, ix, grid_w, T)
+                        inside_x, x_low, x_high, lx, hx = interp_1d(x, W, T)
+                        value = np.zeros(C, dtype=input.dtype)  # outside the map: the sample is 0
+                        if inside_y and inside_x:
+                            value = (
+                                hy * hx * input[b, :, y_low, x_low]
+                                + hy * lx * input[b, :, y_low, x_high]
+                                + ly * hx * input[b, :, y_high, x_low]
+                                + ly * lx * input[b, :, y_high, x_high]
+                            )
+                        better = value > maxval  # strict: ties keep the first sample
+                        maxval = np.where(better, value, maxval)
+                        maxidx[better] = iy * grid_w + ix
+                output[k, :, ph, pw] = np.where(maxidx != EMPTY_BIN, maxval, 0)
+                argmax[k, :, ph, pw] = maxidx
+    return output, argmax
+
+
+def roi_align_max_backward(
+    dout,
+    rois,
+    argmax,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    input_shape,
+):
+    """Gradient of ``roi_align_max_forward`` w.r.t. its input: dout[k, c, ph, pw] goes to the 4 pixels
+    of the bin's winning sample ``argmax[k, c, ph, pw]``, times their bilinear weights (nothing for
+    -1, or for a winner outside the map).
+
+    Args:
+        dout: (K, C, PH, PW) float32 or float64, the gradient of the output.
+        rois: (K, 5) dout's dtype, as given to the forward.
+        argmax: (K, C, PH, PW) int32, as the forward returned it.
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned: as given to the forward.
+        input_shape: (N, C, H, W) of the forward's input.
+
+    Returns:
+        dx: (N, C, H, W), dout's dtype.
+    """
+    N, C, H, W, PH, PW = check_roi_backward_args(dout, rois, input_shape, pooled_height, pooled_width, "roi_align")
+    check_argmax_shape(argmax, dout.shape, "roi_align")
+    T = dout.dtype.type
+    dx = np.zeros((N, C, H, W), dtype=dout.dtype)
+    for k in range(rois.shape[0]):
+        b, roi_start_h, roi_start_w, bin_size_h, bin_size_w, grid_h, grid_w, _ = roi_geometry(
+            rois, k, spatial_scale, PH, PW, sampling_ratio, aligned
+        )
+        for ph in range(PH):
+            for pw in range(PW):
+                for iy in range(grid_h):
+                    y = sample_coord(roi_start_h, ph, bin_size_h, iy, grid_h, T)
+                    inside_y, y_low, y_high, ly, hy = interp_1d(y, H, T)
+                    for ix in range(grid_w):
+                        x = sample_coord(roi_start_w, pw, bin_size_w, ix, grid_w, T)
+                        inside_x, x_low, x_high, lx, hx = interp_1d(x, W, T)
+                        if not (inside_y and inside_x):
+                            continue  # a constant 0: no gradient
+                        channels = np.nonzero(argmax[k, :, ph, pw] == iy * grid_w + ix)[0]  # where it won
+                        g = dout[k, channels, ph, pw]
+                        # += (not =): samples of overlapping RoIs and bins read the same pixels
+                        dx[b, channels, y_low, x_low] += hy * hx * g
+                        dx[b, channels, y_low, x_high] += hy * lx * g
+                        dx[b, channels, y_high, x_low] += ly * hx * g
+                        dx[b, channels, y_high, x_high] += ly * lx * g
     return dx
