@@ -16,7 +16,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """ResNet body and FPN."""
+    """ResNet (or ResNeXt) body and FPN; without the FPN, the body's one returned stage (C4 or C5)."""
 
     depth: int = 50  # ResNet depth: 18/34 use basic blocks, 50/101/152 bottlenecks; deeper = more capacity, slower
     width_multiplier: float = 1.0  # scales every ResNet width (64 in conv1); raising it adds capacity at ~quadratic cost
@@ -28,6 +28,7 @@ class BackboneConfig:
     trainable_layers: int = 3  # stages trained from the top (layer4 first); 5 also trains conv1/bn1, 0 freezes the body
     returned_layers: tuple[int, ...] = (1, 2, 3, 4)  # ResNet stages fed to the FPN; dropping 1 removes the stride-4 level
     fpn_channels: int = 256  # channels of every FPN level; more = richer features for RPN and heads, slower
+    fpn: bool = True  # False: no FPN, the single returned stage is the feature map (C4: returned_layers=(3,), C5: (4,))
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class BoxHeadConfig:
 
     roi_output_size: int = 7  # RoIAlign output side (PH = PW) for the box head; larger = finer, bigger fc6
     sampling_ratio: int = 2  # RoIAlign samples per bin side
+    pooler_type: str = "roi_align"  # the RoI layer (poolers.POOLER_TYPES): roi_align(_max), roi_warp(_max), roi_pool
     representation_size: int = 1024  # width of fc6 and fc7; larger = more capacity
     fg_iou_thresh: float = 0.5  # IoU with a gt box from which a proposal is foreground
     bg_iou_thresh: float = 0.5  # IoU below which a proposal is background
@@ -87,13 +89,18 @@ class BoxHeadConfig:
 
 @dataclass(frozen=True)
 class MaskHeadConfig:
-    """RoI pooling for masks, the four-conv mask head and the predictor."""
+    """RoI pooling for masks, the four-conv mask head and the predictor (or an MLP); the mask loss."""
 
     roi_output_size: int = 14  # RoIAlign output side for the mask head; the predicted mask is twice this
     sampling_ratio: int = 2  # RoIAlign samples per bin side
     layers: tuple[int, ...] = (256, 256, 256, 256)  # channels of the 3x3 convs; more/wider = better masks, slower
     dilation: int = 1  # dilation (and padding) of those convs
     dim_reduced: int = 256  # channels of the 2x2 transposed conv before the per-class 1x1 conv
+    pooler_type: str = "roi_align"  # the RoI layer, as BoxHeadConfig.pooler_type
+    head: str = "fcn"  # "fcn": the convs above (the paper's); "mlp": fully connected layers (Table 2e)
+    mlp_dims: tuple[int, ...] = (1024, 1024)  # widths of the MLP head's hidden fc layers (head="mlp")
+    loss: str = "sigmoid"  # "sigmoid": binary per pixel, on the class's mask; "softmax": over the L classes (Table 2b)
+    class_agnostic: bool = False  # True: one mask for every class (the paper: nearly as good)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ class MaskRCNNConfig:
     box: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     seed: int | None = None  # seeds the samplers and the training min_size choice (None: fresh entropy)
+    roi_heads: str = "standard"  # "standard" (torchvision's) or "res5": the C4 heads, res5 shared by box and mask
 
     def with_overrides(self, **kwargs: Any) -> MaskRCNNConfig:
         """A copy with torchvision-style keyword arguments applied (see ``TORCHVISION_KWARGS``).

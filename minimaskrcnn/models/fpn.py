@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from minimaskrcnn import nn
 from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import BackboneConfig
-from minimaskrcnn.models.resnet import ResNetBody, freeze_layers, make_norm_layer
+from minimaskrcnn.models.resnet import ResNetBackbone, ResNetBody, freeze_layers, make_norm_layer
 from minimaskrcnn.nn import functional as F
 
 
@@ -96,8 +96,22 @@ class BackboneWithFPN(nn.Module):
 
 def resnet_fpn_backbone(config: BackboneConfig) -> BackboneWithFPN:
     """The backbone a ``BackboneConfig`` describes, with the bottom stages frozen as configured."""
+    body = _body(config)
+    return BackboneWithFPN(body, body.out_channels_list, config.fpn_channels)
+
+
+def build_backbone(config: BackboneConfig) -> BackboneWithFPN | ResNetBackbone:
+    """``resnet_fpn_backbone(config)``, or with ``config.fpn`` False a ``ResNetBackbone``: the body's one
+    returned stage alone (C4 or C5, the paper's single-level backbones)."""
+    if config.fpn:
+        return resnet_fpn_backbone(config)
+    return ResNetBackbone(_body(config))
+
+
+def _body(config: BackboneConfig) -> ResNetBody:
+    """The ResNet (or ResNeXt) body of ``config``, its bottom stages frozen as configured."""
     norm_layer = make_norm_layer(config.norm, eps=config.norm_eps, gn_groups=config.gn_groups)
     body = ResNetBody(config.depth, norm_layer, config.width_multiplier, config.returned_layers,
                       groups=config.groups, width_per_group=config.width_per_group)
     freeze_layers(body, config.trainable_layers)
-    return BackboneWithFPN(body, body.out_channels_list, config.fpn_channels)
+    return body

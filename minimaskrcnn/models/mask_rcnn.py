@@ -18,13 +18,15 @@ from minimaskrcnn.backend import get_array_module, to_numpy
 from minimaskrcnn.function import no_grad
 from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import MaskRCNNConfig, get_config
-from minimaskrcnn.models.fpn import resnet_fpn_backbone
+from minimaskrcnn.models.fpn import build_backbone
+from minimaskrcnn.models.res5_roi_heads import Res5ROIHeads
 from minimaskrcnn.models.roi_heads import RoIHeads
 from minimaskrcnn.models.rpn import RegionProposalNetwork
 from minimaskrcnn.models.transform import GeneralizedRCNNTransform
 from minimaskrcnn.tensor import Tensor
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+ROI_HEADS = {"standard": RoIHeads, "res5": Res5ROIHeads}  # MaskRCNNConfig.roi_heads -> the class built
 
 
 class MaskRCNN(nn.Module):
@@ -85,11 +87,18 @@ class MaskRCNN(nn.Module):
 
         The parts are built in the order of the pipeline, so their initial weights follow from
         ``nn.init.manual_seed`` in a fixed order; the samplers are seeded from ``config.seed``.
+        ``config.backbone.fpn = False`` builds a single-level backbone (C4 or C5) and
+        ``config.roi_heads = "res5"`` the C4 heads (``Res5ROIHeads``).
+
+        Raises:
+            ValueError: an unknown ``config.roi_heads``, or parts that do not fit together.
         """
         config = config or MaskRCNNConfig()
-        backbone = resnet_fpn_backbone(config.backbone)
+        if config.roi_heads not in ROI_HEADS:
+            raise ValueError(f"unknown roi_heads {config.roi_heads!r}: choose one of {sorted(ROI_HEADS)}")
+        backbone = build_backbone(config.backbone)
         rpn = RegionProposalNetwork.from_config(config, backbone.out_channels)
-        roi_heads = RoIHeads.from_config(config, backbone.out_channels)
+        roi_heads = ROI_HEADS[config.roi_heads].from_config(config, backbone.out_channels)
         transform = GeneralizedRCNNTransform.from_config(config.transform, seed=config.seed)
         return cls(backbone, rpn, roi_heads, transform, config=config)
 

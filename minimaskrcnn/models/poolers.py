@@ -2,7 +2,9 @@
 
 ``k = floor(k0 + log2(sqrt(w * h) / 224))`` clamped to the available levels (k0 = 4: a 224-px RoI
 is pooled from P4), then RoIAlign on that level with its stride. The level choice has no gradient;
-the pooled features do. Lesson 07 (FPN) shows which RoI goes to which level.
+the pooled features do. Lesson 07 (FPN) shows which RoI goes to which level. ``pooler_type`` swaps
+RoIAlign for the RoI layers the paper compares it with (Table 2c: RoIPool, RoIWarp, max pooling;
+detectron2's ``ROIPooler(pooler_type=...)``), lesson 17.
 """
 from __future__ import annotations
 
@@ -15,6 +17,42 @@ from minimaskrcnn.backend import as_array, get_array_module
 from minimaskrcnn.function import Function
 from minimaskrcnn.nn import Module
 from minimaskrcnn.ops.roi_align import roi_align
+from minimaskrcnn.ops.roi_pool import roi_pool
+from minimaskrcnn.ops.roi_warp import roi_warp
+
+# the RoI layers a pooler can use (Mask R-CNN's Table 2c): "roi_align" is the paper's and torchvision's
+POOLER_TYPES = ("roi_align", "roi_align_max", "roi_warp", "roi_warp_max", "roi_pool")
+
+
+def pool_rois(pooler_type: str, feature, rois, output_size: tuple[int, int], spatial_scale: float,
+              sampling_ratio: int):
+    """Pool ``rois`` from one feature map with the RoI layer ``pooler_type``.
+
+    Args:
+        pooler_type: one of POOLER_TYPES: RoIAlign (average, as torchvision, or max of the bilinear
+            samples), RoIWarp (the same on the box rounded to the feature grid), RoIPool.
+        feature: (N, C, H, W) Tensor.
+        rois: (K, 5) array [batch_idx, x1, y1, x2, y2] in input pixels.
+        output_size: (PH, PW).
+        spatial_scale: the feature map's 1 / stride.
+        sampling_ratio: samples per bin side for RoIAlign and RoIWarp (RoIPool takes every pixel).
+
+    Returns:
+        (K, C, PH, PW) Tensor, differentiable w.r.t. the feature map.
+
+    Raises:
+        ValueError: an unknown pooler_type.
+    """
+    if pooler_type in ("roi_align", "roi_align_max"):
+        return roi_align(feature, rois, output_size=output_size, spatial_scale=spatial_scale,
+                         sampling_ratio=sampling_ratio, aligned=False,
+                         mode="max" if pooler_type == "roi_align_max" else "avg")
+    if pooler_type in ("roi_warp", "roi_warp_max"):
+        return roi_warp(feature, rois, output_size, spatial_scale, sampling_ratio,
+                        mode="max" if pooler_type == "roi_warp_max" else "avg")
+    if pooler_type == "roi_pool":
+        return roi_pool(feature, rois, output_size, spatial_scale)
+    raise ValueError(f"unknown pooler_type {pooler_type!r}: choose one of {POOLER_TYPES}")
 
 
 class LevelMapper:
@@ -129,6 +167,10 @@ class MultiScaleRoIAlign(Module):
         output_size: PH = PW, or (PH, PW).
         sampling_ratio: samples per bin side (0 or less: adaptive, ceil(roi size / output size)).
         canonical_scale, canonical_level: s0 = 224 and k0 = 4 of the FPN paper's Eq. 1.
+        pooler_type: the RoI layer, one of POOLER_TYPES ("roi_align", torchvision's, by default).
+
+    Raises:
+        ValueError: an unknown pooler_type.
 
     Note:
         torchvision infers the scales once, from the first batch it sees, and keeps them; we infer
@@ -136,8 +178,11 @@ class MultiScaleRoIAlign(Module):
     """
 
     def __init__(self, featmap_names: Sequence[str], output_size: int | Sequence[int], sampling_ratio: int,
-                 *, canonical_scale: int = 224, canonical_level: int = 4):
+                 *, canonical_scale: int = 224, canonical_level: int = 4, pooler_type: str = "roi_align"):
         super().__init__()
+        if pooler_type not in POOLER_TYPES:
+            raise ValueError(f"unknown pooler_type {pooler_type!r}: choose one of {POOLER_TYPES}")
+        self.pooler_type = pooler_type
         if isinstance(output_size, int):
             output_size = (output_size, output_size)
         self.featmap_names = list(featmap_names)
@@ -164,8 +209,7 @@ class MultiScaleRoIAlign(Module):
         rois = convert_to_roi_format(boxes)
         if len(x_filtered) == 1:
             self.last_levels = np.zeros(len(rois), dtype=np.int64)
-            return roi_align(x_filtered[0], rois, output_size=self.output_size, spatial_scale=scales[0],
-                             sampling_ratio=self.sampling_ratio, aligned=False)
+            return pool_rois(self.pooler_type, x_filtered[0], rois, self.output_size, scales[0], self.sampling_ratio)
         levels = mapper(boxes) if len(rois) else np.zeros(0, dtype=np.int64)
         self.last_levels = levels
         pooled, idx_per_level = [], []
@@ -173,8 +217,8 @@ class MultiScaleRoIAlign(Module):
             idx_in_level = get_array_module(rois).nonzero(levels == level)[0]
             if len(idx_in_level) == 0 and len(rois) > 0:
                 continue
-            pooled.append(roi_align(feature, rois[idx_in_level], output_size=self.output_size, spatial_scale=scale,
-                                    sampling_ratio=self.sampling_ratio, aligned=False))
+            pooled.append(pool_rois(self.pooler_type, feature, rois[idx_in_level], self.output_size, scale,
+                                    self.sampling_ratio))
             idx_per_level.append(idx_in_level)
         if len(pooled) == 1:
             return pooled[0]  # every RoI on one level, already in order
@@ -182,4 +226,5 @@ class MultiScaleRoIAlign(Module):
 
     def __repr__(self) -> str:
         return (f"MultiScaleRoIAlign(featmap_names={self.featmap_names}, output_size={self.output_size}, "
-                f"sampling_ratio={self.sampling_ratio})")
+                f"sampling_ratio={self.sampling_ratio}"
+                + (f", pooler_type={self.pooler_type!r})" if self.pooler_type != "roi_align" else ")"))

@@ -133,6 +133,40 @@ class Bottleneck(nn.Module):
         return F.relu(out + identity)
 
 
+def make_stage(block, inplanes: int, planes: int, blocks: int, stride: int, norm_layer: Callable[[int], nn.Module],
+               groups: int = 1, base_width: int = 64) -> nn.Sequential:
+    """One ResNet stage (torchvision's ``_make_layer``): ``blocks`` blocks, the first with the stride and,
+    when the shape changes, a 1x1 conv + norm shortcut (``0.downsample``).
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        inplanes: C of the stage's input.
+        planes: the blocks' width (the output has ``planes * block.expansion`` channels).
+        blocks: how many blocks.
+        stride: of the first block (2 halves H and W).
+        norm_layer: factory ``norm_layer(C)``.
+        groups, base_width: ResNeXt's (see ``Bottleneck``).
+
+    Returns:
+        an ``nn.Sequential`` of the blocks, (N, inplanes, H, W) -> (N, planes * expansion, H / stride, W / stride).
+    """
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        out_channels = planes * block.expansion
+        downsample = nn.Sequential(conv1x1(inplanes, out_channels, stride), norm_layer(out_channels))
+    kw = dict(norm_layer=norm_layer, groups=groups, base_width=base_width)
+    layers = [block(inplanes, planes, stride, downsample, **kw)]
+    layers += [block(planes * block.expansion, planes, **kw) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+def stage_widths(depth: int, width_multiplier: float = 1.0) -> tuple[type, list[int]]:
+    """The block type of a ResNet depth and the ``planes`` of its 4 stages (64, 128, 256, 512 times the multiplier)."""
+    block = BasicBlock if depth < 50 else Bottleneck
+    base = max(1, int(round(64 * width_multiplier)))
+    return block, [base, base * 2, base * 4, base * 8]
+
+
 class ResNetBody(nn.Module):
     """ResNet or ResNeXt without its classifier, returning the outputs of chosen stages
     (torchvision's ``resnet``/``resnext`` wrapped in ``IntermediateLayerGetter``).
@@ -164,14 +198,13 @@ class ResNetBody(nn.Module):
         if min(returned_layers) < 1 or max(returned_layers) > 4:
             raise ValueError(f"returned_layers must be in [1, 4], got {returned_layers}")
         norm_layer = norm_layer or make_norm_layer("frozen_bn")
-        block = BasicBlock if depth < 50 else Bottleneck
-        base = max(1, int(round(64 * width_multiplier)))
+        block, widths = stage_widths(depth, width_multiplier)
+        base = widths[0]
         self.inplanes = base
         self.conv1 = nn.Conv2d(3, base, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(base)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        widths = [base, base * 2, base * 4, base * 8]
         # as IntermediateLayerGetter, stages above the last returned one are not built
         for i, (planes, blocks) in enumerate(zip(widths[: max(returned_layers)], RESNET_LAYERS[depth])):
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, blocks, 1 if i == 0 else 2, norm_layer))
@@ -183,15 +216,9 @@ class ResNetBody(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int, norm_layer) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       norm_layer(planes * block.expansion))
-        kw = dict(norm_layer=norm_layer, groups=self.groups, base_width=self.base_width)
-        layers = [block(self.inplanes, planes, stride, downsample, **kw)]
+        layer = make_stage(block, self.inplanes, planes, blocks, stride, norm_layer, self.groups, self.base_width)
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, **kw) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return layer
 
     def forward(self, x) -> OrderedDict:
         """(N, 3, H, W) Tensor -> OrderedDict "0", "1", ... of the returned stages' (N, C_l, H / s_l, W / s_l)
@@ -218,3 +245,30 @@ def freeze_layers(body: ResNetBody, trainable_layers: int) -> None:
     for name, parameter in body.named_parameters():
         if not any(name.startswith(layer) for layer in layers_to_train):
             parameter.requires_grad = False
+
+
+class ResNetBackbone(nn.Module):
+    """A ResNet body whose one returned stage is the only feature map: no FPN (the paper's C4 and C5
+    backbones; detectron2's ``ResNet`` with one out_feature). ``backbone.body`` as in ``BackboneWithFPN``,
+    so a body's weights move between the two by name.
+
+    Args:
+        body: a ``ResNetBody`` with one returned layer (3 for C4, stride 16; 4 for C5, stride 32).
+
+    Attributes:
+        out_channels: C of that stage (the RPN and RoI heads read it).
+
+    Raises:
+        ValueError: a body that returns more than one stage.
+    """
+
+    def __init__(self, body: ResNetBody):
+        super().__init__()
+        if len(body.returned_layers) != 1:
+            raise ValueError(f"a backbone without FPN returns one stage, got returned_layers={body.returned_layers}")
+        self.body = body
+        self.out_channels = body.out_channels_list[0]
+
+    def forward(self, x) -> OrderedDict:
+        """(N, 3, H, W) Tensor -> OrderedDict {"0": (N, out_channels, H / s, W / s)}, s = 16 (C4) or 32 (C5)."""
+        return self.body(x)

@@ -4,6 +4,10 @@ Box branch: multi-scale RoIAlign 7x7, two fully connected layers (fc6, fc7), a c
 per-class box deltas. Mask branch: RoIAlign 14x14, four 3x3 convs, a 2x transposed conv and a
 1x1 conv with one 28x28 mask per class. Matching, sampling, targets and post-processing are array
 code with no gradient. torchvision's ``RoIHeads`` step for step. Lessons 11 (box head) and 12 (mask head).
+The alternatives the paper's Table 2 measures are configuration choices here (lesson 17): an MLP
+mask head (``MaskRCNNMLPHead`` + ``MLPMaskPredictor``), a per-pixel softmax over the classes
+(``mask_loss="softmax"``), one class-agnostic mask (a predictor with one output channel), other RoI
+layers (``MaskHeadConfig.pooler_type``); the C4 heads are ``res5_roi_heads.Res5ROIHeads``.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import MaskRCNNConfig
 from minimaskrcnn.models.poolers import MultiScaleRoIAlign
 from minimaskrcnn.nn import functional as F
-from minimaskrcnn.ops._utils import sigmoid_array, softmax_array
+from minimaskrcnn.ops._utils import log_softmax_array, sigmoid_array, softmax_array
 from minimaskrcnn.ops.box_coder import BoxCoder
 from minimaskrcnn.ops.boxes import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from minimaskrcnn.ops.masks import project_masks_on_boxes
@@ -117,6 +121,59 @@ class MaskRCNNPredictor(nn.Module):
         return self.mask_fcn_logits(self.relu(self.conv5_mask(x)))
 
 
+class MaskRCNNMLPHead(nn.Module):
+    """Flatten the pooled mask features, then fully connected layers + ReLU (the paper's "MLP" mask
+    head, Table 2e: fc 1024, 1024, then ``MLPMaskPredictor``). Its fc layers see the whole RoI at once
+    and keep no spatial layout, which the paper's FCN head keeps.
+
+    Args:
+        in_channels: C * P * P of the pooled features (P = the mask pooler's output size).
+        dims: widths of the fc layers ((1024, 1024)).
+
+    Parameters are named ``mask_fc1``, ``mask_fc2``, ...
+    """
+
+    def __init__(self, in_channels: int, dims: Sequence[int] = (1024, 1024)):
+        super().__init__()
+        if not dims:
+            raise ValueError("MaskRCNNMLPHead needs at least one fc layer")
+        self.num_layers = len(dims)
+        for i, (fan_in, width) in enumerate(zip((in_channels, *dims[:-1]), dims), start=1):
+            setattr(self, f"mask_fc{i}", nn.Linear(fan_in, width))
+        self.out_features = dims[-1]
+
+    def forward(self, x):
+        """(K, C, P, P) Tensor -> (K, dims[-1]) Tensor."""
+        x = x.flatten(1)
+        for i in range(1, self.num_layers + 1):
+            x = F.relu(getattr(self, f"mask_fc{i}")(x))
+        return x
+
+
+class MLPMaskPredictor(nn.Module):
+    """An fc layer to every class's S x S mask logits at once (the MLP head's last layer, Table 2e).
+
+    Args:
+        in_features: width of the MLP head's output.
+        num_classes: L, including background (1: class-agnostic).
+        mask_size: S, the side of the predicted masks (28, as the FCN head's).
+
+    The parameter is named ``mask_fc_logits``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, mask_size: int = 28):
+        super().__init__()
+        self.num_classes, self.mask_size = num_classes, mask_size
+        self.mask_fc_logits = nn.Linear(in_features, num_classes * mask_size * mask_size)
+
+    def forward(self, x):
+        """(K, in_features) Tensor -> (K, L, S, S) mask logits."""
+        return self.mask_fc_logits(x).reshape(x.shape[0], self.num_classes, self.mask_size, self.mask_size)
+
+
+MASK_LOSSES = ("sigmoid", "softmax")  # per-pixel binary loss on one class's mask, or softmax over the classes
+
+
 # --------------------------------------------------------------------------------- losses
 def fastrcnn_loss(class_logits, box_regression, labels: Sequence[np.ndarray], regression_targets: Sequence[np.ndarray]):
     """Box head losses: cross entropy over L classes, smooth L1 (beta 1/9) on the gt class's deltas.
@@ -152,22 +209,31 @@ def fastrcnn_loss(class_logits, box_regression, labels: Sequence[np.ndarray], re
 
 
 def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
-                  gt_labels: Sequence[np.ndarray], mask_matched_idxs: Sequence[np.ndarray]):
+                  gt_labels: Sequence[np.ndarray], mask_matched_idxs: Sequence[np.ndarray], loss: str = "sigmoid"):
     """Mask loss: per-pixel BCE on the gt class's channel only, against the gt mask cropped by the RoI.
 
     Args:
-        mask_logits: (K, L, S, S) Tensor for the K positive RoIs.
+        mask_logits: (K, L, S, S) Tensor for the K positive RoIs; (K, 1, S, S) for class-agnostic
+            masks (every RoI reads channel 0, as detectron2).
         proposals: list of (K_i, 4) positive RoIs per image.
         gt_masks: list of (M_i, H, W) uint8 gt masks in input pixels.
         gt_labels: list of (M_i,) int64 gt classes.
         mask_matched_idxs: list of (K_i,) gt index of each positive RoI.
+        loss: "sigmoid" (the paper's), or "softmax": cross entropy over the L channels at every pixel,
+            the target being the gt class inside the mask and 0 (background) outside (Table 2b, "as
+            commonly used in FCN"), which makes the classes compete for every pixel.
 
     Returns:
-        scalar Tensor, the mean BCE over K * S * S pixels (the count noted for data-parallel
-        training, ``global_batch.note_loss_count``).
+        scalar Tensor, the mean BCE (or cross entropy) over K * S * S pixels (the count noted for
+        data-parallel training, ``global_batch.note_loss_count``).
+
+    Raises:
+        ValueError: an unknown loss, or "softmax" with class-agnostic logits.
 
     Records (see ``minimaskrcnn.intermediates``): "mask_targets" (K, S, S), "mask_labels" (K,).
     """
+    if loss not in MASK_LOSSES:
+        raise ValueError(f"unknown mask loss {loss!r}: choose one of {MASK_LOSSES}")
     discretization_size = mask_logits.shape[-1]
     xp = get_array_module(mask_logits)
     labels = [as_array(gl)[idxs] for gl, idxs in zip(gt_labels, mask_matched_idxs)]
@@ -182,24 +248,45 @@ def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequen
     note_loss_count("loss_mask", mask_targets.size)  # the pixels the mean below runs over
     if mask_targets.size == 0:
         return mask_logits.sum() * 0
+    if loss == "softmax":
+        if mask_logits.shape[1] == 1:
+            raise ValueError("a softmax over classes needs one mask logit per class, got class-agnostic logits")
+        pixel_labels = xp.where(mask_targets >= 0.5, labels[:, None, None], 0)  # (K, S, S) in [0, L)
+        return F.cross_entropy(mask_logits, pixel_labels)
+    if mask_logits.shape[1] == 1:
+        labels = xp.zeros_like(labels)  # class-agnostic: the one mask of every RoI
     picked = mask_logits[xp.arange(labels.shape[0]), labels]
     return F.binary_cross_entropy_with_logits(picked, mask_targets.astype(picked.dtype))
 
 
-def maskrcnn_inference(mask_logits: np.ndarray, labels: Sequence[np.ndarray]) -> list[np.ndarray]:
+def maskrcnn_inference(mask_logits: np.ndarray, labels: Sequence[np.ndarray],
+                       loss: str = "sigmoid") -> list[np.ndarray]:
     """Mask probabilities of each detection's class. No gradient.
 
     Args:
-        mask_logits: (D, L, S, S) array, D = sum D_i.
+        mask_logits: (D, L, S, S) array, D = sum D_i; (D, 1, S, S) for class-agnostic masks.
         labels: list of (D_i,) predicted classes per image.
+        loss: the loss the logits were trained with. "sigmoid": the sigmoid of the class's channel.
+            "softmax": a pixel belongs to class k's mask where k wins the softmax over the L
+            channels (FCN's decision); the returned map is sigmoid(log p_k - max_{j != k} log p_j),
+            which is above 0.5 exactly there and keeps a soft edge for pasting.
 
     Returns:
-        list of (D_i, 1, S, S) sigmoid probabilities.
+        list of (D_i, 1, S, S) probabilities in [0, 1].
     """
     xp = get_array_module(mask_logits)
     boxes_per_image = [len(lbl) for lbl in labels]
     labels = xp.concatenate(labels) if labels else xp.zeros(0, dtype=np.int64)
-    mask_prob = sigmoid_array(mask_logits[xp.arange(mask_logits.shape[0]), labels][:, None])
+    if mask_logits.shape[1] == 1:
+        labels = xp.zeros_like(labels)  # class-agnostic: the one mask of every detection
+    rows = xp.arange(mask_logits.shape[0])
+    if loss == "softmax":
+        log_p = log_softmax_array(mask_logits, axis=1)
+        own = log_p[rows, labels]  # (D, S, S)
+        log_p[rows, labels] = -np.inf  # the best of the other classes
+        mask_prob = sigmoid_array((own - log_p.max(axis=1))[:, None])
+    else:
+        mask_prob = sigmoid_array(mask_logits[rows, labels][:, None])
     return xp.split(mask_prob, np.cumsum(boxes_per_image)[:-1].tolist(), axis=0)
 
 
@@ -217,13 +304,19 @@ class RoIHeads(nn.Module):
         mask_roi_pool, mask_head, mask_predictor: RoIAlign 14x14, ``MaskRCNNHeads``, ``MaskRCNNPredictor``.
         min_size: detections with a side below this (pixels) are dropped (1e-2).
         seed: seed of the RoI sampler's generator.
+        mask_loss: "sigmoid" (the paper's) or "softmax" over the classes (see ``maskrcnn_loss``).
+
+    A mask predictor with one output channel makes the masks class-agnostic.
     """
 
     def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float, bbox_reg_weights, score_thresh: float,
                  nms_thresh: float, detections_per_img: int, mask_roi_pool=None, mask_head=None,
-                 mask_predictor=None, min_size: float = 1e-2, seed: int | None = None):
+                 mask_predictor=None, min_size: float = 1e-2, seed: int | None = None, mask_loss: str = "sigmoid"):
         super().__init__()
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"unknown mask loss {mask_loss!r}: choose one of {MASK_LOSSES}")
+        self.mask_loss = mask_loss
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction, generator=seed)
         self.box_coder = BoxCoder(tuple(bbox_reg_weights) if bbox_reg_weights is not None else (10.0, 10.0, 5.0, 5.0))
@@ -253,27 +346,43 @@ class RoIHeads(nn.Module):
                 to use instead of the configured ``MultiScaleRoIAlign``, ``TwoMLPHead``,
                 ``FastRCNNPredictor``, ``MaskRCNNHeads`` and ``MaskRCNNPredictor`` (the defaults are
                 built in this order, so their initial weights do not depend on which are given).
+                ``config.mask.head == "mlp"`` configures ``MaskRCNNMLPHead`` and ``MLPMaskPredictor``
+                instead, ``class_agnostic`` a predictor with one channel, ``pooler_type`` the RoI layers.
             **kwargs: further constructor arguments, for a subclass that takes more.
+
+        Raises:
+            ValueError: an unknown mask head, mask loss or pooler type.
         """
         b, m = config.box, config.mask
+        if m.head not in ("fcn", "mlp"):
+            raise ValueError(f"unknown mask head {m.head!r}: choose 'fcn' or 'mlp'")
         featmap_names = [str(i) for i in range(len(config.backbone.returned_layers))]
+        mask_classes = 1 if m.class_agnostic else config.num_classes
         if box_roi_pool is None:
-            box_roi_pool = MultiScaleRoIAlign(featmap_names, b.roi_output_size, b.sampling_ratio)
+            box_roi_pool = MultiScaleRoIAlign(featmap_names, b.roi_output_size, b.sampling_ratio,
+                                              pooler_type=b.pooler_type)
         if box_head is None:
             box_head = TwoMLPHead(in_channels * b.roi_output_size ** 2, b.representation_size)
         if box_predictor is None:
             box_predictor = FastRCNNPredictor(b.representation_size, config.num_classes)
         if mask_roi_pool is None:
-            mask_roi_pool = MultiScaleRoIAlign(featmap_names, m.roi_output_size, m.sampling_ratio)
+            mask_roi_pool = MultiScaleRoIAlign(featmap_names, m.roi_output_size, m.sampling_ratio,
+                                               pooler_type=m.pooler_type)
         if mask_head is None:
-            mask_head = MaskRCNNHeads(in_channels, m.layers, m.dilation)
+            if m.head == "mlp":
+                mask_head = MaskRCNNMLPHead(in_channels * m.roi_output_size ** 2, m.mlp_dims)
+            else:
+                mask_head = MaskRCNNHeads(in_channels, m.layers, m.dilation)
         if mask_predictor is None:
-            mask_predictor = MaskRCNNPredictor(m.layers[-1], m.dim_reduced, config.num_classes)
+            if m.head == "mlp":
+                mask_predictor = MLPMaskPredictor(m.mlp_dims[-1], mask_classes, 2 * m.roi_output_size)
+            else:
+                mask_predictor = MaskRCNNPredictor(m.layers[-1], m.dim_reduced, mask_classes)
         return cls(
             box_roi_pool, box_head, box_predictor, b.fg_iou_thresh, b.bg_iou_thresh, b.batch_size_per_image,
             b.positive_fraction, b.bbox_reg_weights, b.score_thresh, b.nms_thresh, b.detections_per_img,
             mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
-            min_size=b.min_size, seed=None if config.seed is None else config.seed + 1, **kwargs,
+            min_size=b.min_size, seed=None if config.seed is None else config.seed + 1, mask_loss=m.loss, **kwargs,
         )
 
     def has_mask(self) -> bool:
@@ -443,13 +552,13 @@ class RoIHeads(nn.Module):
             if self.training:
                 if mask_logits is None:
                     # no positive RoI in the batch: a zero loss that still reaches the predictor
-                    losses["loss_mask"] = self.mask_predictor.mask_fcn_logits.weight.sum() * 0
+                    losses["loss_mask"] = sum(p.sum() for p in self.mask_predictor.parameters()) * 0
                     note_loss_count("loss_mask", 0)
                 else:
                     gt_masks = [as_array(t["masks"]) for t in targets]
                     gt_labels = [as_array(t["labels"]) for t in targets]
                     losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels,
-                                                        pos_matched_idxs)
+                                                        pos_matched_idxs, loss=self.mask_loss)
             else:
                 size = 2 * self.mask_roi_pool.output_size[0]
                 if mask_logits is None:
@@ -457,7 +566,7 @@ class RoIHeads(nn.Module):
                     xp = get_array_module(features[next(iter(features))])
                     masks_probs = [xp.zeros((0, 1, size, size), dtype=dtype) for _ in result]
                 else:
-                    masks_probs = maskrcnn_inference(mask_logits.data, [r["labels"] for r in result])
+                    masks_probs = maskrcnn_inference(mask_logits.data, [r["labels"] for r in result], self.mask_loss)
                 for mask_prob, r in zip(masks_probs, result):
                     r["masks"] = mask_prob
         return result, losses

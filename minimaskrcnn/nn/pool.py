@@ -1,11 +1,12 @@
-"""Pooling layers: MaxPool2d (ResNet's stem), and RoIPool and RoIAlign (one fixed-size grid per box),
-as modules over the functions of ops/pool.py, ops/roi_pool.py and ops/roi_align.py."""
+"""Pooling layers: MaxPool2d (ResNet's stem), and RoIPool, RoIAlign and RoIWarp (one fixed-size grid
+per box), as modules over the functions of ops/pool.py, ops/roi_pool.py, ops/roi_align.py, ops/roi_warp.py."""
 from __future__ import annotations
 
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn.module import Module
 from minimaskrcnn.ops.roi_align import BoxesLike, roi_align
 from minimaskrcnn.ops.roi_pool import roi_pool
+from minimaskrcnn.ops.roi_warp import roi_warp
 from minimaskrcnn.tensor import Tensor
 
 
@@ -43,24 +44,50 @@ class MaxPool2d(Module):
 class RoIAlign(Module):
     """RoIAlign as a layer, as torchvision.ops.RoIAlign: ``RoIAlign(7, 1 / 4, 2, True)(features, boxes)``.
 
-    See ``minimaskrcnn.ops.roi_align.roi_align`` for the arguments and shapes. It has no parameters.
+    See ``minimaskrcnn.ops.roi_align.roi_align`` for the arguments and shapes (``mode="max"``: the
+    largest sample of each bin). It has no parameters.
     """
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False, *,
+                 mode: str = "avg"):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
+        self.mode = mode
 
     def forward(self, input, rois: BoxesLike) -> Tensor:
-        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned,
+                         mode=self.mode)
 
     def extra_repr(self) -> str:
         return (
             f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
             f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+            + (", mode='max'" if self.mode == "max" else "")
         )
+
+
+class RoIWarp(Module):
+    """RoIWarp as a layer (RoIPool's rounding, then RoIAlign's samples): ``RoIWarp(14, 1 / 16, 2)(features, boxes)``.
+
+    See ``minimaskrcnn.ops.roi_warp.roi_warp`` for the arguments and shapes. It has no parameters.
+    """
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, *, mode: str = "avg"):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.mode = mode
+
+    def forward(self, input, rois: BoxesLike) -> Tensor:
+        return roi_warp(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, mode=self.mode)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, mode={self.mode!r}")
 
 
 class RoIPool(Module):

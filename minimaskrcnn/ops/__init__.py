@@ -1,7 +1,7 @@
 """Differentiable functions (Tensor in, Tensor out) and the detection ops on plain arrays.
 
 Differentiable: elementwise, reductions, shape/indexing, conv, pooling, norms, losses, resizing,
-roi_align, roi_pool. No gradient (plain array functions): box ops, NMS, box coding, matching,
+roi_align, roi_pool, roi_warp. No gradient (plain array functions): box ops, NMS, box coding, matching,
 sampling, mask targets and pasting. Layers (Modules, such as RoIAlign and RoIPool) live in
 ``minimaskrcnn.nn``: nothing here imports it.
 """
@@ -25,5 +25,6 @@ from minimaskrcnn.ops.pool import max_pool2d
 from minimaskrcnn.ops.reduce import max, mean, sum  # noqa: A004
 from minimaskrcnn.ops.roi_align import roi_align
 from minimaskrcnn.ops.roi_pool import roi_pool
+from minimaskrcnn.ops.roi_warp import roi_warp
 from minimaskrcnn.ops.shape import cat, concatenate, gather, index_add, permute, reshape, scatter_add, stack
 from minimaskrcnn.ops.upsample import interpolate

@@ -1,8 +1,9 @@
 """RoIAlign: crop a fixed-size feature grid for each box by bilinear sampling (Mask R-CNN, sec. 3).
 
 ``roi_align`` is torchvision.ops.roi_align: same arguments, same numbers, a gradient for the
-feature map (none for the boxes). The hot loops are in kernels/roi_align/ (``backend.kernel``
-picks reference, Numba or CUDA). Lesson: RoIAlign.
+feature map (none for the boxes); ``mode="max"`` keeps the largest sample of each bin instead of
+their mean (the paper's Table 2c). The hot loops are in kernels/roi_align/ (``backend.kernel``
+picks reference, Numba or CUDA). Lessons: RoIAlign, and the ablations (17).
 """
 from __future__ import annotations
 
@@ -86,6 +87,42 @@ class RoIAlignFunction(Function):
         return dx, None  # no gradient for the boxes
 
 
+class RoIAlignMaxFunction(Function):
+    """Fused op: RoIAlign with max pooling; the backward sends each dout to the winning sample's
+    4 pixels (the saved argmax picks the sample, its bilinear weights split dout among them)."""
+
+    @staticmethod
+    def forward(ctx, input, rois, pooled_height: int, pooled_width: int, spatial_scale: float, sampling_ratio: int,
+                aligned: bool):
+        output, argmax = kernel("roi_align").roi_align_max_forward(
+            input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+        )
+        ctx.save_for_backward(rois, argmax)  # the winners are kept, never recomputed
+        ctx.input_shape = tuple(input.shape)
+        ctx.pooled_size = (pooled_height, pooled_width)
+        ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned = spatial_scale, sampling_ratio, aligned
+        return output
+
+    @staticmethod
+    def backward(ctx, dout):
+        rois, argmax = ctx.saved_tensors
+        dout = get_array_module(dout).ascontiguousarray(dout)
+        dx = kernel("roi_align").roi_align_max_backward(
+            dout, rois, argmax, ctx.spatial_scale, *ctx.pooled_size, ctx.sampling_ratio, ctx.aligned, ctx.input_shape
+        )
+        return dx, None
+
+
+POOL_MODES = ("avg", "max")  # how the samples of a bin are reduced (RoIAlign, RoIWarp)
+
+
+def check_mode(mode: str) -> str:
+    """Raise ValueError unless ``mode`` is one of POOL_MODES."""
+    if mode not in POOL_MODES:
+        raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
+    return mode
+
+
 def roi_align(
     input,
     boxes: BoxesLike,
@@ -93,11 +130,14 @@ def roi_align(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
+    *,
+    mode: str = "avg",
 ) -> Tensor:
-    """RoIAlign with average pooling, as torchvision.ops.roi_align (Mask R-CNN, sec. 3).
+    """RoIAlign with average (or max) pooling, as torchvision.ops.roi_align (Mask R-CNN, sec. 3).
 
     Each output bin averages ``sampling_ratio x sampling_ratio`` bilinearly interpolated samples of
-    the feature map, evenly spaced in the bin; no coordinate is rounded.
+    the feature map, evenly spaced in the bin; no coordinate is rounded. ``mode="max"`` keeps the
+    largest of those samples instead (Table 2c's "RoIAlign (max)"; torchvision has no such mode).
 
     Args:
         input: (N, C, H, W) float32 or float64 Tensor (or array) of features.
@@ -110,14 +150,21 @@ def roi_align(
             and ceil(RoI width / PW) columns (adaptive). Default -1.
         aligned: False: legacy (boxes smaller than 1 pixel are widened to 1). True: shift the box
             by -0.5 pixel so that samples fall between the right pixel centres (Detectron2).
+        mode: "avg" (the mean of the samples, torchvision's) or "max" (the largest sample; a bin
+            without samples gives 0).
 
     Returns:
         (K, C, PH, PW) Tensor, input's dtype; differentiable w.r.t. ``input``.
 
-    Note: a sample outside [-1, H] x [-1, W] counts as 0 but still counts in the average.
+    Raises:
+        ValueError: an unknown mode, or bad shapes (see kernels/roi_align).
+
+    Note: a sample outside [-1, H] x [-1, W] counts as 0 but still counts in the average (and the max).
     """
+    check_mode(mode)
     PH, PW = pair(output_size, "output_size")
     x = unwrap(input)
     rois = as_rois(boxes, x)
-    return RoIAlignFunction.apply(input, rois, PH, PW, float(spatial_scale), int(sampling_ratio), bool(aligned))
+    function = RoIAlignFunction if mode == "avg" else RoIAlignMaxFunction
+    return function.apply(input, rois, PH, PW, float(spatial_scale), int(sampling_ratio), bool(aligned))
 
