@@ -1,4 +1,4 @@
-"""The ``minimaskrcnn`` command: train, evaluate, predict, data.
+"""The ``minimaskrcnn`` command: train, evaluate, predict, data, ablate.
 
 ``minimaskrcnn train`` with no arguments is the README's main command: it generates the built-in
 shapes data, trains the small "r18-shapes" model on the CPU and writes a progress bar, a log, the
@@ -34,8 +34,22 @@ examples:
   minimaskrcnn data shapes runs/data/shapes/train --num-images 200
   minimaskrcnn data coco-sample my_coco/              # copy the COCO sample out of the package
   minimaskrcnn data download coco/ --num-images 500   # more COCO 2017 (needs network)
+  minimaskrcnn ablate table2 --quick --seeds 0        # the paper's Table 2 in miniature (tiny)
 
 run `minimaskrcnn <command> --help` for each command's options and examples."""
+
+ABLATE_EXAMPLES = """\
+examples:
+  minimaskrcnn ablate table2 --quick --seeds 0 --out runs/ablate/quick     # a tiny run, a minute
+  minimaskrcnn ablate table2 --seeds 0,1,2 --results lessons/results/table2.json \\
+      --table lessons/results/table2.md                                    # the committed run (hours)
+  minimaskrcnn ablate table2 --seeds 0 --only c5_roipool,c5_roialign       # two variants and their trunk
+  minimaskrcnn ablate table2 --seeds 0,1,2 --set head_steps=400 --set num_val_images=100
+
+Each (seed, run) keeps its files in <out>/seed_<s>/<run>/; running the same command again skips
+what is done (an interrupted study resumes). Writes the results (JSON: the command, the setup and
+per variant the seeds and every metric per seed) and a markdown table (mean ± std over the seeds,
+the paper's figures beside, the verdict of each comparison)."""
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -96,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     from minimaskrcnn import __version__
 
     parser.add_argument("--version", action="version", version=f"minimaskrcnn {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,data}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,data,ablate}")
 
     # ---------------------------------------------------------------------------------- train
     p = sub.add_parser("train", help="train a model (no arguments: the README's shapes run)",
@@ -171,6 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_data_download)
     p.set_defaults(func=lambda args: _help_and_fail(p))
+
+    # --------------------------------------------------------------------------------- ablate
+    from minimaskrcnn.experiments import STUDIES
+
+    p = sub.add_parser("ablate", help="train the variants of a study for several seeds and tabulate them",
+                       description="An ablation study: every variant of the study trained for each seed (shared "
+                                   "trunks trained once per seed), then mean and standard deviation over the "
+                                   "seeds with the paper's figures beside.",
+                       epilog=ABLATE_EXAMPLES, formatter_class=_Formatter)
+    p.add_argument("study", choices=sorted(STUDIES), help="the study (table2: Mask R-CNN's Table 2, lesson 17)")
+    p.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--out", default=os.path.join("runs", "ablate"), help="folder of the runs (<out>/<study>/...)")
+    p.add_argument("--data-dir", default=None, help="where the study's data is generated (default <out>/data)")
+    p.add_argument("--results", default=None, help="results JSON to write (default <out>/<study>/results.json)")
+    p.add_argument("--table", default=None, help="markdown table to write (default <out>/<study>/table.md)")
+    p.add_argument("--only", type=_name_list, default=None, metavar="NAME,...",
+                   help="run just these variants (and the trunks they need)")
+    p.add_argument("--quick", action="store_true", help="the study's tiny version (a minute; numbers meaningless)")
+    p.add_argument("--set", action="append", default=[], type=_key_value_text, metavar="FIELD=VALUE",
+                   help="change one of the study's settings, e.g. head_steps=400 (repeatable)")
+    p.set_defaults(func=cmd_ablate)
     return parser
 
 
@@ -287,6 +322,28 @@ def _key_value(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _key_value_text(text: str) -> tuple[str, str]:
+    """"key=value" -> (key, value) with the value kept as text (the study reads it as its field's type)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _help_and_fail(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_BAD_INPUT
@@ -400,6 +457,37 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- main
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from minimaskrcnn.experiments import STUDIES, run_study, training_order, write_json_atomic
+    from minimaskrcnn.experiments.runner import report_markdown
+
+    out = os.path.join(args.out, args.study)
+    if not args.seeds:
+        print("error: --seeds: give at least one seed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:  # bad settings or names fail here, before any training
+        study = STUDIES[args.study](quick=args.quick, overrides=dict(args.set),
+                                    data_dir=args.data_dir or os.path.join(args.out, "data"))
+        training_order(study.runs, args.only)
+    except ValueError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    command = " ".join(["minimaskrcnn", *args._argv])
+    results = run_study(study, args.seeds, out, command=command, only=args.only)
+    results_path = args.results or os.path.join(out, "results.json")
+    table_path = args.table or os.path.join(out, "table.md")
+    write_json_atomic(results_path, results.to_json())
+    report = report_markdown(results, study)
+    os.makedirs(os.path.dirname(table_path) or ".", exist_ok=True)
+    tmp = table_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(report)
+    os.replace(tmp, table_path)
+    print(report)
+    print(f"results: {results_path}\ntable: {table_path}")
+    return 0
+
+
 def one_line(error: BaseException) -> str:
     """An exception as a single line (messages with newlines are joined)."""
     text = str(error)

@@ -249,7 +249,7 @@ class StudyResults:
     def markdown_table(self, reference: Mapping[str, Mapping[str, float]] | None = None,
                        descriptions: Mapping[str, str] | None = None, scale: float = 100.0) -> str:
         """One row per variant: mean ± std over the seeds of each metric (times ``scale``), with the
-        reference figures (the paper's, in points) in the last column."""
+        reference figures (the paper's, in points) in the last column and ``descriptions`` after the names."""
         reference = reference or {}
         descriptions = descriptions or {}
         header = ["variant", "seeds"] + [m.replace("_", " ") for m in self.metrics] + ["paper"]
@@ -275,6 +275,28 @@ class StudyResults:
             lines.append(f"| {c.title}: `{c.a}` - `{c.b}` | {c.metric.replace('_', ' ')} | "
                          f"{r['mean']:+.1f} ± {r['std']:.1f} (n={r['n']}) | {paper} | {r['verdict']} |")
         return "\n".join(lines)
+
+
+def report_markdown(results: StudyResults, study: Study) -> str:
+    """The markdown report of a study: the command, the table of every variant (mean ± std over the
+    seeds, in points, the reference figures beside) and the verdict of every comparison."""
+    descriptions = {r.name: r.description for r in study.runs}
+    seconds = results.setup.get("train_seconds")
+    lines = [
+        f"# {results.study}: {len(next(iter(results.variants.values()), {'seeds': []})['seeds'])} seeds",
+        "",
+        f"Made by `{results.command}`" + (f" ({seconds / 3600:.1f} h of training and evaluation)." if seconds else "."),
+        "Values: mean ± standard deviation over the seeds, in points (COCO AP x 100); `paper`: the reference's.",
+        "",
+        results.markdown_table(study.reference, descriptions),
+        "",
+        "A difference is resolved when its mean exceeds 2 standard deviations of the per-seed differences "
+        "(the same seed shares initial weights, data order and trunk).",
+        "",
+        results.markdown_comparisons(study.comparisons),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -116,6 +116,7 @@ class MaskRCNNConfig:
     mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     seed: int | None = None  # seeds the samplers and the training min_size choice (None: fresh entropy)
     roi_heads: str = "standard"  # "standard" (torchvision's) or "res5": the C4 heads, res5 shared by box and mask
+    mask_on: bool = True  # False: no mask branch (a Faster R-CNN; detectron2's MODEL.MASK_ON)
 
     def with_overrides(self, **kwargs: Any) -> MaskRCNNConfig:
         """A copy with torchvision-style keyword arguments applied (see ``TORCHVISION_KWARGS``).

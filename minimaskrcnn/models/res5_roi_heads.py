@@ -84,7 +84,7 @@ class Res5ROIHeads(RoIHeads):
     def from_config(cls, config: MaskRCNNConfig, in_channels: int, **kwargs) -> Res5ROIHeads:
         """The C4 heads ``config`` describes: ``box.roi_output_size`` (14) and ``box.pooler_type`` for
         the pooler, res5 from ``config.backbone``, ``mask.dim_reduced`` and ``mask.class_agnostic``
-        for the mask predictor, ``mask.loss``.
+        for the mask predictor (none with ``config.mask_on`` False), ``mask.loss``.
 
         Args:
             config: the whole model's configuration (a backbone without FPN returning C4).
@@ -107,7 +107,10 @@ class Res5ROIHeads(RoIHeads):
                              f"must equal box.pooler_type ({b.pooler_type!r})")
         pooler = MultiScaleRoIAlign(["0"], b.roi_output_size, b.sampling_ratio, pooler_type=b.pooler_type)
         box_predictor = FastRCNNPredictor(out_channels, config.num_classes)
-        mask_predictor = MaskRCNNPredictor(out_channels, m.dim_reduced, 1 if m.class_agnostic else config.num_classes)
+        mask_predictor = None
+        if config.mask_on:
+            mask_classes = 1 if m.class_agnostic else config.num_classes
+            mask_predictor = MaskRCNNPredictor(out_channels, m.dim_reduced, mask_classes)
         return cls(
             pooler, res5, box_predictor, b.fg_iou_thresh, b.bg_iou_thresh, b.batch_size_per_image,
             b.positive_fraction, b.bbox_reg_weights, b.score_thresh, b.nms_thresh, b.detections_per_img,

@@ -347,7 +347,8 @@ class RoIHeads(nn.Module):
                 ``FastRCNNPredictor``, ``MaskRCNNHeads`` and ``MaskRCNNPredictor`` (the defaults are
                 built in this order, so their initial weights do not depend on which are given).
                 ``config.mask.head == "mlp"`` configures ``MaskRCNNMLPHead`` and ``MLPMaskPredictor``
-                instead, ``class_agnostic`` a predictor with one channel, ``pooler_type`` the RoI layers.
+                instead, ``class_agnostic`` a predictor with one channel, ``pooler_type`` the RoI layers;
+                ``config.mask_on = False`` leaves the mask parts out (a Faster R-CNN).
             **kwargs: further constructor arguments, for a subclass that takes more.
 
         Raises:
@@ -365,15 +366,15 @@ class RoIHeads(nn.Module):
             box_head = TwoMLPHead(in_channels * b.roi_output_size ** 2, b.representation_size)
         if box_predictor is None:
             box_predictor = FastRCNNPredictor(b.representation_size, config.num_classes)
-        if mask_roi_pool is None:
+        if config.mask_on and mask_roi_pool is None:
             mask_roi_pool = MultiScaleRoIAlign(featmap_names, m.roi_output_size, m.sampling_ratio,
                                                pooler_type=m.pooler_type)
-        if mask_head is None:
+        if config.mask_on and mask_head is None:
             if m.head == "mlp":
                 mask_head = MaskRCNNMLPHead(in_channels * m.roi_output_size ** 2, m.mlp_dims)
             else:
                 mask_head = MaskRCNNHeads(in_channels, m.layers, m.dilation)
-        if mask_predictor is None:
+        if config.mask_on and mask_predictor is None:
             if m.head == "mlp":
                 mask_predictor = MLPMaskPredictor(m.mlp_dims[-1], mask_classes, 2 * m.roi_output_size)
             else:
