@@ -1,0 +1,118 @@
+"""The Table 2 study: its runs and configurations, the trunk sharing (what a variant loads from its
+trunk and what it trains), the tiny version end to end, and ``minimaskrcnn ablate``."""
+import json
+
+import numpy as np
+import pytest
+
+from minimaskrcnn.cli import EXIT_BAD_INPUT, main
+from minimaskrcnn.experiments import STUDIES, run_study
+from minimaskrcnn.experiments.table2 import (
+    COMPARISONS,
+    PAPER,
+    RUNS,
+    VARIANTS,
+    Table2Settings,
+    Table2Study,
+    model_config,
+    settings_with,
+)
+from minimaskrcnn.io import load_checkpoint
+
+ISSUE_NAMES = ("c5_roipool", "c5_roialign", "c4_roipool", "c4_roiwarp", "c4_roialign_max", "c4_roialign_avg",
+               "sigmoid", "softmax", "class_specific", "class_agnostic", "mlp_head", "fcn_head", "r_fpn", "x_fpn",
+               "r_c4")
+
+
+def test_runs_variants_and_comparisons():
+    assert VARIANTS == ISSUE_NAMES
+    assert set(PAPER) == set(ISSUE_NAMES)
+    by_name = {r.name: r for r in RUNS}
+    assert {c.a for c in COMPARISONS} | {c.b for c in COMPARISONS} <= set(ISSUE_NAMES)
+    # the paper's R50-C4 baseline and R50-FPN are single runs under several names
+    assert {n for n, r in by_name.items() if r.same_as == "c4_roialign_avg"} == {"sigmoid", "class_specific", "r_c4"}
+    assert by_name["r_fpn"].same_as == "fcn_head"
+    assert by_name["x_fpn"].parent == "trunk_x" and by_name["c5_roipool"].parent == "trunk_r"
+
+
+def test_model_configurations_differ_only_where_the_variant_says():
+    s = Table2Settings()
+    base = model_config(s, "c4")
+    assert base.roi_heads == "res5" and base.backbone.returned_layers == (3,) and not base.backbone.fpn
+    assert base.box.roi_output_size == 14 and base.num_classes == 6
+    c5 = model_config(s, "c5", pooler="roi_pool")
+    assert c5.backbone.returned_layers == (4,) and c5.box.pooler_type == c5.mask.pooler_type == "roi_pool"
+    assert model_config(s, "c4", loss="softmax").mask.loss == "softmax"
+    assert model_config(s, "fpn", body="x").backbone.groups == 32
+    trunk = model_config(s, "fpn", mask_on=False)
+    assert not trunk.mask_on and trunk.backbone.fpn
+    with pytest.raises(ValueError):
+        model_config(s, "c6")
+
+
+def test_settings_overrides():
+    s = settings_with(Table2Settings(), {"head_steps": "12", "classes": "circle,square", "clip_grad_norm": "none",
+                                         "lr": "0.01", "object_size": "10,20"})
+    assert s.head_steps == 12 and s.classes == ("circle", "square") and s.clip_grad_norm is None
+    assert s.lr == 0.01 and s.object_size == (10.0, 20.0)
+    with pytest.raises(ValueError, match="no setting"):
+        settings_with(Table2Settings(), {"epochs": "3"})
+    with pytest.raises(ValueError, match="expected a int"):
+        settings_with(Table2Settings(), {"head_steps": "many"})
+
+
+def test_tiny_study_shares_the_trunk_and_trains_what_each_variant_changes(tmp_path):
+    study = Table2Study(Table2Settings.quick(), data_dir=tmp_path / "data", log=lambda s: None)
+    results = run_study(study, [0], tmp_path / "runs", command="test",
+                        only=["c4_roialign_avg", "c5_roialign", "fcn_head", "r_c4"], log=lambda s: None)
+    assert list(results.variants) == ["c5_roialign", "c4_roialign_avg", "fcn_head", "r_c4"]
+    assert results.variants["r_c4"] == results.variants["c4_roialign_avg"]
+    assert all(0 <= v[m][0] <= 1 for v in results.variants.values() for m in study.metrics)
+
+    def weights(run):
+        return load_checkpoint(tmp_path / "runs" / "seed_0" / run / "checkpoint.npz").model_state
+
+    trunk, c4, c5, fpn = weights("trunk_r"), weights("c4_roialign_avg"), weights("c5_roialign"), weights("fcn_head")
+    assert not any(k.startswith("roi_heads.mask") for k in trunk)  # the trunk is a Faster R-CNN
+    # frozen: the trunk's body in every variant, its FPN and RPN in the FPN variants
+    for k in ("backbone.body.conv1.weight", "backbone.body.layer3.0.conv2.weight"):
+        np.testing.assert_array_equal(c4[k], trunk[k])
+        np.testing.assert_array_equal(c5[k], trunk[k])
+        np.testing.assert_array_equal(fpn[k], trunk[k])
+    for k in ("rpn.head.conv.0.0.weight", "backbone.fpn.layer_blocks.0.0.weight"):
+        np.testing.assert_array_equal(fpn[k], trunk[k])
+    # trained: C4 and C5 train their own RPN, C4's res5 starts from the trunk's layer4 and moves
+    assert c4["rpn.head.cls_logits.weight"].shape != trunk["rpn.head.cls_logits.weight"].shape  # 12 anchors, not 3
+    assert c4["roi_heads.res5.0.conv1.weight"].shape == trunk["backbone.body.layer4.0.conv1.weight"].shape
+    assert not np.array_equal(c4["roi_heads.res5.0.conv1.weight"], trunk["backbone.body.layer4.0.conv1.weight"])
+    assert not np.array_equal(fpn["roi_heads.box_head.fc6.weight"], trunk["roi_heads.box_head.fc6.weight"])
+    # build(): res5 is the trunk's layer4 before training, the frozen parameters do not require a gradient
+    model, trained = study.build(next(r for r in RUNS if r.name == "c4_roialign_avg"), 0,
+                                 str(tmp_path / "runs" / "seed_0" / "trunk_r"))
+    assert trained == ("rpn.", "roi_heads.")
+    own = model.state_dict()
+    np.testing.assert_array_equal(own["roi_heads.res5.2.conv3.weight"], trunk["backbone.body.layer4.2.conv3.weight"])
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("backbone."))
+
+
+def test_ablate_command_writes_results_and_refuses_bad_input(tmp_path, capsys):
+    argv = ["ablate", "table2", "--quick", "--seeds", "0", "--only", "c5_roipool", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "table2" / "results.json").read_text())
+    assert set(data) == {"command", "setup", "variants"} and data["command"] == "minimaskrcnn " + " ".join(argv)
+    assert set(data["variants"]["c5_roipool"]) == {"seeds", "box_AP", "box_AP50", "box_AP75", "mask_AP",
+                                                    "mask_AP50", "mask_AP75"}
+    assert "c5_roipool" in (tmp_path / "table2" / "table.md").read_text()
+    capsys.readouterr()
+    for bad, needle in ((["--set", "epochs=3"], "no setting"), (["--only", "c6_roialign"], "unknown runs")):
+        code = main(["ablate", "table2", "--quick", "--out", str(tmp_path)] + bad)
+        err = capsys.readouterr().err
+        assert code == EXIT_BAD_INPUT and err.startswith("error: ") and needle in err and "Traceback" not in err
+    assert "table2" in STUDIES
+
+
+def test_ablate_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--help"])
+    assert exit_info.value.code == 0
+    assert "examples:" in capsys.readouterr().out
