@@ -335,6 +335,28 @@ class Table2Study:
                           {"metrics": metrics, "trained": list(trained), "steps": result["step"],
                            "seconds": result["seconds"]})
 
+    def load_model(self, name: str, seed: int, out_dir: str | os.PathLike):
+        """The trained model of variant ``name`` (an alias gives its run's) for ``seed``, in eval mode.
+
+        Args:
+            name: a variant's name (e.g. "c5_roipool").
+            seed: which seed's run.
+            out_dir: the study's folder (``run_study``'s ``out_dir``).
+
+        Raises:
+            KeyError: an unknown name; CheckpointError: the run has not been trained.
+        """
+        from minimaskrcnn.experiments.runner import run_dir_of
+        from minimaskrcnn.io import load_checkpoint
+        from minimaskrcnn.models import MaskRCNN
+
+        run = {r.name: r for r in self.runs}[name]
+        run = {r.name: r for r in self.runs}[run.same_as] if run.same_as else run
+        model = MaskRCNN.from_config(self.config_of(run, seed))
+        model.load_state_dict(load_checkpoint(os.path.join(run_dir_of(out_dir, seed, run.name), "checkpoint.npz"))
+                              .model_state)
+        return model.eval()
+
     def evaluate(self, run: Run, seed: int, run_dir: str) -> dict[str, float]:
         """The run's COCO numbers on the held-out images, measured at the end of its training."""
         with open(os.path.join(run_dir, METRICS_NAME)) as f:

@@ -116,3 +116,15 @@ def test_ablate_help_shows_examples(capsys):
         main(["ablate", "--help"])
     assert exit_info.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_load_model_gives_the_trained_weights(tmp_path):
+    study = Table2Study(Table2Settings.quick(), data_dir=tmp_path / "data", log=lambda s: None)
+    run_study(study, [3], tmp_path / "runs", only=["r_c4"], log=lambda s: None)
+    model = study.load_model("r_c4", 3, tmp_path / "runs")  # an alias: c4_roialign_avg's run
+    saved = load_checkpoint(tmp_path / "runs" / "seed_3" / "c4_roialign_avg" / "checkpoint.npz").model_state
+    np.testing.assert_array_equal(model.state_dict()["roi_heads.res5.0.conv1.weight"],
+                                  saved["roi_heads.res5.0.conv1.weight"])
+    assert not model.training
+    image, _ = study.datasets()[1][0]
+    assert set(model([image])[0]) == {"boxes", "labels", "scores", "masks"}
