@@ -3,21 +3,22 @@
 The study behind lesson 17 and ``lessons/results/table2.json`` (``minimaskrcnn ablate table2``). It
 trains, for every seed, on synthetic shapes designed so that the paper's effects can show:
 
-- *data*: 192-px images holding 2-5 shapes of 48-112 px (circles, triangles, squares, pentagons and
-  hexagons: the last two and the circle look alike, so that a per-pixel softmax has classes to
-  confuse), occluding each other, so that a mask depends on the image, not only on the box. At
-  stride 32 such an object covers 2-3 feature cells, so RoIPool's rounding of its box (up to 16 px
-  per side) is a large fraction of it; at stride 16 half as large.
-- *trunks* (shared, trained once per seed): a ResNet-50 (and a ResNeXt-50 32x4d) at a quarter of
-  the width, with FPN, trained end to end as a Faster R-CNN (no mask branch). This stands in for
-  the paper's ImageNet-pretrained backbones, and is neutral between the variants: no RoI layer,
-  mask head or mask loss under test shaped it.
-- *variants*: each variant freezes the trunk's body (and, for the FPN variants, its FPN and RPN)
-  and trains what it changes, from the same initial weights and data order for a given seed:
-  the C4 and C5 variants train their own RPN on the frozen body and their RoI heads (C4: res5,
-  initialised from the trunk's layer4, as the paper's C4 starts from the pretrained res5); the FPN
-  variants train the box and mask heads. Variants that are the same configuration in the paper
-  (its R50-C4 baseline appears in four tables, its R50-FPN in two) are the same runs here.
+- *data*: 160-px images holding 2-5 shapes of 40-96 px (circles, triangles, squares and hexagons:
+  hexagons and circles look alike, so that a per-pixel softmax has classes to confuse), occluding
+  each other, so that a mask depends on the image, not only on the box. At stride 32 such an object
+  covers 1-3 feature cells, so RoIPool's rounding of its box (up to 16 px per side) is a large
+  fraction of it; at stride 16 half as large.
+- *trunks* (shared, trained once per seed): a small bottleneck ResNet (depth 26, a quarter of the
+  width) and its ResNeXt (32x4d) with FPN, trained end to end as Faster R-CNNs (no mask branch).
+  They stand in for the paper's ImageNet-pretrained backbones, and are neutral between the
+  variants: no RoI layer, mask head or mask loss under test shaped them.
+- *variants*: each variant starts from its trunk and trains end to end, as the paper trains every
+  model from its pretrained backbone: the FPN variants take all of the trunk (a Faster R-CNN of
+  the same architecture) and add their mask branch; the C4 and C5 variants take the trunk's body
+  (C4's res5 starts from the trunk's fifth stage, as the paper's C4 from the pretrained res5) and
+  train new RPN and RoI heads. A seed gives every variant the same trunk, initial weights and data
+  order, so two variants are compared seed by seed. Variants that are one configuration in the
+  paper (its R50-C4 baseline appears in four tables, its R50-FPN in two) are one run here.
 
 ``Table2Study`` is a ``runner.Study``; ``Table2Settings`` holds every size and schedule (``quick()``
 is the tiny version CI and the lesson's quick mode run).
@@ -84,14 +85,15 @@ class Table2Settings:
     """
 
     # --- data (shapes, see the module docstring)
-    image_size: int = 192  # side of the square images; the models see them at this size
-    classes: tuple[str, ...] = ("circle", "triangle", "square", "pentagon", "hexagon")  # labels 1..5
-    object_size: tuple[float, float] = (48.0, 112.0)  # diameter range of the shapes, pixels
+    image_size: int = 160  # side of the square images; the models see them at this size
+    classes: tuple[str, ...] = ("circle", "triangle", "square", "hexagon")  # labels 1..4
+    object_size: tuple[float, float] = (40.0, 96.0)  # diameter range of the shapes, pixels
     objects_per_image: tuple[int, int] = (2, 5)  # shapes tried per image (occluded ones may drop out)
     num_train_images: int = 1000  # training images (more: less overfitting)
     num_val_images: int = 200  # held-out images: more = less AP noise, slower evaluation
     data_seed: int = 2017  # train images use this seed, held-out ones data_seed + 1
     # --- models
+    depth: int = 26  # ResNet / ResNeXt depth (26: 2 bottlenecks a stage; 50 is the paper's)
     width: float = 0.25  # ResNet width multiplier (0.25: 16 channels in conv1, res5 out 512)
     fpn_channels: int = 64  # FPN channels
     head_channels: int = 64  # channels of the mask head's convs and deconv (C4 too)
@@ -99,7 +101,7 @@ class Table2Settings:
     rois_per_image: int = 16  # RoIs sampled per image for the heads' losses (a quarter foreground at most)
     # --- schedule (SGD, warm-up, steps of 10x at 70% and 90%)
     trunk_steps: int = 1000  # Faster R-CNN steps of each trunk
-    head_steps: int = 600  # steps of each variant
+    head_steps: int = 500  # steps of each variant, from its trunk
     batch_size: int = 4  # images per step
     lr: float = 0.02  # peak learning rate
     warmup_steps: int = 100
@@ -124,7 +126,7 @@ def model_config(settings: Table2Settings, arch: str, body: str = "r", pooler: s
         settings: sizes.
         arch: "fpn" (ResNet-FPN, torchvision's heads), "c4" (C4 backbone, res5 heads) or "c5"
             (one stride-32 level, the FPN-style heads).
-        body: "r" (ResNet-50) or "x" (ResNeXt-50 32x4d), both at ``settings.width``.
+        body: "r" (ResNet) or "x" (ResNeXt 32x4d), both of ``settings.depth`` and ``settings.width``.
         pooler: the RoI layer of both heads (``poolers.POOLER_TYPES``).
         head: "fcn" or "mlp" mask head.
         loss: "sigmoid" or "softmax" mask loss.
@@ -150,7 +152,7 @@ def model_config(settings: Table2Settings, arch: str, body: str = "r", pooler: s
     s = settings
     groups, width_per_group = (32, 4) if body == "x" else (1, 64)
     returned = {"fpn": (1, 2, 3, 4), "c4": (3,), "c5": (4,)}[arch]
-    backbone = BackboneConfig(depth=50, width_multiplier=s.width, groups=groups, width_per_group=width_per_group,
+    backbone = BackboneConfig(depth=s.depth, width_multiplier=s.width, groups=groups, width_per_group=width_per_group,
                               norm="gn", gn_groups=8, trainable_layers=5, returned_layers=returned,
                               fpn_channels=s.fpn_channels, fpn=arch == "fpn")
     if arch == "fpn":
@@ -226,13 +228,13 @@ class Table2Study:
         return {
             "study": "Mask R-CNN (He et al. 2017) Table 2 in miniature, on synthetic shapes",
             "settings": self.settings.to_dict(),
-            "protocol": ("per seed: ResNet-50-FPN and ResNeXt-50-FPN trunks (width "
-                         f"{self.settings.width}) trained end to end as Faster R-CNNs for "
-                         f"{self.settings.trunk_steps} steps; each variant freezes its trunk's body (and FPN "
-                         f"and RPN for FPN variants) and trains what it changes for {self.settings.head_steps} "
-                         "steps (C4/C5: their RPN and RoI heads, C4's res5 starting from the trunk's layer4; "
-                         "FPN: the box and mask heads); the same seed gives every variant the same initial "
-                         "weights and data order"),
+            "protocol": (f"per seed: ResNet-{self.settings.depth}-FPN and ResNeXt-{self.settings.depth}-FPN "
+                         f"(32x4d) trunks of width {self.settings.width} trained end to end as Faster R-CNNs for "
+                         f"{self.settings.trunk_steps} steps; each variant starts from its trunk and trains end "
+                         f"to end for {self.settings.head_steps} steps (FPN variants: all of the trunk plus a new "
+                         "mask branch; C4/C5: the trunk's body, C4's res5 from the trunk's layer4, new RPN and "
+                         "RoI heads); the same seed gives every variant the same trunk, initial weights and "
+                         "data order"),
             "metrics": "COCO AP on the held-out images (pycocotools), fractions; the paper's figures are points",
             "same_runs": {r.name: r.same_as for r in self.runs if r.same_as},
         }
@@ -275,10 +277,11 @@ class Table2Study:
         return model_config(self.settings, o.pop("arch"), mask_on=run.report, seed=seed, **o)
 
     def build(self, run: Run, seed: int, parent_dir: str | None):
-        """The run's model, with its trunk's weights loaded and frozen where the run shares them.
+        """The run's model, with its trunk's weights loaded where the run shares them.
 
         Returns:
-            (model, trained): the MaskRCNN, and the prefixes of the parameters it trains.
+            (model, trained): the MaskRCNN, and the prefixes of the parameters it trains ("": all,
+            end to end, as the paper trains every model from its pretrained backbone).
         """
         from minimaskrcnn.io import load_checkpoint
         from minimaskrcnn.models import MaskRCNN
@@ -289,23 +292,18 @@ class Table2Study:
         if parent_dir is None:
             return model, ("",)
         trunk = load_checkpoint(os.path.join(parent_dir, "checkpoint.npz")).model_state
-        arch = run.options["arch"]
         own = model.state_dict()
-        if arch == "fpn":  # body, FPN and RPN as trained in the trunk
-            shared = {k: v for k, v in trunk.items() if k.startswith(("backbone.", "rpn."))}
-            trained = ("roi_heads.",)
-        else:  # the trunk's body up to C4 (C5); C4's res5 starts from the trunk's layer4
+        if run.options["arch"] == "fpn":  # the same architecture: all of the Faster R-CNN (the mask branch is new)
+            shared = {k: v for k, v in trunk.items() if k in own}
+        else:  # the trunk's body up to C4 (C5); C4's res5 starts from the trunk's layer4; RPN and heads are new
             shared = {k: v for k, v in trunk.items() if k.startswith("backbone.body.") and k in own}
-            if arch == "c4":
+            if run.options["arch"] == "c4":
                 shared.update({"roi_heads.res5." + k[len("backbone.body.layer4."):]: v for k, v in trunk.items()
                                if k.startswith("backbone.body.layer4.")})
-            trained = ("rpn.", "roi_heads.")
         result = model.load_state_dict(shared, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"{run.name}: trunk weights without a place in the model: {result.unexpected_keys[:5]}")
-        for name, p in model.named_parameters():
-            p.requires_grad = name.startswith(trained)
-        return model, trained
+        return model, ("",)
 
     # --------------------------------------------------------------------------- train/eval
     def train_config(self, run: Run, seed: int, run_dir: str):

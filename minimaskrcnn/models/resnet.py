@@ -19,7 +19,10 @@ from minimaskrcnn.nn import functional as F
 from minimaskrcnn.tensor import Tensor
 
 # blocks per stage for each depth
-RESNET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# blocks per stage for each depth; 26 is the small bottleneck ResNet (timm's resnet26: 2 bottlenecks a stage)
+RESNET_LAYERS = {18: (2, 2, 2, 2), 26: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                 152: (3, 8, 36, 3)}
+BASIC_BLOCK_DEPTHS = (18, 34)  # the other depths use bottlenecks
 
 
 def make_norm_layer(kind: str, eps: float = 1e-5, gn_groups: int = 32) -> Callable[[int], nn.Module]:
@@ -162,7 +165,7 @@ def make_stage(block, inplanes: int, planes: int, blocks: int, stride: int, norm
 
 def stage_widths(depth: int, width_multiplier: float = 1.0) -> tuple[type, list[int]]:
     """The block type of a ResNet depth and the ``planes`` of its 4 stages (64, 128, 256, 512 times the multiplier)."""
-    block = BasicBlock if depth < 50 else Bottleneck
+    block = BasicBlock if depth in BASIC_BLOCK_DEPTHS else Bottleneck
     base = max(1, int(round(64 * width_multiplier)))
     return block, [base, base * 2, base * 4, base * 8]
 
@@ -172,7 +175,7 @@ class ResNetBody(nn.Module):
     (torchvision's ``resnet``/``resnext`` wrapped in ``IntermediateLayerGetter``).
 
     Args:
-        depth: 18, 34 (BasicBlock), 50, 101 or 152 (Bottleneck).
+        depth: 18, 34 (BasicBlock), 26, 50, 101 or 152 (Bottleneck; 26 has 2 blocks a stage).
         norm_layer: factory ``norm_layer(C)``, e.g. from ``make_norm_layer``.
         width_multiplier: scales every width (64 * m in conv1 and layer1).
         returned_layers: stages whose outputs are returned, named "0", "1", ... in order.
@@ -190,9 +193,9 @@ class ResNetBody(nn.Module):
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYERS)}")
-        if depth < 50 and (groups != 1 or width_per_group != 64):
+        if depth in BASIC_BLOCK_DEPTHS and (groups != 1 or width_per_group != 64):
             raise ValueError(f"ResNeXt (groups={groups}, width_per_group={width_per_group}) needs a Bottleneck "
-                             f"depth (50, 101, 152), got depth {depth}")
+                             f"depth (26, 50, 101, 152), got depth {depth}")
         self.groups = groups
         self.base_width = width_per_group
         if min(returned_layers) < 1 or max(returned_layers) > 4:

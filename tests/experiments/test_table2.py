@@ -39,7 +39,7 @@ def test_model_configurations_differ_only_where_the_variant_says():
     s = Table2Settings()
     base = model_config(s, "c4")
     assert base.roi_heads == "res5" and base.backbone.returned_layers == (3,) and not base.backbone.fpn
-    assert base.box.roi_output_size == 14 and base.num_classes == 6
+    assert base.box.roi_output_size == 14 and base.num_classes == len(s.classes) + 1 == 5
     c5 = model_config(s, "c5", pooler="roi_pool")
     assert c5.backbone.returned_layers == (4,) and c5.box.pooler_type == c5.mask.pooler_type == "roi_pool"
     assert model_config(s, "c4", loss="softmax").mask.loss == "softmax"
@@ -61,7 +61,7 @@ def test_settings_overrides():
         settings_with(Table2Settings(), {"head_steps": "many"})
 
 
-def test_tiny_study_shares_the_trunk_and_trains_what_each_variant_changes(tmp_path):
+def test_tiny_study_starts_each_variant_from_its_trunk(tmp_path):
     study = Table2Study(Table2Settings.quick(), data_dir=tmp_path / "data", log=lambda s: None)
     results = run_study(study, [0], tmp_path / "runs", command="test",
                         only=["c4_roialign_avg", "c5_roialign", "fcn_head", "r_c4"], log=lambda s: None)
@@ -69,30 +69,32 @@ def test_tiny_study_shares_the_trunk_and_trains_what_each_variant_changes(tmp_pa
     assert results.variants["r_c4"] == results.variants["c4_roialign_avg"]
     assert all(0 <= v[m][0] <= 1 for v in results.variants.values() for m in study.metrics)
 
-    def weights(run):
-        return load_checkpoint(tmp_path / "runs" / "seed_0" / run / "checkpoint.npz").model_state
-
-    trunk, c4, c5, fpn = weights("trunk_r"), weights("c4_roialign_avg"), weights("c5_roialign"), weights("fcn_head")
+    trunk_dir = tmp_path / "runs" / "seed_0" / "trunk_r"
+    trunk = load_checkpoint(trunk_dir / "checkpoint.npz").model_state
     assert not any(k.startswith("roi_heads.mask") for k in trunk)  # the trunk is a Faster R-CNN
-    # frozen: the trunk's body in every variant, its FPN and RPN in the FPN variants
-    for k in ("backbone.body.conv1.weight", "backbone.body.layer3.0.conv2.weight"):
-        np.testing.assert_array_equal(c4[k], trunk[k])
-        np.testing.assert_array_equal(c5[k], trunk[k])
-        np.testing.assert_array_equal(fpn[k], trunk[k])
-    for k in ("rpn.head.conv.0.0.weight", "backbone.fpn.layer_blocks.0.0.weight"):
-        np.testing.assert_array_equal(fpn[k], trunk[k])
-    # trained: C4 and C5 train their own RPN, C4's res5 starts from the trunk's layer4 and moves
-    assert c4["rpn.head.cls_logits.weight"].shape != trunk["rpn.head.cls_logits.weight"].shape  # 12 anchors, not 3
-    assert c4["roi_heads.res5.0.conv1.weight"].shape == trunk["backbone.body.layer4.0.conv1.weight"].shape
-    assert not np.array_equal(c4["roi_heads.res5.0.conv1.weight"], trunk["backbone.body.layer4.0.conv1.weight"])
-    assert not np.array_equal(fpn["roi_heads.box_head.fc6.weight"], trunk["roi_heads.box_head.fc6.weight"])
-    # build(): res5 is the trunk's layer4 before training, the frozen parameters do not require a gradient
-    model, trained = study.build(next(r for r in RUNS if r.name == "c4_roialign_avg"), 0,
-                                 str(tmp_path / "runs" / "seed_0" / "trunk_r"))
-    assert trained == ("rpn.", "roi_heads.")
-    own = model.state_dict()
-    np.testing.assert_array_equal(own["roi_heads.res5.2.conv3.weight"], trunk["backbone.body.layer4.2.conv3.weight"])
-    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("backbone."))
+    runs = {r.name: r for r in RUNS}
+    # FPN: all of the trunk, plus a new mask branch
+    fpn, trained = study.build(runs["fcn_head"], 0, str(trunk_dir))
+    own = fpn.state_dict()
+    assert trained == ("",) and all(p.requires_grad for p in fpn.parameters())
+    for k in ("backbone.body.conv1.weight", "backbone.fpn.layer_blocks.0.0.weight", "rpn.head.conv.0.0.weight",
+              "roi_heads.box_head.fc6.weight"):
+        np.testing.assert_array_equal(own[k], trunk[k])
+    assert "roi_heads.mask_predictor.mask_fcn_logits.weight" in own
+    # C4: the trunk's body up to C4 and its layer4 as res5; its own RPN (12 anchors a cell, not 3)
+    c4, _ = study.build(runs["c4_roialign_avg"], 0, str(trunk_dir))
+    own = c4.state_dict()
+    k = "backbone.body.layer3.1.conv2.weight"
+    np.testing.assert_array_equal(own[k], trunk[k])
+    np.testing.assert_array_equal(own["roi_heads.res5.1.conv3.weight"], trunk["backbone.body.layer4.1.conv3.weight"])
+    assert own["rpn.head.cls_logits.weight"].shape != trunk["rpn.head.cls_logits.weight"].shape
+    # C5: the whole body; after training, the body has moved (end to end)
+    c5, _ = study.build(runs["c5_roialign"], 0, str(trunk_dir))
+    np.testing.assert_array_equal(c5.state_dict()["backbone.body.layer4.0.conv1.weight"],
+                                  trunk["backbone.body.layer4.0.conv1.weight"])
+    trained_c5 = load_checkpoint(tmp_path / "runs" / "seed_0" / "c5_roialign" / "checkpoint.npz").model_state
+    assert not np.array_equal(trained_c5["backbone.body.layer4.0.conv1.weight"],
+                              trunk["backbone.body.layer4.0.conv1.weight"])
 
 
 def test_ablate_command_writes_results_and_refuses_bad_input(tmp_path, capsys):

@@ -24,6 +24,10 @@ def test_small_resnext_shapes_and_errors():
     assert body.layer1[0].conv2.groups == 4 and body.layer1[0].conv2.weight.shape == (4, 1, 3, 3)
     with pytest.raises(ValueError, match="Bottleneck depth"):
         ResNetBody(18, groups=32, width_per_group=4)
+    # depth 26: two bottlenecks a stage (the small ResNeXt of lesson 17's study)
+    small = ResNetBody(26, make_norm_layer("gn", gn_groups=4), width_multiplier=0.25, groups=32, width_per_group=4)
+    assert [len(getattr(small, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    assert small.layer1[0].conv2.groups == 32 and small.out_channels_list == [64, 128, 256, 512]
 
 
 def test_grouped_bottleneck_gradcheck():
