@@ -460,6 +460,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from minimaskrcnn.experiments import STUDIES, run_study, training_order, write_json_atomic
     from minimaskrcnn.experiments.runner import report_markdown
+    from minimaskrcnn.io import atomic_write
 
     out = os.path.join(args.out, args.study)
     if not args.seeds:
@@ -478,11 +479,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     table_path = args.table or os.path.join(out, "table.md")
     write_json_atomic(results_path, results.to_json())
     report = report_markdown(results, study)
-    os.makedirs(os.path.dirname(table_path) or ".", exist_ok=True)
-    tmp = table_path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(table_path, "w") as f:
         f.write(report)
-    os.replace(tmp, table_path)
     print(report)
     print(f"results: {results_path}\ntable: {table_path}")
     return 0
@@ -511,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = argv  # the command as given, recorded in results files
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT

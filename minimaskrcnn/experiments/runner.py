@@ -300,14 +300,12 @@ def report_markdown(results: StudyResults, study: Study) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON through a temporary file and a rename (never half a file)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Write ``data`` as indented JSON, atomically (``io.atomic_write``: never half a file)."""
+    from minimaskrcnn.io import atomic_write
+
+    with atomic_write(path, "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def run_dir_of(out_dir: str | os.PathLike, seed: int, run: str) -> str:

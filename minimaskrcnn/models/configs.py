@@ -18,7 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BackboneConfig:
     """ResNet (or ResNeXt) body and FPN; without the FPN, the body's one returned stage (C4 or C5)."""
 
-    depth: int = 50  # ResNet depth: 18/34 use basic blocks, 26/50/101/152 bottlenecks; deeper = more capacity, slower
+    depth: int = 50  # ResNet depth: 18/34 basic blocks, 26/50/101/152 bottlenecks; deeper = more capacity, slower
     width_multiplier: float = 1.0  # scales every ResNet width (64 in conv1); raising it adds capacity at ~quadratic cost
     groups: int = 1  # ResNeXt cardinality (groups of every 3x3 conv; 32 in resnext50_32x4d); 1 is ResNet
     width_per_group: int = 64  # ResNeXt channels per group at full width (4 in resnext50_32x4d); 64 is ResNet
