@@ -185,7 +185,7 @@ class StudyResults:
     metrics: list[str]
 
     def to_json(self) -> dict:
-        """``{"command", "setup", "variants"}`` (the format of lessons/results/table2.json)."""
+        """``{"command", "setup", "variants"}`` (the results file's format)."""
         return {"command": self.command, "setup": self.setup, "variants": self.variants}
 
     @classmethod

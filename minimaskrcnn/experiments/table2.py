@@ -1,7 +1,8 @@
 """Mask R-CNN's Table 2 in miniature: the backbones, mask losses and RoI layers the paper compared.
 
-The study behind lesson 17 and ``lessons/results/table2.json`` (``minimaskrcnn ablate table2``). It
-trains, for every seed, on synthetic shapes designed so that the paper's effects can show:
+The study of lesson 17 (``minimaskrcnn ablate table2``; not run in full yet: about 13 CPU-hours at the
+default settings, measured per run in a pilot). It trains, for every seed, on synthetic shapes
+designed so that the paper's effects can show:
 
 - *data*: 160-px images holding 2-5 shapes of 40-96 px (circles, triangles, squares and hexagons:
   hexagons and circles look alike, so that a per-pixel softmax has classes to confuse), occluding
@@ -72,14 +73,14 @@ DESCRIPTIONS = {
     "c4_roipool": "C4, RoIPool", "c4_roiwarp": "C4, RoIWarp (avg)", "c4_roialign_max": "C4, RoIAlign (max)",
     "c4_roialign_avg": "C4, RoIAlign (avg)", "sigmoid": "C4, per-pixel sigmoid", "softmax": "C4, per-pixel softmax",
     "class_specific": "C4, a mask per class", "class_agnostic": "C4, one mask for all classes",
-    "mlp_head": "FPN, MLP mask head", "fcn_head": "FPN, FCN mask head", "r_fpn": "ResNet-50-FPN",
-    "x_fpn": "ResNeXt-50-FPN", "r_c4": "ResNet-50-C4",
+    "mlp_head": "FPN, MLP mask head", "fcn_head": "FPN, FCN mask head", "r_fpn": "ResNet-FPN",
+    "x_fpn": "ResNeXt-FPN (32x4d)", "r_c4": "ResNet-C4",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Table2Settings:
-    """Every size and schedule of the study. The defaults are the committed run's.
+    """Every size and schedule of the study. The defaults are the full study's.
 
     Each field's comment says what raising it does; ``quick()`` shrinks them for CI.
     """
@@ -175,8 +176,8 @@ def _runs() -> tuple[Run, ...]:
     c4, fpn, c5 = {"arch": "c4"}, {"arch": "fpn"}, {"arch": "c5"}
     d = DESCRIPTIONS
     return (
-        Run("trunk_r", report=False, description="ResNet-50-FPN Faster R-CNN", options={"arch": "fpn", "body": "r"}),
-        Run("trunk_x", report=False, description="ResNeXt-50-FPN Faster R-CNN", options={"arch": "fpn", "body": "x"}),
+        Run("trunk_r", report=False, description="ResNet-FPN Faster R-CNN", options={"arch": "fpn", "body": "r"}),
+        Run("trunk_x", report=False, description="ResNeXt-FPN Faster R-CNN", options={"arch": "fpn", "body": "x"}),
         Run("c5_roipool", "trunk_r", description=d["c5_roipool"], options={**c5, "pooler": "roi_pool"}),
         Run("c5_roialign", "trunk_r", description=d["c5_roialign"], options={**c5, "pooler": "roi_align"}),
         Run("c4_roipool", "trunk_r", description=d["c4_roipool"], options={**c4, "pooler": "roi_pool"}),
@@ -196,7 +197,7 @@ def _runs() -> tuple[Run, ...]:
 
 
 RUNS = _runs()
-VARIANTS = tuple(r.name for r in RUNS if r.report)  # the 15 names of lessons/results/table2.json, in its order
+VARIANTS = tuple(r.name for r in RUNS if r.report)  # the 15 variant names of the results, in order
 METRICS_NAME = "metrics.json"  # in a run's folder: its COCO numbers on the held-out images
 
 
@@ -204,7 +205,7 @@ class Table2Study:
     """The study of Mask R-CNN's Table 2 (see the module docstring), a ``runner.Study``.
 
     Args:
-        settings: sizes and schedules (``Table2Settings()``: the committed run's).
+        settings: sizes and schedules (``Table2Settings()``: the full study's).
         data_dir: where the shapes data sets are written once (shared by every seed and run).
         log: called with progress lines.
     """
@@ -398,7 +399,7 @@ def settings_with(base: Table2Settings, overrides: dict[str, str] | None) -> Tab
 
 def make_study(quick: bool = False, overrides: dict[str, str] | None = None, data_dir: str | os.PathLike | None = None,
                log=print) -> Table2Study:
-    """The study as the command line builds it: the committed settings (or ``quick()``), changed by
+    """The study as the command line builds it: the full study's settings (or ``quick()``), changed by
     ``overrides``; data in ``data_dir`` (default runs/ablate/data)."""
     settings = settings_with(Table2Settings.quick() if quick else Table2Settings(), overrides)
     return Table2Study(settings, data_dir or os.path.join("runs", "ablate", "data"), log=log)
