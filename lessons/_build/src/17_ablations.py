@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 16 · The paper's ablations: the pieces of Table 2 and the runner that compares them
+# # 17 · The paper's ablations: the pieces of Table 2 and the runner that compares them
 #
 # **Goal.** Table 2 of the Mask R-CNN paper (He et al. 2017, §4.2) changes one piece of the model at a
 # time and measures COCO mask AP: the backbone (C4 or FPN, ResNet or ResNeXt), the RoI layer (RoIPool,
@@ -36,11 +36,11 @@
 
 # %%
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _helpers import exercise, log
 from IPython.display import Markdown, display
 from matplotlib.patches import Rectangle
 from minimaskrcnn.kernels.roi_warp import quantize_rois
@@ -51,7 +51,10 @@ from minimaskrcnn.models import MaskRCNN
 from minimaskrcnn.ops import roi_align, roi_pool, roi_warp
 from minimaskrcnn.tensor import Tensor
 
+from _helpers import exercise, log
+
 plt.rcParams["figure.dpi"] = 80
+warnings.filterwarnings("ignore", message="IProgress not found")  # the trainer's progress bar is off anyway
 OUT = Path("..") / "runs" / "ablate"  # where this lesson keeps its smoke runs (ignored by git)
 
 # %% [markdown]
@@ -77,10 +80,10 @@ settings = Table2Settings()
 for arch, body in (("c4", "r"), ("c5", "r"), ("fpn", "r"), ("fpn", "x")):
     model = MaskRCNN.from_config(model_config(settings, arch, body))
     features = model.backbone(Tensor(np.zeros((1, 3, 160, 160), np.float32)))
-    sizes = {name: f"{f.shape[1]}x{f.shape[2]}x{f.shape[3]}" for name, f in features.items()}
+    sizes = ", ".join(f"{f.shape[1]}x{f.shape[2]}x{f.shape[3]}" for f in features.values())
     heads = sum(p.data.size for name, p in model.named_parameters() if name.startswith("roi_heads"))
-    print(f"{arch.upper():3s} {'ResNeXt' if body == 'x' else 'ResNet ':7s} features (C x H x W) {sizes}; "
-          f"RoI heads: {type(model.roi_heads).__name__}, {heads / 1e6:.1f} M parameters")
+    print(f"{arch.upper()} {'ResNeXt' if body == 'x' else 'ResNet'}: RoI heads {type(model.roi_heads).__name__} "
+          f"({heads / 1e6:.1f} M parameters); features (C x H x W): {sizes}")
 
 # %% [markdown]
 # C4's RoI heads carry res5; C5's first fc layer alone takes 512·7·7 inputs, hence its size. ResNeXt
@@ -139,28 +142,29 @@ for ax, name in zip(axes, ("RoIPool", "RoIWarp", "RoIAlign")):
     ax.set_xlabel("x (image pixels)")
     ax.set_ylabel("y (image pixels)")
     ax.set_title(name)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="lower right", fontsize=8)
 fig.suptitle("One box on a stride-32 map: what each RoI layer reads")
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
 # The same in numbers: pool a feature map that is a ramp along x (each value is its column index) into
-# 1×4 bins, then move the box 10 px to the right.
+# 1×4 bins, then move the box 10 px to the left.
 
 # %%
 ramp = np.tile(np.arange(6, dtype=np.float64), (1, 1, 6, 1))  # (1, 1, 6, 6): value = column index
-shifted = rois + [0, 10.0, 0, 10.0, 0]  # the same box 10 px to the right
+shifted = rois - [0, 10.0, 0, 10.0, 0]  # the same box 10 px to the left
 for name, pool in (("RoIAlign", lambda r: roi_align(ramp, r, (1, 4), 1 / stride, 2)),
                    ("RoIWarp", lambda r: roi_warp(ramp, r, (1, 4), 1 / stride, 2)),
                    ("RoIPool", lambda r: roi_pool(ramp, r, (1, 4), 1 / stride))):
     before, after = pool(rois).numpy()[0, 0, 0], pool(shifted).numpy()[0, 0, 0]
-    print(f"{name:9s} bins' x (cells): {np.round(before, 2)}   box moved 10 px right: {np.round(after, 2)}")
+    print(f"{name:9s} bins' x (cells): {np.round(before, 2)}   box moved 10 px left: {np.round(after, 2)}")
 
 # %% [markdown]
 # RoIAlign's bins move by 10/32 = 0.31 cell with the box; RoIPool's and RoIWarp's do not move (the
-# rounded corners are the same) until the box crosses a rounding boundary, when they jump by a whole
-# cell. The mask targets move with the box in every case, so a head fed by RoIPool sees the same
+# rounded corners are the same). Moved 10 px to the *right* instead, the box's right edge would cross a
+# rounding boundary (110/32 = 3.44 rounds to 3, 120/32 = 3.75 to 4) and their last bins would jump by a
+# whole cell. The mask targets move with the box in every case, so a head fed by RoIPool sees the same
 # features for targets shifted by up to 16 px.
 #
 # **Max or average inside a bin.** RoIAlign (max) keeps the largest of a bin's samples and sends the
@@ -214,12 +218,12 @@ probs /= probs.sum(0)
 softmax_mask = probs.argmax(0) == 4
 sigmoid_mask = 1 / (1 + np.exp(-z[4])) > 0.5
 fig, axes = plt.subplots(1, 5, figsize=(14, 3.3))
-panels = [(obj, "the object (target)", "gray"), (probs[4], "softmax p(hexagon)", "viridis"),
-          (probs[1], "softmax p(circle)", "viridis"), (softmax_mask, "softmax mask: hexagon wins", "gray"),
-          (sigmoid_mask, "sigmoid mask: σ(hexagon) > 0.5", "gray")]
+panels = [(obj, "the object\n(target)", "gray"), (probs[4], "softmax\np(hexagon)", "viridis"),
+          (probs[1], "softmax\np(circle)", "viridis"), (softmax_mask, "softmax mask:\nwhere hexagon wins", "gray"),
+          (sigmoid_mask, "sigmoid mask:\nσ(hexagon logit) > 0.5", "gray")]
 for ax, (image, title, cmap) in zip(axes, panels):
     shown = ax.imshow(image, vmin=0, vmax=1, cmap=cmap)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=10)
     ax.axis("off")
 fig.colorbar(shown, ax=axes, shrink=0.8, label="probability / mask")
 fig.suptitle("Constructed logits for a hexagon detection: the softmax's look-alike class takes the middle")
@@ -243,8 +247,8 @@ print(f"mask IoU with the object: softmax {np.sum(softmax_mask & obj) / np.sum(s
 # (resolved when the mean difference exceeds two standard deviations of those differences).
 #
 # `experiments/table2.py` is the Table 2 study. For each seed it trains two *trunks* (a ResNet and a
-# ResNeXt with FPN, as Faster R-CNNs without a mask branch, standing in for the paper's ImageNet-
-# pretrained backbones); every variant starts from its trunk and trains end to end, so a seed gives the
+# ResNeXt with FPN, as Faster R-CNNs without a mask branch, standing in for the paper's
+# ImageNet-pretrained backbones); every variant starts from its trunk and trains end to end, so a seed gives the
 # two variants of a comparison the same trunk, initial weights and data order, and they are compared
 # seed by seed. Variants that are one configuration in the paper are one run here:
 
@@ -279,7 +283,7 @@ print("SMOKE RUN, NOT EVIDENCE: the verdict machinery on meaningless numbers")
 for c in COMPARISONS[:3]:  # the stride-32 comparisons
     r = smoke_results.compare(c)
     print(f"  {c.a} - {c.b}, {c.metric}: {r['mean']:+.1f} ± {r['std']:.1f} points over {len(r['diffs'])} seeds "
-          f"(paper {c.reference:+.1f}) -> {r['verdict']}")
+          f"(paper {c.reference:+.1f})\n    -> {r['verdict']}")
 
 # %% [markdown]
 # ## The study has not been run yet
@@ -305,8 +309,8 @@ for c in COMPARISONS[:3]:  # the stride-32 comparisons
 #
 # ## Masks for classes that were never masked
 #
-# The paper's §4 also asks, outside Table 2, how the mask branch generalises. Training masks for classes
-# that had only boxes (partial supervision) is lesson 18 (Deep-MAC), on the same runner.
+# A later question, outside the paper: can the mask head segment classes that had boxes but no masks in
+# training (partial supervision)? That is lesson 18 (Deep-MAC, Birodkar et al. 2021).
 
 # %% [markdown]
 # ## Exercises
