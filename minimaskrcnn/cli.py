@@ -41,7 +41,7 @@ run `minimaskrcnn <command> --help` for each command's options and examples."""
 ABLATE_EXAMPLES = """\
 examples:
   minimaskrcnn ablate table2 --quick --seeds 0 --out runs/ablate/quick     # a tiny run, a minute
-  minimaskrcnn ablate table2 --seeds 0,1,2          # the full study (about 13 CPU-hours at the defaults)
+  minimaskrcnn ablate table2 --seeds 0,1,2                                 # the full study (about 13 CPU-hours)
   minimaskrcnn ablate table2 --seeds 0 --only c5_roipool,c5_roialign       # two variants and their trunk
   minimaskrcnn ablate table2 --seeds 0,1,2 --set head_steps=400 --set num_val_images=100
 
