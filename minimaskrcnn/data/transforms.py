@@ -7,7 +7,6 @@ Lesson: lessons/ (the data pipeline).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -100,8 +99,8 @@ def resize(image: np.ndarray, target: Target | None, min_size: int, max_size: in
     """Scale so that the shorter side is ``min_size``, unless the longer would exceed ``max_size``.
 
     As torchvision's GeneralizedRCNNTransform: ``scale = min(min_size / min(H, W), max_size / max(H, W))``,
-    output size ``floor(H * scale)``, ``floor(W * scale)``; the image bilinear, masks nearest, boxes
-    multiplied by (new W / W, new H / H).
+    output size ``floor(H * scale)``, ``floor(W * scale)`` but at least 1 pixel (``resized_size``); the
+    image bilinear, masks nearest, boxes multiplied by (new W / W, new H / H).
 
     Args:
         image: (3, H, W) float32.
@@ -112,9 +111,10 @@ def resize(image: np.ndarray, target: Target | None, min_size: int, max_size: in
     Returns:
         (image (3, H', W') float32, a new target dict or None).
     """
+    from minimaskrcnn.models.transform import resized_size  # the one rule (it keeps >= 1 pixel per side)
+
     height, width = image.shape[-2:]
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    out_h, out_w = int(math.floor(height * scale)), int(math.floor(width * scale))
+    (out_h, out_w), _ = resized_size(height, width, min_size, max_size)
     image = resize_bilinear(image, out_h, out_w)
     if target is None:
         return image, None

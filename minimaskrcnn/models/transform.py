@@ -108,12 +108,26 @@ def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resized_size(height: int, width: int, min_size: float, max_size: float) -> tuple[tuple[int, int], float]:
     """torchvision's resize rule: scale the short side to min_size unless the long side passes max_size.
 
+    Args:
+        height, width: the image's size in pixels (at least 1 each).
+        min_size, max_size: in pixels.
+
     Returns:
         ((out_h, out_w), scale) with scale = min(min_size / min(h, w), max_size / max(h, w)) and
-        out = floor(in * scale) (F.interpolate with scale_factor and recompute_scale_factor=True).
+        out = max(1, floor(in * scale)) (F.interpolate with scale_factor and recompute_scale_factor=True).
+
+    Note:
+        The floor of a very elongated image's short side can be 0 (6 x 2000 with max_size 128 gives
+        floor(6 * 0.064) = 0), where torchvision fails deep in a convolution; every side here keeps
+        at least one pixel, so such an image goes through with a 1-pixel-high input.
+
+    Raises:
+        ValueError: an image without pixels (a side of 0).
     """
+    if height < 1 or width < 1:
+        raise ValueError(f"an image of {height} x {width} pixels (height x width) has nothing to resize")
     scale = min(float(min_size) / min(height, width), float(max_size) / max(height, width))
-    return (int(math.floor(height * scale)), int(math.floor(width * scale))), scale
+    return (max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))), scale
 
 
 def resize_boxes(boxes: np.ndarray, original_size: Sequence[int], new_size: Sequence[int]) -> np.ndarray:
