@@ -15,7 +15,15 @@ from typing import Any, NamedTuple
 
 from minimaskrcnn.errors import AnnotationError, PathLike
 
-__all__ = ["BACKGROUND_NAME", "GAP_NAME", "LabelMap", "check_category_id", "make_label_map"]
+__all__ = [
+    "BACKGROUND_NAME",
+    "GAP_NAME",
+    "LabelMap",
+    "check_category_id",
+    "coco_class_names",
+    "label_map_for_classes",
+    "make_label_map",
+]
 
 BACKGROUND_NAME = "__background__"  # class_names[0]
 GAP_NAME = "N/A"  # class_names of labels no category uses (gaps in kept ids, as torchvision's COCO list)
@@ -108,3 +116,56 @@ def make_label_map(categories: Mapping[int, str], contiguous: bool = False,
     for label, cid in label_to_category_id.items():
         class_names[label] = categories[cid]
     return LabelMap(label_to_category_id, class_names, contiguous)
+
+
+def _same_name(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+def coco_class_names() -> list[str]:
+    """COCO's 91 class names indexed by category id, as torchvision's COCO models label them.
+
+    "__background__" at 0 and "N/A" for the 10 ids in 1-90 that COCO 2017 does not use (12, 26, 29, ...); read from
+    the categories of the package's COCO sample annotations, which list all 80.
+    """
+    import json
+
+    from minimaskrcnn.data import SAMPLE_DIR
+
+    with open(SAMPLE_DIR / "annotations" / "instances_val2017.json", encoding="utf-8") as f:
+        categories = {c["id"]: c["name"] for c in json.load(f)["categories"]}
+    return make_label_map(categories).class_names
+
+
+def label_map_for_classes(categories: Mapping[int, str], class_names: list[str] | None,
+                          path: PathLike | None = None) -> LabelMap | None:
+    """The labels under which a data set's categories are a model's classes, or None if they are not.
+
+    A COCO subset (COCO's ids and names, e.g. from ``minimaskrcnn data download --categories``) fits
+    a model trained on COCO with its ids kept as labels; a data set numbered 1..K fits a model trained on
+    the same categories with contiguous labels. Names are compared without case or surrounding spaces.
+
+    Args:
+        categories: the data set's category id -> name.
+        class_names: the model's names indexed by label ("__background__" at 0), or None (unknown).
+        path: the annotation file, for messages.
+
+    Returns:
+        A LabelMap whose ``class_names`` are the model's (all of them, e.g. COCO's 91 for a COCO subset)
+        and whose labels send every category to the model's class of that name; None if no such map exists.
+
+    Raises:
+        AnnotationError: a non-integer id.
+    """
+    if not class_names or not categories:
+        return None
+    for contiguous in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ids <= 0: make_label_map warns; the caller's own map will
+            label_map = make_label_map(categories, contiguous=contiguous, path=path)
+        if label_map.contiguous != contiguous:
+            continue
+        if all(label < len(class_names) and _same_name(class_names[label], categories[cid])
+               for label, cid in label_map.label_to_category_id.items()):
+            return LabelMap(label_map.label_to_category_id, list(class_names), contiguous)
+    return None

@@ -48,3 +48,32 @@ def test_non_integer_ids_are_refused_with_the_fix(value, fix, tmp_path):
     assert "a.json" in message and "categories[1]" in message and repr(value) in message and fix in message
     with pytest.raises(AnnotationError, match="not an integer"):
         make_label_map({value: "x"} if value is not None else {None: "x"})
+
+
+def test_coco_class_names_are_torchvisions():
+    from minimaskrcnn.data.categories import coco_class_names
+
+    names = coco_class_names()
+    assert len(names) == 91 and names[0] == "__background__" and names[1] == "person" and names[90] == "toothbrush"
+    assert names.count("N/A") == 10
+    meta = pytest.importorskip("torchvision.models._meta")
+    assert names == list(meta._COCO_CATEGORIES)
+
+
+def test_label_map_for_the_classes_of_a_model():
+    from minimaskrcnn.data.categories import coco_class_names, label_map_for_classes
+
+    coco = coco_class_names()
+    # a COCO subset keeps COCO's ids and all 91 classes (names compared without case)
+    m = label_map_for_classes({1: "Person", 18: "dog "}, coco)
+    assert m.label_to_category_id == {1: 1, 18: 18} and m.class_names == coco and not m.contiguous
+    # other names, or COCO names under other ids: no fit
+    assert label_map_for_classes({1: "person", 18: "wolf"}, coco) is None
+    assert label_map_for_classes({1: "dog"}, coco) is None
+    assert label_map_for_classes({1: "person"}, None) is None
+    # a model trained with contiguous labels on the same categories
+    m = label_map_for_classes({5: "a", 9: "b"}, ["__background__", "a", "b"])
+    assert m.label_to_category_id == {1: 5, 2: 9} and m.contiguous
+    # ids colliding with the background fit only contiguously
+    m = label_map_for_classes({0: "a", 1: "b"}, ["__background__", "a", "b"])
+    assert m.label_to_category_id == {1: 0, 2: 1}
