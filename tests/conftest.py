@@ -30,3 +30,47 @@ def backend(request):
     """Run a test once per backend ("cuda" uses the simulator without a GPU)."""
     with minimaskrcnn.use_backend(request.param):
         yield request.param
+
+
+def _perturbed(state, seed):
+    """Every float tensor changed by a seeded amount, so that no weight equals a fresh initialisation."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state.items():
+        if k.endswith("num_batches_tracked"):
+            continue  # torchvision's COCO file has frozen batch norms, which keep no such counter
+        if v.is_floating_point():
+            if k.endswith("running_var"):
+                v = torch.rand(v.shape, generator=g) + 0.5
+            else:
+                v = v * (1 + 0.1 * torch.randn(v.shape, generator=g)) + 0.01 * torch.randn(v.shape, generator=g)
+        out[k] = v.contiguous()
+    return out
+
+
+@pytest.fixture(scope="session")
+def torchvision_maskrcnn_file(tmp_path_factory):
+    """A stand-in for torchvision's COCO_V1 file (which cannot be downloaded here): a
+    maskrcnn_resnet50_fpn state_dict with 91 classes and random weights, saved with torch.save."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    path = tmp_path_factory.mktemp("torchvision") / "maskrcnn_resnet50_fpn_coco.pth"
+    torch.save(_perturbed(model.state_dict(), 1), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def torchvision_resnet50_file(tmp_path_factory):
+    """A stand-in for torchvision's ImageNet ResNet-50 file: resnet50's state_dict, random weights."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("torchvision") / "resnet50.pth"
+    torch.save({k: v for k, v in _perturbed(state, 2).items()} | {
+        k: v for k, v in state.items() if k.endswith("num_batches_tracked")}, path)
+    return path
