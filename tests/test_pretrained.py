@@ -114,3 +114,19 @@ def test_files_that_are_no_weights(tmp_path):
     assert "linear.pth" in str(err.value) and "weight" in str(err.value)
     with pytest.raises(CheckpointError, match="no such file"):
         read_weights(tmp_path / "nothing.pth")
+
+
+def test_maskrcnn_resnet50_fpn_takes_weights_backbone(torchvision_resnet50_file, torchvision_maskrcnn_file):
+    from minimaskrcnn.models import maskrcnn_resnet50_fpn
+
+    w = read_weights(torchvision_resnet50_file)
+    model = maskrcnn_resnet50_fpn(weights_backbone=torchvision_resnet50_file, num_classes=3, seed=0)
+    state = model.state_dict()
+    np.testing.assert_array_equal(state["backbone.body.layer4.2.conv3.weight"], w.state_dict["layer4.2.conv3.weight"])
+    np.testing.assert_array_equal(state["backbone.body.bn1.running_var"], w.state_dict["bn1.running_var"])
+    # torchvision's default when starting from weights: layer2-layer4 train, conv1 and layer1 frozen
+    trainable = {name.split(".")[2] for name, p in model.named_parameters()
+                 if p.requires_grad and name.startswith("backbone.body.")}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    with pytest.raises(CheckpointError, match="weights_backbone needs a ResNet classification"):
+        maskrcnn_resnet50_fpn(weights_backbone=torchvision_maskrcnn_file)

@@ -182,7 +182,11 @@ def maskrcnn_resnet50_fpn(*, weights=None, num_classes: int = 91, weights_backbo
             (``torch.save(model.state_dict(), path)``, or the file torchvision downloads), read
             without torch by ``minimaskrcnn.io.load_torch_state_dict`` and loaded strictly.
         num_classes: L, including background (91 for COCO's category ids).
-        weights_backbone: must be None (nothing is downloaded); load a full state_dict instead.
+        weights_backbone: None, or the path of torchvision's ResNet-50 ImageNet classification
+            state_dict (``resnet50-0676ba61.pth``, torchvision's ``ResNet50_Weights.IMAGENET1K_V1``;
+            keys ``conv1.weight`` ... ``fc.bias``): loaded into the backbone body (``fc`` dropped),
+            the rest keeps its random initialisation. Ignored when ``weights`` is given, as torchvision.
+            Nothing is downloaded: see docs/FINETUNE.md for where to get the files.
         progress: ignored (torchvision's download progress bar).
         **kwargs: torchvision's keyword arguments: min_size, max_size, image_mean, image_std,
             rpn_anchor_generator, rpn_pre_nms_top_n_train/test, rpn_post_nms_top_n_train/test,
@@ -196,13 +200,20 @@ def maskrcnn_resnet50_fpn(*, weights=None, num_classes: int = 91, weights_backbo
         it after loading them): call ``set_frozen_bn_eps(model, 0.0)`` after loading that file
         to get torchvision's outputs.
     """
-    if weights_backbone is not None:
-        raise ValueError("weights_backbone: nothing is downloaded; pass a full state_dict file as weights=")
     model = build_model("maskrcnn_resnet50_fpn", num_classes=num_classes, **kwargs)
     if weights is not None:
         from minimaskrcnn.io import load_torch_state_dict
 
         model.load_state_dict(load_torch_state_dict(weights))
+    elif weights_backbone is not None:
+        from minimaskrcnn.errors import CheckpointError
+        from minimaskrcnn.pretrained import backbone_state_dict, load_matching_weights, read_weights
+
+        backbone = read_weights(weights_backbone)
+        if backbone.kind != "classification":
+            raise CheckpointError(backbone.path, f"weights_backbone needs a ResNet classification state_dict, "
+                                  f"this is a {backbone.kind} file (pass it as weights=)")
+        load_matching_weights(model, backbone_state_dict(backbone.state_dict), path=backbone.path)
     return model
 
 
