@@ -184,3 +184,124 @@ def test_error_messages_are_one_line(make_coco):
         CocoDataset(ann_file, image_dir)
     assert "\n" not in str(err.value)
     assert json.loads(ann_file.read_text())  # the file itself is left alone
+
+
+# ------------------------------------------------------------------------ inputs from the wild
+def _set_category(index, key, value):
+    def mutate(data):
+        data["categories"][index][key] = value
+    return mutate
+
+
+def test_non_integer_category_ids_are_refused_with_the_fix(make_coco):
+    ann_file, image_dir = make_coco(_set_category(1, "id", "3"))
+    with pytest.raises(AnnotationError) as err:
+        CocoDataset(ann_file, image_dir)
+    message = str(err.value)
+    assert str(ann_file) in message and "categories[1]" in message and "'3'" in message and "without quotes" in message
+    ann_file, image_dir = make_coco(_set(10, "category_id", 1.0), name="float.json")
+    with pytest.raises(AnnotationError, match=r"annotation id 10.*1\.0.*write it as 1"):
+        CocoDataset(ann_file, image_dir)
+
+
+@pytest.mark.parametrize("ids", [(0, 3), (-1, 3), (0, -5)])
+def test_category_ids_colliding_with_the_background_get_contiguous_labels(make_coco, ids):
+    def renumber(data):
+        old_to_new = {1: ids[0], 3: ids[1]}
+        for cat in data["categories"]:
+            cat["id"] = old_to_new[cat["id"]]
+        for ann in data["annotations"]:
+            ann["category_id"] = old_to_new[ann["category_id"]]
+
+    ann_file, image_dir = make_coco(renumber)
+    with pytest.warns(UserWarning, match="background"):
+        ds = CocoDataset(ann_file, image_dir)
+    assert ds.class_names[0] == "__background__" and ds.num_classes == 3
+    cat_label = ds.category_id_to_label[ids[0]]
+    dog_label = ds.category_id_to_label[ids[1]]
+    assert {cat_label, dog_label} == {1, 2}
+    assert ds.class_names[cat_label] == "cat" and ds.class_names[dog_label] == "dog"
+    assert ds[0][1]["labels"].tolist() == [cat_label, dog_label]  # no object is labelled background
+    assert ds.label_to_category_id[cat_label] == ids[0]
+
+
+def test_16bit_png_keeps_its_intensities_in_the_data_set(make_coco):
+    ann_file, image_dir = make_coco()
+    raw12 = np.random.default_rng(0).integers(0, 4096, (30, 40), dtype=np.uint16)
+    raw12[0, 0] = 4095
+    Image.fromarray(raw12).save(image_dir / "a.png")
+    image, _ = CocoDataset(ann_file, image_dir)[0]
+    assert image.shape == (3, 30, 40)
+    np.testing.assert_allclose(image[0], raw12 / 65535.0, rtol=1e-6)
+    assert image.max() < 0.07  # Pillow's convert("RGB") would have made it white
+
+
+def test_record_of_the_exif_rotated_size_says_so(make_coco):
+    ann_file, image_dir = make_coco(_set_image(1, "file_name", "phone.jpg"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(image_dir / "phone.jpg", exif=exif)  # stored 30 x 40
+    with pytest.raises(ImageError) as err:
+        CocoDataset(ann_file, image_dir)[0]
+    message = str(err.value)
+    assert "phone.jpg" in message and "image id 1" in message and "EXIF orientation 6" in message
+    assert "--exif-transpose" in message
+    ds = CocoDataset(ann_file, image_dir, exif_transpose=True)
+    assert ds[0][0].shape == (3, 30, 40)
+    ds.check_images()
+
+
+def _exif(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+# every bad input the data tests know: name -> make(make_coco) -> (annotation file, image folder);
+# the data set, training, evaluation and prediction must each refuse them with a DataError
+# (one "error:" line and exit code 2 on the command line: tests/data/test_cli_bad_input.py)
+def _with_annotations(mutate):
+    return lambda make_coco: make_coco(mutate)
+
+
+def _with_image(change):
+    def make(make_coco):
+        ann_file, image_dir = make_coco()
+        change(image_dir)
+        return ann_file, image_dir
+    return make
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+BAD_DATA_SETS = {
+    **{f"annotations: {name}": _with_annotations(case[0]) for name, case in ANNOTATION_ERRORS.items()},
+    "annotations: missing file": _with_image(lambda d: (d.parent / "instances.json").unlink()),
+    "annotations: truncated JSON": _with_image(lambda d: _truncate(d.parent / "instances.json")),
+    "annotations: not an object": _with_image(lambda d: (d.parent / "instances.json").write_text("[1, 2]")),
+    "annotations: no images": _with_annotations(lambda d: (d["images"].clear(), d["annotations"].clear())),
+    "annotations: category id is a string": _with_annotations(_set_category(1, "id", "3")),
+    "annotations: category id 2.5": _with_annotations(_set(10, "category_id", 2.5)),
+    "image: missing": _with_image(lambda d: (d / "b.png").unlink()),
+    "image: another size": _with_image(lambda d: Image.fromarray(np.zeros((31, 40, 3), np.uint8)).save(d / "a.png")),
+    "image: truncated": _with_image(lambda d: _truncate(d / "c.png")),
+    "image: not an image": _with_image(lambda d: (d / "c.png").write_text("not an image")),
+    "image: float TIFF outside [0, 1]": _with_image(
+        lambda d: Image.fromarray(np.full((32, 32), 200.0, np.float32)).save(d / "c.png", format="TIFF")),
+    "image: EXIF-rotated record": _with_image(
+        lambda d: Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(d / "a.png", exif=_exif(6))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA_SETS))
+def test_every_bad_data_set_is_refused_with_a_data_error(make_coco, case):
+    ann_file, image_dir = BAD_DATA_SETS[case](make_coco)
+    with pytest.raises(DataError) as err:
+        ds = CocoDataset(ann_file, image_dir)
+        ds.check_images()
+        for i in range(len(ds)):
+            ds[i]
+    assert "\n" not in str(err.value) and (str(ann_file) in str(err.value) or str(image_dir) in str(err.value))
