@@ -23,6 +23,7 @@ from typing import Any
 
 from minimaskrcnn.backend import BACKENDS, limit_threads
 from minimaskrcnn.config import OPTION_GROUPS
+from minimaskrcnn.pretrained import TORCHVISION_MASKRCNN_URL, TORCHVISION_RESNET50_URL
 
 EXIT_BAD_INPUT = 2
 
@@ -31,6 +32,7 @@ examples:
   minimaskrcnn train                                  # shapes data, r18-shapes, ~10 min on 2 cores
   minimaskrcnn evaluate runs/r18-shapes               # COCO AP of that run on its validation set
   minimaskrcnn predict runs/r18-shapes photo.jpg -o out/
+  minimaskrcnn predict maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth photo.jpg   # torchvision's COCO weights
   minimaskrcnn data shapes runs/data/shapes/train --num-images 200
   minimaskrcnn data coco-sample my_coco/              # copy the COCO sample out of the package
   minimaskrcnn data download coco/ --num-images 500   # more COCO 2017 (needs network)
@@ -61,6 +63,14 @@ examples:
       --val-annotations ann/val.json --val-images img_val/
   minimaskrcnn train --backend numpy --detect-anomaly # readable kernels, NaN hunting
   mpiexec -n 2 minimaskrcnn train --batch-size 4      # data-parallel: 2 processes of 2 images each
+  minimaskrcnn train --model maskrcnn_resnet50_fpn --weights maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth \\
+      --dataset coco --train-annotations train.json --train-images train/ --min-size 320 --max-size 512 \\
+      --batch-size 2 --lr 0.005 --steps 300   # fine-tune torchvision's COCO weights (docs/FINETUNE.md)
+
+starting weights (--weights, --backbone-weights): torchvision's files are fetched on a machine with
+network access (minimaskrcnn never downloads weights):
+  curl -LO {maskrcnn_url}
+  curl -LO {resnet_url}     # ImageNet ResNet-50, for --backbone-weights
 
 model configurations (--model): {configs}
 
@@ -73,6 +83,7 @@ examples:
   minimaskrcnn evaluate runs/r18-shapes               # on the run's own validation data
   minimaskrcnn evaluate runs/r18-shapes/checkpoint.npz --annotations val.json --images val/
   minimaskrcnn evaluate runs/r18-shapes --max-images 20 --results-dir eval/
+  minimaskrcnn evaluate maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --annotations val.json --images val/
 
 prints the 12 COCO numbers (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) for bbox and segm
 and saves the detections as COCO results JSON (results_bbox.json, results_segm.json)."""
@@ -80,7 +91,16 @@ and saves the detections as COCO results JSON (results_bbox.json, results_segm.j
 PREDICT_EXAMPLES = """\
 examples:
   minimaskrcnn predict runs/r18-shapes image.png                  # writes predictions/image.png
-  minimaskrcnn predict runs/r18-shapes photos/ -o out/ --score-threshold 0.7"""
+  minimaskrcnn predict runs/r18-shapes photos/ -o out/ --score-threshold 0.7
+  minimaskrcnn predict maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth photo.jpg --min-size 480
+
+torchvision's Mask R-CNN weights (COCO_V1, box AP 37.9, mask AP 34.6; 170 MB) are one file, fetched on a
+machine with network access (minimaskrcnn never downloads weights; docs/FINETUNE.md):
+  curl -LO {maskrcnn_url}
+A torchvision state_dict (or a reference-script checkpoint holding one as {{"model": ...}}) becomes
+torchvision's maskrcnn_resnet50_fpn with COCO's 91 category names and frozen batch-norm eps 0.0,
+as torchvision sets it for those weights. Photos are turned by their EXIF orientation, as viewers
+show them; the drawings are of the turned photo."""
 
 DATA_EXAMPLES = """\
 examples:
@@ -114,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     # ---------------------------------------------------------------------------------- train
     p = sub.add_parser("train", help="train a model (no arguments: the README's shapes run)",
                        description="Train Mask R-CNN with SGD; log, curves and checkpoints go to <output-dir>/<name>/.",
-                       epilog=TRAIN_EXAMPLES.format(configs=", ".join(CONFIGS)),
+                       epilog=TRAIN_EXAMPLES.format(configs=", ".join(CONFIGS), maskrcnn_url=TORCHVISION_MASKRCNN_URL,
+                                                    resnet_url=TORCHVISION_RESNET50_URL),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = add_config_options(p, TrainConfig)
     groups["run"].add_argument(
@@ -127,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="COCO AP of a trained model", epilog=EVALUATE_EXAMPLES,
                        description="Run a trained model on a COCO-format data set and compute COCO AP/AR.",
                        formatter_class=_Formatter)
-    p.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
+    p.add_argument("checkpoint", help="a run folder or its checkpoint.npz, or a torchvision Mask R-CNN .pth")
     p.add_argument("--annotations", default=None, help="COCO instances JSON (default: the run's validation data)")
     p.add_argument("--images", default=None, help="image folder of those annotations")
     p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only")
@@ -138,20 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads, help="threads of the Numba kernels (default: every core)")
     p.add_argument("--blas-threads", type=int, default=d.blas_threads, help="threads of NumPy's matrix products")
     p.add_argument("--no-progress", action="store_true")
+    _add_model_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     # -------------------------------------------------------------------------------- predict
-    p = sub.add_parser("predict", help="draw detections on images", epilog=PREDICT_EXAMPLES,
+    p = sub.add_parser("predict", help="draw detections on images",
+                       epilog=PREDICT_EXAMPLES.format(maskrcnn_url=TORCHVISION_MASKRCNN_URL),
                        description="Run a trained model on image files and write PNGs with masks, boxes, "
                                    "classes and scores.",
                        formatter_class=_Formatter)
-    p.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
+    p.add_argument("checkpoint", help="a run folder or its checkpoint.npz, or a torchvision Mask R-CNN .pth "
+                                      "(see below)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("-o", "--output-dir", default="predictions", help="where the PNGs go")
     p.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.add_argument("--threads", type=int, default=d.threads, help="threads of the Numba kernels (default: every core)")
     p.add_argument("--blas-threads", type=int, default=d.blas_threads, help="threads of NumPy's matrix products")
+    _add_model_options(p)
     p.set_defaults(func=cmd_predict)
 
     # ----------------------------------------------------------------------------------- data
@@ -343,6 +368,27 @@ def _key_value_text(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options of evaluate and predict that change how the trained model runs."""
+    parser.add_argument("--min-size", type=int, default=None,
+                        help="short side of the model's input (default: the run's; 800 for a torchvision file); "
+                             "smaller is faster and coarser")
+    parser.add_argument("--max-size", type=int, default=None, help="cap on the long side of the model's input")
+    parser.add_argument("--norm-eps", type=float, default=None, metavar="EPS",
+                        help="eps of the backbone's frozen batch norms (default: the run's; 0.0 for a torchvision "
+                             "file, as torchvision sets it for COCO_V1; 1e-5 for a model torchvision trained from "
+                             "ImageNet backbone weights only)")
+    parser.add_argument("--model-arg", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                        help="a torchvision-style model argument, e.g. box_score_thresh=0.3 (repeatable)")
+
+
+def _load_model(args: argparse.Namespace):
+    from minimaskrcnn.checkpoint import load_model
+
+    return load_model(args.checkpoint, backend=args.backend, min_size=args.min_size, max_size=args.max_size,
+                      norm_eps=args.norm_eps, model_kwargs=dict(args.model_arg))
+
+
 def _help_and_fail(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_BAD_INPUT
@@ -369,6 +415,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if trainer.comm.size > 1 else ""
     print(f"run folder: {trainer.run_dir}  ({len(trainer.train_indices)} training images, "
           f"{len(trainer.val_indices)} validation images, {trainer.num_classes - 1} classes{ranks})", file=sys.stderr)
+    for path, report in trainer.weights_reports:
+        print(f"weights {path}: {report.summary()}", file=sys.stderr)
+    if trainer.weights_reports:
+        frozen = 5 - int(trainer.config.trainable_backbone_layers)
+        stages = ["conv1", "layer1", "layer2", "layer3", "layer4"][:frozen]
+        print(f"trainable backbone layers: {trainer.config.trainable_backbone_layers} "
+              f"(frozen at their starting values: {', '.join(stages) or 'none'})", file=sys.stderr)
     result = trainer.fit()
     if result["val"]:
         from minimaskrcnn.evaluate import format_stats_table
@@ -384,17 +437,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from minimaskrcnn.checkpoint import checkpoint_file, load_model, load_training_config
+    from minimaskrcnn.checkpoint import checkpoint_file, load_training_config
     from minimaskrcnn.data import CocoDataset, prepare_datasets
     from minimaskrcnn.evaluate import evaluate
+    from minimaskrcnn.pretrained import is_minimaskrcnn_checkpoint
 
     path = checkpoint_file(args.checkpoint)
+    if args.annotations and not args.images:
+        raise FileNotFoundError("--annotations needs --images (the folder of its images)")
+    if not args.annotations and os.path.isfile(path) and not is_minimaskrcnn_checkpoint(path):
+        raise FileNotFoundError(f"{path} is not a run of ours, so it has no validation data: give --annotations "
+                                f"and --images")
     limit_threads(args.threads, args.blas_threads)
-    model, _ = load_model(path, backend=args.backend)
+    model, class_names = _load_model(args)
     if args.annotations:
-        if not args.images:
-            raise FileNotFoundError("--annotations needs --images (the folder of its images)")
         dataset = CocoDataset(args.annotations, args.images)
+        dataset.set_label_map(_model_labels(dataset, class_names))
     else:
         _, dataset, _ = prepare_datasets(load_training_config(path))
     if len(dataset) == 0:
@@ -410,13 +468,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_labels(dataset, class_names: list[str]):
+    """The labels of ``dataset`` under which its categories are the model's classes."""
+    from minimaskrcnn.data.prepare import model_label_map
+    from minimaskrcnn.pretrained import generic_class_names
+
+    if list(class_names) == generic_class_names(len(class_names)) and dataset.num_classes <= len(class_names):
+        return dataset.label_map  # a torchvision file of unknown classes: its labels are taken as the data set's
+    return model_label_map(dataset, class_names)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from minimaskrcnn.checkpoint import load_model
     from minimaskrcnn.predict import collect_image_paths, predict_files
 
     collect_image_paths(args.images)  # bad inputs fail before the model is loaded
     limit_threads(args.threads, args.blas_threads)
-    model, class_names = load_model(args.checkpoint, backend=args.backend)
+    model, class_names = _load_model(args)
     written = predict_files(model, args.images, args.output_dir, class_names, score_threshold=args.score_threshold)
     for path in written:
         print(path)

@@ -55,6 +55,42 @@ class TrainConfig:
         "group": "model", "flag": "--model-arg", "metavar": "KEY=VALUE",
         "help": "a torchvision-style model argument, e.g. box_batch_size_per_image=128 (repeatable)"})
 
+    # --- starting weights (docs/FINETUNE.md): torchvision's fine-tuning recipe
+    weights: str | None = field(default=None, metadata={
+        "group": "model", "metavar": "PATH",
+        "help": "start from these weights: a torchvision Mask R-CNN .pth (maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth, "
+                "with --model maskrcnn_resnet50_fpn; see docs/FINETUNE.md for where to get it) or one of our "
+                "checkpoints or run folders; every tensor whose name and shape fit is loaded, and the box and mask "
+                "predictors are re-made unless the data set's categories are the weights' classes"})
+    backbone_weights: str | None = field(default=None, metadata={
+        "group": "model", "metavar": "PATH",
+        "help": "start the ResNet body from an ImageNet classification .pth (torchvision's resnet50 keys without "
+                "'backbone.body.', e.g. resnet50-0676ba61.pth: torchvision's weights_backbone); --weights, when "
+                "given too, wins for every tensor it holds"})
+    trainable_backbone_layers: int | None = field(default=None, metadata={
+        "group": "model", "metavar": "N",
+        "help": "ResNet stages trained, counted from the top, as torchvision: 5 all (conv1 too), 3 layer2-layer4, "
+                "0 none; the others keep their starting values (default: 3 with --weights or --backbone-weights, "
+                "else the model configuration's)"})
+    remake_predictors: bool = field(default=False, metadata={
+        "group": "model",
+        "help": "with --weights, re-make the box and mask predictors for the data set's categories (contiguous "
+                "labels) even when they are classes of the weights (a COCO subset otherwise keeps COCO's ids and "
+                "the pretrained 91-way predictors)"})
+    norm_eps: float | None = field(default=None, metadata={
+        "group": "model", "metavar": "EPS",
+        "help": "eps of the backbone's normalisation layers (default: 0.0 with torchvision's Mask R-CNN weights, as "
+                "torchvision sets it for COCO_V1; else the model configuration's, 1e-5)"})
+    contiguous_labels: bool = field(default=False, metadata={
+        "group": "data",
+        "help": "label the categories 1..K in the order of their ids instead of by their ids (always so for ids "
+                "<= 0, which would collide with the background, and when --weights re-makes the predictors)"})
+    class_names: tuple[str, ...] | None = field(default=None, metadata={
+        "group": "data", "metavar": "NAME,...",
+        "help": "the model's classes by label from 1 ('N/A' where no category is), which the data set's categories "
+                "must be among (default: the data set's categories; set by --weights when the data set's "
+                "categories are the weights' classes, e.g. COCO's)"})
+
     # --- data: "shapes" (generated, cached in data_dir), "coco-sample" (the package's COCO sample:
     # train split, val split), "coco-overfit" (its 8 overfitting images for both) or "coco" (any
     # COCO-format files: give the annotation files and image folders)
@@ -81,6 +117,10 @@ class TrainConfig:
         "group": "data", "help": "train on the first N images only (e.g. 8 to overfit)"})
     val_max_images: int | None = field(default=None, metadata={
         "group": "data", "help": "validate on the first N images only"})
+    exif_transpose: bool = field(default=False, metadata={
+        "group": "data",
+        "help": "read images turned by their EXIF orientation, for annotations made on the image as a viewer shows "
+                "it (default: the stored pixels, as COCO)"})
     hflip_prob: float = field(default=0.5, metadata={
         "group": "data", "help": "probability of a horizontal flip of each training image"})
 
@@ -155,7 +195,7 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        for k in ("lr_milestones", "val_iou_types"):
+        for k in ("lr_milestones", "val_iou_types", "class_names"):
             if kw.get(k) is not None:
                 kw[k] = tuple(kw[k])
         return cls(**kw)

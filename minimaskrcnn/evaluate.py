@@ -88,7 +88,9 @@ def detections_to_coco_results(
             NumPy or CuPy arrays, or Tensors.
         image_ids: the COCO image id of each entry of ``detections``.
         label_to_category_id: maps a model label to its COCO category id (a dict or a function);
-            None keeps the labels as they are.
+            None keeps the labels as they are. Detections whose label a dict does not map are left
+            out: a class the data set does not have (a model that kept COCO's 91 classes, evaluated
+            on a COCO subset) cannot be scored against it.
         iou_type: "bbox" (results with "bbox") or "segm" (results with RLE "segmentation").
         mask_threshold: probability above which a mask pixel is foreground.
 
@@ -106,7 +108,7 @@ def detections_to_coco_results(
         to_cat = label_to_category_id
     else:
         mapping = dict(label_to_category_id)
-        to_cat = lambda label: mapping[int(label)]  # noqa: E731
+        to_cat = lambda label: mapping.get(int(label))  # noqa: E731
     results: list[dict] = []
     for det, image_id in zip(detections, image_ids):
         scores = to_numpy(det["scores"]).astype(np.float64).reshape(-1)
@@ -120,7 +122,10 @@ def detections_to_coco_results(
         else:
             entries = [{"segmentation": rle} for rle in encode_masks(to_numpy(det["masks"]), mask_threshold)]
         for entry, label, score in zip(entries, labels, scores):
-            entry.update(image_id=int(image_id), category_id=int(to_cat(int(label))), score=float(score))
+            category_id = to_cat(int(label))
+            if category_id is None:
+                continue
+            entry.update(image_id=int(image_id), category_id=int(category_id), score=float(score))
             results.append(entry)
     return results
 

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from minimaskrcnn.backend import to_numpy
+from minimaskrcnn.data import image as data_image
+from minimaskrcnn.data.image import read_image
 from minimaskrcnn.errors import ImageError
 from minimaskrcnn.function import no_grad
 from minimaskrcnn.visualize import draw_detections, save_image
@@ -22,53 +23,42 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as the model's input.
+    """Read a photo as the model's input, turned by its EXIF orientation as a viewer shows it.
 
     Args:
-        path: a JPEG, PNG, ... file; grayscale, palette and RGBA images are converted to RGB.
+        path: a JPEG, PNG, TIFF, ... file; every pixel format keeps its intensities (16-bit / 65535,
+            1-bit, palette, CMYK, float TIFF in [0, 1]; see ``data.image.read_image``).
 
     Returns:
         (3, H, W) float32 in [0, 1].
 
     Raises:
-        ImageError: the file is missing or is not an image Pillow can read.
+        ImageError: the file is missing, is not an image Pillow can read, or its pixels have no place in [0, 1].
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageError(path, "no such image file")
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(path, f"cannot read the image ({e.__class__.__name__}: {e})") from None
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1) / 255.0)
+    return read_image(path, exif_transpose=True)
 
 
 def as_model_image(image: Any) -> np.ndarray:
     """An image path, PIL image or array as the model's (3, H, W) float32 input in [0, 1].
 
     Args:
-        image: a path; a PIL image; (H, W, 3) uint8 or float in [0, 1]; (3, H, W) float in [0, 1];
-            (H, W) grayscale.
+        image: a path or a PIL image (turned by its EXIF orientation, as ``load_image``); an array
+            (H, W), (H, W, C) or (C, H, W) mapped to [0, 1] by its dtype: uint8 / 255, uint16 / 65535,
+            bool, float as given (it must lie in [0, 1]); see ``data.image.array_to_image``.
 
     Returns:
         (3, H, W) float32 in [0, 1].
+
+    Raises:
+        ImageError: an unreadable file. ValueError, TypeError: an array of another layout or dtype, or
+            float values outside [0, 1].
     """
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
-    a = to_numpy(image)
-    if a.ndim == 2:
-        a = np.repeat(a[None], 3, axis=0)
-    elif a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] not in (1, 3):
-        a = a[..., :3].transpose(2, 0, 1)
-    if a.ndim != 3 or a.shape[0] not in (1, 3):
-        raise ValueError(f"expected an image (3, H, W) or (H, W, 3), got shape {a.shape}")
-    if a.shape[0] == 1:
-        a = np.repeat(a, 3, axis=0)
-    a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
-    return np.ascontiguousarray(a)
+    return data_image.as_model_image(image, exif_transpose=True)
 
 
 def predict_image(

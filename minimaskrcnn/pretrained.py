@@ -24,8 +24,13 @@ __all__ = [
     "LoadReport",
     "Weights",
     "backbone_state_dict",
+    "generic_class_names",
+    "is_minimaskrcnn_checkpoint",
     "load_matching_weights",
+    "load_pretrained",
+    "read_starting_weights",
     "read_weights",
+    "resolve_config",
 ]
 
 # torchvision's MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (box AP 37.9, mask AP 34.6 on COCO val2017) and
@@ -58,7 +63,8 @@ class Weights(NamedTuple):
     path: str
 
 
-def _is_our_checkpoint(path: str) -> bool:
+def is_minimaskrcnn_checkpoint(path: PathLike) -> bool:
+    """Whether ``path`` is a checkpoint written by ``minimaskrcnn train`` (an .npz with ``__metadata__``)."""
     try:
         with zipfile.ZipFile(path) as zf:
             return "__metadata__.npy" in zf.namelist()
@@ -94,7 +100,7 @@ def read_weights(path: PathLike) -> Weights:
         path = os.path.join(path, "checkpoint.npz")
     if not os.path.isfile(path):
         raise CheckpointError(path, "no such file")
-    if _is_our_checkpoint(path):
+    if is_minimaskrcnn_checkpoint(path):
         ckpt = mio.load_checkpoint(path)
         extra = dict(ckpt.extra or {})
         state = dict(ckpt.model_state)
@@ -111,6 +117,11 @@ def read_weights(path: PathLike) -> Weights:
     shown = ", ".join(list(state)[:5])
     raise CheckpointError(path, f"neither a torchvision Mask R-CNN state_dict (keys backbone.body.*) nor a ResNet "
                           f"classification one (keys conv1.*, layer1.*): its first keys are {shown}")
+
+
+def generic_class_names(num_classes: int) -> list[str]:
+    """Names for a model whose classes are unknown: "__background__", "class 1", "class 2", ..."""
+    return ["__background__"] + [f"class {i}" for i in range(1, num_classes)]
 
 
 def backbone_state_dict(classification_state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -205,3 +216,119 @@ def load_matching_weights(model: Any, state_dict: Mapping[str, Any], *, remake: 
                               f"architecture (choose the model it was trained as)")
     model.load_state_dict(values, strict=False)
     return LoadReport(loaded, remade, mismatched, missing, unused)
+
+
+# --------------------------------------------------------------------------------- training runs
+def _model_hint(weights: Weights) -> str:
+    """What to pass as --model for a weights file."""
+    if weights.kind == "minimaskrcnn":
+        model = (weights.extra.get("config") or {}).get("model")
+        return f"it was trained as --model {model}" if model else "choose the model it was trained as"
+    return "it is torchvision's maskrcnn_resnet50_fpn: --model maskrcnn_resnet50_fpn"
+
+
+def read_starting_weights(config) -> tuple[Weights | None, Weights | None]:
+    """Read a run's ``--weights`` and ``--backbone-weights`` files (before anything else, to fail early).
+
+    Returns:
+        (Weights of ``config.weights`` or None, Weights of ``config.backbone_weights`` or None).
+
+    Raises:
+        CheckpointError: a file is missing or unreadable, or of the wrong kind for its option.
+    """
+    weights = read_weights(config.weights) if config.weights else None
+    backbone = read_weights(config.backbone_weights) if config.backbone_weights else None
+    if weights is not None and weights.kind == "classification":
+        raise CheckpointError(weights.path, "a ResNet classification state_dict (ImageNet weights of the backbone): "
+                              "pass it as --backbone-weights")
+    if backbone is not None and backbone.kind != "classification":
+        raise CheckpointError(backbone.path, "--backbone-weights needs a ResNet classification state_dict (keys "
+                              "conv1.*, layer1.*, fc.*); this is a whole detection model: pass it as --weights")
+    return weights, backbone
+
+
+def resolve_config(config, weights: Weights | None, categories: Mapping[int, str] | None,
+                   class_names: list[str] | None = None):
+    """A fresh run's configuration with what its starting weights decide.
+
+    torchvision's fine-tuning rules, written into the configuration so that the run's checkpoint
+    rebuilds the same model and labels without the weights files:
+
+    - ``trainable_backbone_layers``: 3 unless given (torchvision's default with pretrained weights);
+    - ``norm_eps``: 0.0 with a torchvision Mask R-CNN file (torchvision's COCO_V1 convention), the
+      run's own with one of our checkpoints, unless given;
+    - the labels: if the data set's categories are classes of the ``--weights`` file (same ids and
+      names, e.g. a COCO subset with COCO's file) and ``remake_predictors`` is off, ``class_names``
+      becomes the file's (the predictors are then kept); otherwise ``contiguous_labels`` is set
+      (the predictors are re-made for K + 1 classes).
+
+    Args:
+        config: the run's ``TrainConfig`` with ``weights`` and/or ``backbone_weights``.
+        weights: its ``--weights`` file as ``read_starting_weights`` read it (or None).
+        categories: the training set's category id -> name (None for data without categories, such
+            as an in-memory data set: then ``class_names`` are compared instead).
+        class_names: the training set's class names by label (used when ``categories`` is None).
+
+    Returns:
+        The resolved ``TrainConfig`` (a copy).
+
+    Raises:
+        AnnotationError: a non-integer category id.
+    """
+    import dataclasses
+
+    from minimaskrcnn.data.categories import label_map_for_classes
+
+    changes: dict[str, Any] = {}
+    if config.trainable_backbone_layers is None:
+        changes["trainable_backbone_layers"] = 3
+    if config.norm_eps is None and weights is not None:
+        if weights.kind == "maskrcnn":
+            changes["norm_eps"] = COCO_V1_FROZEN_BN_EPS
+        elif (weights.extra.get("config") or {}).get("norm_eps") is not None:
+            changes["norm_eps"] = float(weights.extra["config"]["norm_eps"])
+    if weights is not None and config.class_names is None:
+        fit = None
+        if not config.remake_predictors and weights.class_names:
+            if categories is not None:
+                fit = label_map_for_classes(categories, weights.class_names, path=config.train_annotations)
+            elif class_names is not None and list(class_names) == list(weights.class_names):
+                fit = class_names
+        if fit is None:
+            changes["contiguous_labels"] = True
+        elif categories is not None:
+            changes["class_names"] = tuple(fit.class_names[1:])
+            changes["contiguous_labels"] = fit.contiguous
+    return dataclasses.replace(config, **changes)
+
+
+def load_pretrained(model: Any, class_names: list[str], weights: Weights | None, backbone: Weights | None,
+                    remake_predictors: bool = False) -> list[tuple[str, LoadReport]]:
+    """Load a run's starting weights into its freshly built model.
+
+    The backbone file first (its body), then the ``--weights`` file (every tensor that fits, so it
+    wins where both have one). The class-specific layers (``PREDICTOR_LAYERS``) are taken from
+    ``weights`` only when the model's classes are the file's (``class_names`` equal to its names)
+    and ``remake_predictors`` is off; otherwise they keep their fresh initialisation.
+
+    Returns:
+        [(file path, LoadReport), ...] in loading order.
+
+    Raises:
+        CheckpointError: a file was saved from another architecture (the message names the --model
+            to use).
+    """
+    reports = []
+    if backbone is not None:
+        reports.append((backbone.path, load_matching_weights(model, backbone_state_dict(backbone.state_dict),
+                                                             path=backbone.path)))
+    if weights is not None:
+        keep = (not remake_predictors and weights.class_names is not None
+                and list(weights.class_names) == list(class_names))
+        try:
+            report = load_matching_weights(model, weights.state_dict, remake=() if keep else PREDICTOR_LAYERS,
+                                           path=weights.path)
+        except CheckpointError as e:
+            raise CheckpointError(weights.path, f"{e.problem}: {_model_hint(weights)}") from None
+        reports.append((weights.path, report))
+    return reports

@@ -60,7 +60,9 @@ class Trainer:
             (a str), or start afresh (False/None: an existing run folder's log is replaced).
         datasets: optionally (train_dataset, val_dataset) to use instead of those ``config`` names;
             validation needs a CocoDataset (COCO's evaluation reads its annotations).
-        model: optionally a ready model (else built from ``config.model``).
+        model: optionally a ready model (else built from ``config.model``, and started from
+            ``config.weights`` / ``config.backbone_weights`` when a fresh run names them: see
+            ``pretrained.resolve_config``; what was loaded is in ``weights_reports``).
         comm: the processes of a data-parallel run (default ``distributed.init()``: MPI's world
             under mpiexec, else one process); ``config.batch_size`` is then the global batch.
 
@@ -91,6 +93,13 @@ class Trainer:
         self.checkpoint_path = os.path.join(self.run_dir, CHECKPOINT_NAME)
         self.log = RunLog(self.run_dir)
 
+        # 0. starting weights, read first so that a bad file fails before the data are prepared
+        starting = model is None and not resume and bool(config.weights or config.backbone_weights)
+        if starting:
+            from minimaskrcnn.pretrained import read_starting_weights
+
+            weights, backbone = read_starting_weights(config)
+
         # 1. data (rank 0 first: it may generate the shapes data the others then read)
         if datasets is None:
             with distributed.root_first(self.comm):
@@ -98,6 +107,18 @@ class Trainer:
         else:
             self.train_dataset, self.val_dataset = datasets
             self.class_names = list(self.train_dataset.class_names)
+        # 1b. starting weights decide the labels and a few model settings, written into the configuration
+        self.weights_reports: list = []
+        if starting:
+            from minimaskrcnn.data.prepare import relabel_datasets
+            from minimaskrcnn.pretrained import resolve_config
+
+            coco = isinstance(self.train_dataset, CocoDataset) and isinstance(self.val_dataset, CocoDataset)
+            config = resolve_config(config, weights, self.train_dataset.categories if coco else None, self.class_names)
+            self.config = config
+            if coco:
+                relabel_datasets(config, self.train_dataset, self.val_dataset)
+                self.class_names = list(self.train_dataset.class_names)
         self.num_classes = len(self.class_names)
         self.train_indices = list(range(len(self.train_dataset)))[: config.train_max_images]
         self.val_indices = list(range(len(self.val_dataset)))[: config.val_max_images]
@@ -110,6 +131,11 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
         self.model = model if model is not None else build_model_from_config(config, self.num_classes)
+        if starting:
+            from minimaskrcnn.pretrained import load_pretrained
+
+            self.weights_reports = load_pretrained(self.model, self.class_names, weights, backbone,
+                                                   remake_predictors=config.remake_predictors)
         if self.comm.size > 1:
             distributed.check_no_batch_statistics(self.model)
             distributed.broadcast_state_(self.comm, self.model)  # every replica starts from rank 0's weights

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from minimaskrcnn.errors import AnnotationError, ImageError, PathLike
+from minimaskrcnn.data.categories import LabelMap, check_category_id, make_label_map
+from minimaskrcnn.data.image import check_image_size, read_image
+from minimaskrcnn.errors import AnnotationError, PathLike
 
 __all__ = ["CocoDataset", "CocoFiles", "annotation_to_mask", "load_coco_json"]
 
@@ -65,6 +66,7 @@ def load_coco_json(annotation_file: PathLike) -> dict:
 
     Checks: the JSON parses; ``images``, ``annotations`` and ``categories`` are lists; images have an
     integer ``id``, a ``file_name`` and positive ``width``/``height``; categories an integer ``id``
+    (any integer; a string or float id is refused with the fix, see ``categories.check_category_id``)
     and a ``name``; annotations an integer ``id``, an ``image_id`` and ``category_id`` that exist, a
     ``bbox`` of 4 finite numbers with width and height >= 0, a ``segmentation`` that is a list of
     polygons (even number of finite coordinates) or an RLE whose ``size`` is the image's (height,
@@ -113,8 +115,9 @@ def load_coco_json(annotation_file: PathLike) -> dict:
 
     categories = set()
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not _integer(cat.get("id")):
-            raise AnnotationError(path, "category without an integer 'id'", record=f"categories[{i}]")
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise AnnotationError(path, "category without an 'id'", record=f"categories[{i}]")
+        check_category_id(cat["id"], path, f"categories[{i}]")
         if cat["id"] in categories:
             raise AnnotationError(path, "duplicate category id", record=f"category id {cat['id']}")
         if not isinstance(cat.get("name"), str):
@@ -137,6 +140,7 @@ def load_coco_json(annotation_file: PathLike) -> dict:
         ann_ids.add(ann["id"])
         if ann["image_id"] not in images:
             raise AnnotationError(path, f"unknown image id {ann['image_id']!r} (not in 'images')", record=record)
+        check_category_id(ann["category_id"], path, record)
         if ann["category_id"] not in categories:
             raise AnnotationError(path, f"unknown category id {ann['category_id']!r} (not in 'categories')",
                                   record=record)
@@ -221,7 +225,14 @@ class CocoDataset:
             (see ``minimaskrcnn.data.transforms``).
         contiguous_labels: False (default) keeps COCO category ids as labels, as torchvision's Mask
             R-CNN does (COCO ids 1..90, ``num_classes=91`` with gaps); True maps the sorted category
-            ids to 1..K (``num_classes=K+1``). ``label_to_category_id`` maps back.
+            ids to 1..K (``num_classes=K+1``). ``label_to_category_id`` maps back. Ids of 0 or below
+            always get contiguous labels (label 0 is the background), with a warning.
+        label_map: the labels to use instead, e.g. a model's (``categories.label_map_for_classes``)
+            or the training set's for its validation set; every category an annotation uses must be
+            in it (else AnnotationError). ``contiguous_labels`` is then ignored.
+        exif_transpose: read each image turned by its EXIF orientation, for files whose records
+            (width, height) and annotations were made on the image as a viewer shows it. By default
+            the stored pixels are read, as COCO's annotations refer to them (see ``data.image``).
         remove_images_without_annotations: drop images that have no usable (non-crowd) annotation,
             as torchvision's reference training does; by default such images are samples with empty
             targets.
@@ -229,8 +240,9 @@ class CocoDataset:
             ``target["crowd_masks"]``, e.g. to ignore detections there. They are never in ``boxes``.
 
     A sample is:
-        image: (3, H, W) float32 RGB in [0, 1] (grayscale, palette and RGBA images are converted to
-            RGB, alpha dropped; EXIF orientation is ignored, as COCO's annotations do).
+        image: (3, H, W) float32 RGB in [0, 1], read by ``data.image.read_image``: intensities kept
+            (8-bit / 255, 16-bit / 65535, 1-bit, palette, CMYK, float TIFF in [0, 1]; gray repeated,
+            alpha dropped; EXIF orientation ignored unless ``exif_transpose``).
         target: dict with
             boxes: (M, 4) float32, (x1, y1, x2, y2) in pixels, clipped to the image;
             labels: (M,) int64, see ``contiguous_labels``;
@@ -253,13 +265,16 @@ class CocoDataset:
         transforms: Callable | None = None,
         *,
         contiguous_labels: bool = False,
+        label_map: LabelMap | None = None,
         remove_images_without_annotations: bool = False,
         return_crowd: bool = False,
+        exif_transpose: bool = False,
     ):
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
         self.transforms = transforms
         self.return_crowd = return_crowd
+        self.exif_transpose = exif_transpose
         data = load_coco_json(self.annotation_file)
         if not data["images"]:
             raise AnnotationError(self.annotation_file, "the data set has no images")
@@ -270,17 +285,9 @@ class CocoDataset:
             self.coco.createIndex()
 
         self.categories: dict[int, str] = {c["id"]: c["name"] for c in data["categories"]}
-        category_ids = sorted(self.categories)
-        if contiguous_labels:
-            self.label_to_category_id = {i + 1: cid for i, cid in enumerate(category_ids)}
-        else:
-            self.label_to_category_id = {cid: cid for cid in category_ids}
-        self.category_id_to_label = {cid: label for label, cid in self.label_to_category_id.items()}
-        self.num_classes = max(self.label_to_category_id, default=0) + 1  # with background 0
-        self.class_names = ["N/A"] * self.num_classes
-        self.class_names[0] = "__background__"
-        for label, cid in self.label_to_category_id.items():
-            self.class_names[label] = self.categories[cid]
+        if label_map is None:
+            label_map = make_label_map(self.categories, contiguous=contiguous_labels, path=self.annotation_file)
+        self.set_label_map(label_map)
 
         self._objects, self._crowds = self._index_annotations(data)
         ids = sorted(self.coco.imgs)
@@ -289,6 +296,30 @@ class CocoDataset:
             if not ids:
                 raise AnnotationError(self.annotation_file, "no image has a usable (non-crowd) annotation")
         self.ids: list[int] = ids
+
+    def set_label_map(self, label_map: LabelMap) -> None:
+        """Label the categories as ``label_map`` says (e.g. the training set's, or a model's classes).
+
+        Sets ``label_map``, ``label_to_category_id``, ``category_id_to_label``, ``class_names`` and
+        ``num_classes`` (= len(class_names), background included).
+
+        Raises:
+            AnnotationError: an annotation's category has no label in ``label_map``.
+        """
+        known = set(label_map.label_to_category_id.values())
+        for i, ann in enumerate(self.coco.dataset["annotations"]):
+            cid = ann["category_id"]
+            if cid not in known:
+                shown = ", ".join(f"{c} {label_map.class_names[label]!r}"
+                                  for label, c in list(label_map.label_to_category_id.items())[:8])
+                raise AnnotationError(self.annotation_file, f"category id {cid!r} ({self.categories[cid]!r}) is not "
+                                      f"one of the model's classes (category ids {shown}"
+                                      f"{' ...' if len(known) > 8 else ''})", record=_ann_record(ann, i))
+        self.label_map = label_map
+        self.label_to_category_id = dict(label_map.label_to_category_id)
+        self.category_id_to_label = label_map.category_id_to_label
+        self.class_names = list(label_map.class_names)
+        self.num_classes = len(self.class_names)  # with background 0
 
     def _index_annotations(self, data: dict) -> tuple[dict[int, list], dict[int, list]]:
         """Per image id: the usable non-crowd annotations and the crowd ones, with clipped boxes."""
@@ -331,13 +362,15 @@ class CocoDataset:
         return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
 
     def load_image(self, index: int) -> np.ndarray:
-        """The image of sample ``index``: (3, H, W) float32 RGB in [0, 1].
+        """The image of sample ``index``: (3, H, W) float32 RGB in [0, 1] (``data.image.read_image``).
 
         Raises:
-            ImageError: the file is missing, unreadable, or not the size its record says.
+            ImageError: the file is missing, unreadable, its pixels have no place in [0, 1], or it is
+                not the size its record says (the message tells when the record is the EXIF-turned size).
         """
-        rgb = self._open_image(index, pixels=True)
-        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+        info = self.coco.imgs[self.ids[index]]
+        return read_image(self.image_path(index), exif_transpose=self.exif_transpose,
+                          expected_size=(info["width"], info["height"]), record=f"image id {info['id']}")
 
     def check_images(self, indices: Sequence[int] | None = None) -> None:
         """Fail now, not at step 347: every image exists, is readable and has its record's size.
@@ -351,25 +384,9 @@ class CocoDataset:
             ImageError: naming the file and the image id.
         """
         for index in range(len(self)) if indices is None else indices:
-            self._open_image(index, pixels=False)
-
-    def _open_image(self, index: int, pixels: bool) -> Image.Image | None:
-        """The RGB image of sample ``index`` (``pixels``) or None after reading only its header."""
-        info = self.coco.imgs[self.ids[index]]
-        path = self.image_path(index)
-        record = f"image id {info['id']}"
-        if not path.is_file():
-            raise ImageError(path, "image file not found", record=record)
-        try:
-            with Image.open(path) as img:
-                size = img.size
-                rgb = img.convert("RGB") if pixels else None  # L, P, RGBA, CMYK -> RGB (alpha dropped)
-        except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-            raise ImageError(path, f"cannot read the image ({e})", record=record) from None
-        if size != (info["width"], info["height"]):
-            raise ImageError(path, f"image is {size[0]}x{size[1]} pixels (width x height) but its record "
-                             f"says {info['width']}x{info['height']}", record=record)
-        return rgb
+            info = self.coco.imgs[self.ids[index]]
+            check_image_size(self.image_path(index), (info["width"], info["height"]),
+                             exif_transpose=self.exif_transpose, record=f"image id {info['id']}")
 
     def load_target(self, index: int) -> dict[str, Any]:
         """The target of sample ``index`` (see the class docstring), without loading the image."""

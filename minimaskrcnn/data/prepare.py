@@ -11,15 +11,16 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from minimaskrcnn.data.categories import BACKGROUND_NAME, GAP_NAME, LabelMap, label_map_for_classes, make_label_map
 from minimaskrcnn.data.coco import CocoDataset
-from minimaskrcnn.errors import DataError
+from minimaskrcnn.errors import AnnotationError, DataError
 from minimaskrcnn.io import atomic_write
 
 if TYPE_CHECKING:
     from minimaskrcnn.config import TrainConfig
 
 __all__ = ["DATASETS", "DEFAULT_SHAPES_DIR", "SHAPES_TRAIN_SEED", "SHAPES_VAL_SEED", "DetectionDataset",
-           "ensure_shapes_data", "prepare_datasets"]
+           "ensure_shapes_data", "model_label_map", "prepare_datasets", "relabel_datasets"]
 
 DATASETS = ("shapes", "coco-sample", "coco-overfit", "coco")
 DEFAULT_SHAPES_DIR = os.path.join("runs", "data", "shapes")
@@ -50,6 +51,10 @@ class DetectionDataset(Protocol):
 
 def prepare_datasets(config: TrainConfig) -> tuple[CocoDataset, CocoDataset, list[str]]:
     """The training and validation data sets named in ``config`` (generating shapes if needed).
+
+    The training set's categories are labelled by their ids, or 1..K (``config.contiguous_labels``,
+    and always for ids <= 0), or as the model's classes (``config.class_names``); the validation set
+    gets the same labels.
 
     Returns:
         (train_dataset, val_dataset, class_names): CocoDatasets without transforms (the loader
@@ -84,13 +89,58 @@ def prepare_datasets(config: TrainConfig) -> tuple[CocoDataset, CocoDataset, lis
             raise DataError(val_ann, "validation annotations given without their image folder")
     else:
         raise ValueError(f"unknown dataset {config.dataset!r}: expected one of {DATASETS}")
-    train_ds = CocoDataset(train_ann, train_img)
-    val_ds = CocoDataset(val_ann, val_img)
+    train_ds = CocoDataset(train_ann, train_img, contiguous_labels=config.contiguous_labels,
+                           exif_transpose=config.exif_transpose)
+    # the validation set is labelled as the training set, whatever ids or order its own file has
+    val_ds = CocoDataset(val_ann, val_img, label_map=train_ds.label_map, exif_transpose=config.exif_transpose)
+    relabel_datasets(config, train_ds, val_ds)
     if len(train_ds) == 0:
         raise DataError(train_ann, "the training data set holds no images")
     if len(val_ds) == 0:
         raise DataError(val_ann, "the validation data set holds no images")
     return train_ds, val_ds, list(train_ds.class_names)
+
+
+def relabel_datasets(config: TrainConfig, train_ds: CocoDataset, val_ds: CocoDataset) -> None:
+    """Label both data sets as the model's classes when ``config.class_names`` names them, or
+    contiguously when ``config.contiguous_labels`` asks and they are not yet (see ``categories``).
+
+    Raises:
+        AnnotationError: a category that is not one of the model's classes.
+    """
+    if config.class_names is not None:
+        label_map = model_label_map(train_ds, config.class_names)
+    elif config.contiguous_labels and not train_ds.label_map.contiguous:
+        label_map = make_label_map(train_ds.categories, contiguous=True, path=train_ds.annotation_file)
+    else:
+        return
+    train_ds.set_label_map(label_map)
+    val_ds.set_label_map(label_map)
+
+
+def model_label_map(dataset: CocoDataset, class_names: Sequence[str]) -> LabelMap:
+    """The labels under which ``dataset``'s categories are the classes ``class_names`` of a model.
+
+    Args:
+        dataset: a CocoDataset.
+        class_names: the model's names by label, from label 1 or with "__background__" at 0.
+
+    Raises:
+        AnnotationError: a category of the data set is not one of those classes (naming it).
+    """
+    names = list(class_names)
+    if not names or names[0] != BACKGROUND_NAME:
+        names = [BACKGROUND_NAME, *names]
+    label_map = label_map_for_classes(dataset.categories, names, dataset.annotation_file)
+    if label_map is None:
+        missing = [f"{cid} {name!r}" for cid, name in sorted(dataset.categories.items())
+                   if name.strip().lower() not in {n.strip().lower() for n in names[1:]}]
+        detail = (f"categories {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} are not among them"
+                  if missing else "the ids do not follow the model's labels (neither equal to them nor numbered "
+                                  "1..K in the model's order)")
+        raise AnnotationError(dataset.annotation_file, f"its categories are not the model's {len(names) - 1} "
+                              f"classes ({', '.join(n for n in names[1:6] if n != GAP_NAME)} ...): {detail}")
+    return label_map
 
 
 def ensure_shapes_data(data_dir: str, num_train: int, num_val: int, image_size: int) -> tuple[str, str, str, str]:
