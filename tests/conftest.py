@@ -44,6 +44,8 @@ def _perturbed(state, seed):
         if v.is_floating_point():
             if k.endswith("running_var"):
                 v = torch.rand(v.shape, generator=g) + 0.5
+            elif k.endswith("bn3.weight"):  # each bottleneck's last norm small (as zero_init_residual), so
+                v = 0.1 * torch.rand(v.shape, generator=g)  # that 16 blocks of frozen norms do not overflow
             else:
                 v = v * (1 + 0.1 * torch.randn(v.shape, generator=g)) + 0.01 * torch.randn(v.shape, generator=g)
         out[k] = v.contiguous()

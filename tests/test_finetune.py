@@ -1,0 +1,213 @@
+"""Starting from torchvision's weights on the command line (random torchvision weights, saved with
+torch.save, stand in for the COCO file, which cannot be downloaded here): `train --weights` on a
+2-category COCO subset (COCO's predictors kept, or re-made for other categories), `--backbone-weights`,
+our own checkpoints as `--weights`, and `predict` / `evaluate` on a torchvision file."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minimaskrcnn.checkpoint import load_model
+from minimaskrcnn.cli import main
+from minimaskrcnn.config import TrainConfig
+from minimaskrcnn.data import sample_files
+from minimaskrcnn.pretrained import PREDICTOR_LAYERS, read_weights
+from minimaskrcnn.train import Trainer
+
+pytestmark = pytest.mark.slow
+# small inputs and few RoIs: the R50-FPN model trains a step in seconds on a CPU
+SMALL_R50 = ["--min-size", "64", "--max-size", "96", "--model-arg", "rpn_post_nms_top_n_train=64",
+             "--model-arg", "rpn_post_nms_top_n_test=32", "--model-arg", "box_batch_size_per_image=16",
+             "--model-arg", "rpn_batch_size_per_image=32", "--model-arg", "box_detections_per_img=5"]
+SUBSET = ("person", "bowl")
+
+
+def coco_subset(folder, split, names=SUBSET, rename=None, max_images=2):
+    """A COCO-format subset of the package's sample: the categories ``names``, images holding them."""
+    ann_file, image_dir = sample_files(split)
+    data = json.loads(ann_file.read_text())
+    cats = [dict(c) for c in data["categories"] if c["name"] in names]
+    ids = {c["id"] for c in cats}
+    anns = [a for a in data["annotations"] if a["category_id"] in ids]
+    keep = sorted({a["image_id"] for a in anns})[:max_images]
+    for c in cats:
+        c["name"] = (rename or {}).get(c["name"], c["name"])
+    subset = {"images": [i for i in data["images"] if i["id"] in keep],
+              "annotations": [a for a in anns if a["image_id"] in keep], "categories": cats}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}.json"
+    path.write_text(json.dumps(subset))
+    return path, image_dir
+
+
+def _config(tmp_path, name, weights=None, rename=None, **kw):
+    train_ann, train_img = coco_subset(tmp_path / "subset", "train", rename=rename)
+    val_ann, val_img = coco_subset(tmp_path / "subset", "val", rename=rename, max_images=1)
+    return TrainConfig(model="maskrcnn_resnet50_fpn", name=name, output_dir=str(tmp_path / "runs"), dataset="coco",
+                       train_annotations=str(train_ann), train_images=str(train_img), val_annotations=str(val_ann),
+                       val_images=str(val_img), weights=None if weights is None else str(weights), min_size=64,
+                       max_size=96, steps=2, batch_size=1, lr=0.01, warmup_steps=0, val_loss_images=0,
+                       val_iou_types=("bbox",), progress=False, model_kwargs={
+                           "rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 32,
+                           "box_batch_size_per_image": 16, "rpn_batch_size_per_image": 32,
+                           "box_detections_per_img": 5}, **kw)
+
+
+def _check_start_and_training(trainer, file_state, remade):
+    """Every loaded tensor equals the file's at the start; after training, frozen ones still do and
+    trainable ones have moved; the re-made (or kept) predictors fit the data set."""
+    start = trainer.model.state_dict()
+    report = trainer.weights_reports[-1][1]
+    assert sorted(report.remade_layers) == sorted(PREDICTOR_LAYERS if remade else [])
+    for key in report.loaded:
+        np.testing.assert_array_equal(start[key], file_state[key], err_msg=key)
+    frozen = {name for name, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert frozen == {k for k in start if k.startswith(("backbone.body.conv1.", "backbone.body.layer1."))
+                      and not k.endswith(("running_mean", "running_var")) and ".bn" not in k
+                      and "downsample.1" not in k}  # conv weights of the stem and layer1 (norms are buffers)
+    result = trainer.fit()
+    assert np.isfinite(result["losses"]["loss"])
+    end = trainer.model.state_dict()
+    for key in start:
+        if key in frozen or "bn" in key or "downsample.1" in key:  # frozen convs, frozen batch norms
+            np.testing.assert_array_equal(end[key], file_state[key], err_msg=key)
+    moved = [k for k in ("backbone.body.layer4.2.conv3.weight", "backbone.fpn.layer_blocks.0.0.weight",
+                         "roi_heads.box_head.fc6.weight") if not np.array_equal(end[k], start[k])]
+    assert len(moved) == 3, moved
+    return report
+
+
+def test_coco_subset_keeps_coco_ids_and_the_91_way_predictors(tmp_path, torchvision_maskrcnn_file):
+    file_state = read_weights(torchvision_maskrcnn_file).state_dict
+    trainer = Trainer(_config(tmp_path, "subset", torchvision_maskrcnn_file))
+    assert trainer.num_classes == 91 and trainer.class_names[1] == "person" and trainer.class_names[51] == "bowl"
+    assert trainer.config.class_names[0] == "person" and not trainer.config.contiguous_labels
+    assert trainer.config.norm_eps == 0.0 and trainer.config.trainable_backbone_layers == 3
+    assert trainer.model.backbone.body.bn1.eps == 0.0  # torchvision's COCO_V1 convention
+    assert sorted(set(trainer.train_dataset.label_to_category_id)) == [1, 51]  # COCO's ids are the labels
+    report = _check_start_and_training(trainer, file_state, remade=False)
+    assert len(report.loaded) == len(file_state)  # every tensor of the file, the predictors included
+    # the run rebuilds from its checkpoint alone: same classes, same eps
+    model, names = load_model(trainer.run_dir)
+    assert names == trainer.class_names and model.backbone.body.layer2[0].bn1.eps == 0.0
+
+
+def test_other_categories_get_contiguous_labels_and_remade_predictors(tmp_path, torchvision_maskrcnn_file):
+    file_state = read_weights(torchvision_maskrcnn_file).state_dict
+    trainer = Trainer(_config(tmp_path, "renamed", torchvision_maskrcnn_file,
+                              rename={"person": "walker", "bowl": "dish"}))
+    assert trainer.class_names == ["__background__", "walker", "dish"] and trainer.config.contiguous_labels
+    state = trainer.model.state_dict()
+    assert state["roi_heads.box_predictor.cls_score.weight"].shape == (3, 1024)
+    assert state["roi_heads.box_predictor.bbox_pred.weight"].shape == (12, 1024)
+    assert state["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape == (3, 256, 1, 1)
+    report = _check_start_and_training(trainer, file_state, remade=True)
+    assert len(report.loaded) == len(file_state) - 6  # all but the three predictors' weights and biases
+    np.testing.assert_array_equal(state["roi_heads.mask_predictor.conv5_mask.weight"],
+                                  file_state["roi_heads.mask_predictor.conv5_mask.weight"])
+
+
+def test_train_weights_on_the_command_line(tmp_path, torchvision_maskrcnn_file, capsys):
+    config = _config(tmp_path, "cli", rename={"person": "walker"})
+    argv = ["train", "--model", "maskrcnn_resnet50_fpn", "--weights", str(torchvision_maskrcnn_file),
+            "--dataset", "coco", "--train-annotations", config.train_annotations, "--train-images",
+            config.train_images, "--val-annotations", config.val_annotations, "--val-images", config.val_images,
+            "--output-dir", str(tmp_path / "runs"), "--name", "cli", "--steps", "1", "--batch-size", "1",
+            "--val-loss-images", "0", "--val-iou-types", "bbox", "--trainable-backbone-layers", "2",
+            "--no-progress", *SMALL_R50]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "loaded 301 of 307 tensors" in err
+    assert ("re-made: roi_heads.box_predictor.cls_score, roi_heads.box_predictor.bbox_pred, "
+            "roi_heads.mask_predictor.mask_fcn_logits") in err
+    assert "frozen at their starting values: conv1, layer1, layer2" in err
+    # the wrong model for the file: one line that says which to use
+    assert main(argv[:1] + argv[3:] + ["--name", "wrong"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "--model maskrcnn_resnet50_fpn" in err
+    # a classification file given as --weights, and a detection file as --backbone-weights
+    assert main(argv[:3] + ["--backbone-weights", str(torchvision_maskrcnn_file)] + argv[5:]) == 2
+    assert "pass it as --weights" in capsys.readouterr().err
+
+
+def test_backbone_weights_load_the_body(tmp_path, torchvision_resnet50_file, capsys):
+    resnet = read_weights(torchvision_resnet50_file).state_dict
+    trainer = Trainer(_config(tmp_path, "imagenet", backbone_weights=str(torchvision_resnet50_file)))
+    assert trainer.config.norm_eps is None and trainer.model.backbone.body.bn1.eps == 1e-5  # ImageNet: 1e-5
+    start = trainer.model.state_dict()
+    body = [k for k in start if k.startswith("backbone.body.")]
+    for key in body:
+        np.testing.assert_array_equal(start[key], resnet[key[len("backbone.body."):]], err_msg=key)
+    (path, report), = trainer.weights_reports
+    assert sorted(report.loaded) == sorted(body) and path == str(torchvision_resnet50_file)
+    # labels as without weights: the sample's COCO ids
+    assert trainer.num_classes == 52 and trainer.class_names[51] == "bowl"
+    trainer.fit()
+    end = trainer.model.state_dict()
+    np.testing.assert_array_equal(end["backbone.body.layer1.0.conv1.weight"], resnet["layer1.0.conv1.weight"])
+    assert not np.array_equal(end["backbone.body.layer3.0.conv1.weight"], resnet["layer3.0.conv1.weight"])
+
+
+def test_predict_and_evaluate_with_a_torchvision_file(tmp_path, torchvision_maskrcnn_file, capsys):
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(photo)
+    assert main(["predict", str(torchvision_maskrcnn_file), str(photo), "-o", str(tmp_path / "out"),
+                 "--score-threshold", "0", *SMALL_R50]) == 0
+    with Image.open(tmp_path / "out" / "photo.png") as picture:
+        assert picture.size == (96, 72)
+    model, names = load_model(torchvision_maskrcnn_file)
+    assert len(names) == 91 and names[18] == "dog" and model.backbone.body.layer3[5].bn3.eps == 0.0
+    assert load_model(torchvision_maskrcnn_file, norm_eps=1e-5)[0].backbone.body.bn1.eps == 1e-5
+    # evaluate on a COCO subset: the labels are COCO's ids, the other 89 classes are left out of the results
+    ann, images = coco_subset(tmp_path / "subset", "val", max_images=1)
+    code = main(["evaluate", str(torchvision_maskrcnn_file), "--annotations", str(ann), "--images", str(images),
+                 "--iou-types", "bbox", "--results-dir", str(tmp_path / "eval"), "--no-progress", *SMALL_R50])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "eval" / "results_bbox.json").read_text())
+    assert {r["category_id"] for r in results} <= {1, 51}
+    # renamed categories are not the file's classes: one line saying so
+    ann, images = coco_subset(tmp_path / "renamed", "val", rename={"person": "walker"}, max_images=1)
+    code = main(["evaluate", str(torchvision_maskrcnn_file), "--annotations", str(ann), "--images", str(images),
+                 "--no-progress", *SMALL_R50])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("error: ") and "walker" in err
+
+
+def test_a_classification_file_is_not_a_detector(tmp_path, torchvision_resnet50_file, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    assert main(["predict", str(torchvision_resnet50_file), str(photo)]) == 2
+    assert "--backbone-weights" in capsys.readouterr().err
+
+
+def test_our_checkpoint_as_weights(tmp_path, capsys):
+    """A run of ours starts another: same categories keep every tensor, others re-make the predictors."""
+    from minimaskrcnn.data.shapes import make_shapes_dataset
+
+    shapes = make_shapes_dataset(tmp_path / "shapes", num_images=2, image_size=64, seed=0)
+    common = ["--dataset", "coco", "--train-annotations", str(shapes.annotation_file), "--train-images",
+              str(shapes.image_dir), "--output-dir", str(tmp_path / "runs"), "--steps", "1", "--batch-size", "2",
+              "--val-loss-images", "0", "--no-progress", "--min-size", "64", "--max-size", "64"]
+    assert main(["train", "--name", "first", *common]) == 0
+    first = read_weights(tmp_path / "runs" / "first")
+    assert main(["train", "--name", "second", "--weights", str(tmp_path / "runs" / "first"), *common]) == 0
+    err = capsys.readouterr().err
+    n = len(first.state_dict)
+    assert f"loaded {n} of {n} tensors" in err and "re-made" not in err
+    second = Trainer(TrainConfig(**{**TrainConfig().to_dict(), "name": "third", "output_dir": str(tmp_path / "runs"),
+                                    "dataset": "coco", "train_annotations": str(shapes.annotation_file),
+                                    "train_images": str(shapes.image_dir), "weights": str(tmp_path / "runs" / "first"),
+                                    "min_size": 64, "max_size": 64, "progress": False}))
+    start = second.model.state_dict()
+    for key, value in first.state_dict.items():  # every tensor, the frozen stages' and the predictors'
+        np.testing.assert_array_equal(start[key], value, err_msg=key)
+    # other categories: contiguous labels, predictors re-made
+    data = json.loads(shapes.annotation_file.read_text())
+    data["categories"] = [{**c, "name": c["name"] + "-ish"} for c in data["categories"]]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    argv = ["train", "--name", "fourth", "--weights", str(tmp_path / "runs" / "first"), *common]
+    argv[argv.index("--train-annotations") + 1] = str(other)
+    assert main(argv) == 0
+    assert "re-made: roi_heads.box_predictor.cls_score" in capsys.readouterr().err
