@@ -166,3 +166,38 @@ def test_predict_command_with_a_trained_checkpoint(tmp_path, capsys):
     out = tmp_path / "pred" / "000000.png"
     assert str(out) in capsys.readouterr().out
     assert Image.open(out).size == Image.open(image).size
+
+
+class RecordingModel(SquareModel):
+    """SquareModel that keeps the images it was given."""
+
+    def __call__(self, images):
+        self.seen = [np.array(image) for image in images]
+        return super().__call__(images)
+
+
+def test_16bit_png_and_array_keep_their_intensities_through_predict(tmp_path):
+    raw12 = np.random.default_rng(0).integers(0, 4096, (H, W), dtype=np.uint16)  # a 12-bit camera's values
+    raw12[0, 0] = 4095
+    Image.fromarray(raw12).save(tmp_path / "cam.png")
+    model = RecordingModel()
+    predict_files(model, [tmp_path / "cam.png"], tmp_path / "out", score_threshold=0.5)
+    seen = model.seen[0]
+    assert seen.shape == (3, H, W)
+    np.testing.assert_allclose(seen[0], raw12 / 65535.0, rtol=1e-6)  # dark, as stored; never white
+    assert (tmp_path / "out" / "cam.png").is_file()
+    predict_image(model, raw12)  # the same values given as an array
+    np.testing.assert_allclose(model.seen[0][1], raw12 / 65535.0, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        predict_image(model, raw12.astype(np.float32))  # floats must be intensities in [0, 1]
+
+
+def test_photos_are_turned_by_their_exif_orientation(tmp_path):
+    pixels = np.zeros((H, W, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # shown turned 90 degrees counter-clockwise
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif)
+    model = RecordingModel()
+    out = predict_files(model, [tmp_path / "phone.jpg"], tmp_path / "out")
+    assert model.seen[0].shape == (3, W, H)
+    assert Image.open(out[0]).size == (H, W)  # the drawing is of the photo as a viewer shows it
