@@ -47,7 +47,7 @@ def _config(tmp_path, name, weights=None, rename=None, **kw):
     return TrainConfig(model="maskrcnn_resnet50_fpn", name=name, output_dir=str(tmp_path / "runs"), dataset="coco",
                        train_annotations=str(train_ann), train_images=str(train_img), val_annotations=str(val_ann),
                        val_images=str(val_img), weights=None if weights is None else str(weights), min_size=64,
-                       max_size=96, steps=2, batch_size=1, lr=0.01, warmup_steps=0, val_loss_images=0,
+                       max_size=96, steps=1, batch_size=1, lr=0.01, warmup_steps=0, val_loss_images=0,
                        val_iou_types=("bbox",), progress=False, model_kwargs={
                            "rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 32,
                            "box_batch_size_per_image": 16, "rpn_batch_size_per_image": 32,

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from minimaskrcnn.data.categories import LabelMap, coco_class_names, make_label_map
 from minimaskrcnn.data.coco import CocoDataset, CocoFiles, annotation_to_mask, load_coco_json
+from minimaskrcnn.data.image import array_to_image, read_image
 from minimaskrcnn.data.prepare import (
     DATASETS,
     DEFAULT_SHAPES_DIR,
@@ -46,6 +48,7 @@ __all__ = [
     "CocoFiles",
     "Compose",
     "DataLoader",
+    "LabelMap",
     "DetectionDataset",
     "RandomHorizontalFlip",
     "Resize",
@@ -53,14 +56,18 @@ __all__ = [
     "ShapesFiles",
     "ShapesSample",
     "annotation_to_mask",
+    "array_to_image",
+    "coco_class_names",
     "collate",
     "download_coco",
     "ensure_shapes_data",
     "generate_shapes_image",
     "hflip",
     "load_coco_json",
+    "make_label_map",
     "make_shapes_dataset",
     "prepare_datasets",
+    "read_image",
     "resize",
     "sample_dataset",
     "sample_files",
