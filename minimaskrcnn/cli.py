@@ -65,7 +65,7 @@ examples:
   mpiexec -n 2 minimaskrcnn train --batch-size 4      # data-parallel: 2 processes of 2 images each
   minimaskrcnn train --model maskrcnn_resnet50_fpn --weights maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth \\
       --dataset coco --train-annotations train.json --train-images train/ --min-size 320 --max-size 512 \\
-      --batch-size 2 --lr 0.005 --steps 300   # fine-tune torchvision's COCO weights (docs/FINETUNE.md)
+      --batch-size 2 --lr 0.005 --steps 150 --lr-milestones 120   # fine-tune COCO's weights (docs/FINETUNE.md)
 
 starting weights (--weights, --backbone-weights): torchvision's files are fetched on a machine with
 network access (minimaskrcnn never downloads weights):

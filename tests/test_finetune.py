@@ -211,3 +211,68 @@ def test_our_checkpoint_as_weights(tmp_path, capsys):
     argv[argv.index("--train-annotations") + 1] = str(other)
     assert main(argv) == 0
     assert "re-made: roi_heads.box_predictor.cls_score" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_help_says_how_to_fetch_torchvisions_files(command, capsys):
+    """`--help` (and the README) give the commands that fetch the weights on a machine with network access."""
+    from pathlib import Path
+
+    from minimaskrcnn.pretrained import TORCHVISION_MASKRCNN_URL, TORCHVISION_RESNET50_URL
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert f"curl -LO {TORCHVISION_MASKRCNN_URL}" in text
+    if command == "train":
+        assert f"curl -LO {TORCHVISION_RESNET50_URL}" in text and "--weights maskrcnn_resnet50_fpn_coco" in text
+    else:
+        assert "predict maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth photo.jpg" in text and "91" in text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"curl -LO {TORCHVISION_MASKRCNN_URL}" in readme
+
+
+@pytest.mark.reference
+def test_a_torchvision_file_runs_as_torchvision_runs_its_coco_v1_weights(tmp_path, torchvision_maskrcnn_file):
+    """`load_model(file)` is torchvision's `maskrcnn_resnet50_fpn(weights="COCO_V1")`: its transform
+    (800 / 1333, ImageNet mean and std) and its frozen batch norms with eps 0.0 (torchvision's
+    ``overwrite_eps``). Some running variances are made tiny so that eps 0.0 vs 1e-5 shows."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.models.detection._utils import overwrite_eps
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    state = torch.load(torchvision_maskrcnn_file, weights_only=True)
+    g = torch.Generator().manual_seed(1)
+    for key in ("backbone.body.bn1.running_var", "backbone.body.layer1.0.bn2.running_var"):
+        state[key] = 1e-5 * torch.rand(state[key].shape, generator=g) + 1e-7
+    path = tmp_path / "coco_v1_like.pth"
+    torch.save(state, path)
+    # built as maskrcnn_resnet50_fpn(weights="COCO_V1") builds it: frozen batch norms (without weights
+    # it would use BatchNorm2d), 3 trainable layers, then the file's tensors and eps 0.0
+    body = torchvision.models.resnet50(weights=None, norm_layer=torchvision.ops.misc.FrozenBatchNorm2d)
+    tv = torchvision.models.detection.MaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91)
+    tv.load_state_dict(state)
+    tv.eval()
+
+    model, names = load_model(path)
+    assert names[1] == "person" and len(names) == 91
+    assert model.transform.min_size == tuple(tv.transform.min_size) == (800,)
+    assert model.transform.max_size == tv.transform.max_size == 1333
+    np.testing.assert_allclose(model.transform.image_mean, tv.transform.image_mean)
+    np.testing.assert_allclose(model.transform.image_std, tv.transform.image_std)
+
+    from minimaskrcnn.tensor import Tensor
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    ours = model.backbone(Tensor(x))
+    with torch.no_grad():
+        default_eps = tv.backbone(torch.from_numpy(x))
+        overwrite_eps(tv, 0.0)
+        coco_v1 = tv.backbone(torch.from_numpy(x))
+    for level in ("0", "3", "pool"):
+        got = np.asarray(ours[level].data)
+        scale = float(np.abs(coco_v1[level].numpy()).max())
+        np.testing.assert_allclose(got, coco_v1[level].numpy(), rtol=0, atol=1e-4 * scale, err_msg=level)
+    assert np.abs(np.asarray(ours["0"].data) - default_eps["0"].numpy()).max() > 1e-2 * scale  # eps matters here
