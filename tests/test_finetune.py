@@ -276,3 +276,28 @@ def test_a_torchvision_file_runs_as_torchvision_runs_its_coco_v1_weights(tmp_pat
         scale = float(np.abs(coco_v1[level].numpy()).max())
         np.testing.assert_allclose(got, coco_v1[level].numpy(), rtol=0, atol=1e-4 * scale, err_msg=level)
     assert np.abs(np.asarray(ours["0"].data) - default_eps["0"].numpy()).max() > 1e-2 * scale  # eps matters here
+
+
+@pytest.mark.mpi
+def test_weights_on_two_ranks_give_the_weights_of_one_process(tmp_path):
+    """`mpiexec -n 2 minimaskrcnn train --weights RUN`: every rank starts from the file, and the
+    data-parallel run ends where one process does (float32, as tests/test_distributed_train.py)."""
+    import dataclasses
+
+    from test_distributed_train import mpiexec, relative_difference, run_cli, tiny_config, weights
+
+    mpiexec()  # skips without the distributed extra
+    first = tiny_config(tmp_path, "first")
+    Trainer(first).fit()  # the starting weights: a run of ours on the same data
+    one = dataclasses.replace(tiny_config(tmp_path, "one"), weights=first.run_dir)
+    trainer = Trainer(one)
+    assert trainer.config.trainable_backbone_layers == 3
+    trainer.fit()
+    two = dataclasses.replace(tiny_config(tmp_path, "two"), weights=first.run_dir)
+    out = run_cli(2, two)
+    assert out.returncode == 0, out.stdout + out.stderr
+    n = len(weights(first))
+    assert out.stderr.count(f"loaded {n} of {n} tensors") == 1  # rank 0 speaks for the job
+    a, b = weights(one), weights(two)
+    assert relative_difference(a, weights(first)) > 1e-3  # the steps moved the weights
+    assert relative_difference(a, b) < 1e-4
