@@ -87,16 +87,18 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
     return out
 
 
-def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None):
     """Fold columns back into images, adding overlaps (see reference.col2im). Deterministic (a gather).
 
     Args:
         cols: (N, C*KH*KW, OH*OW) float32 or float64, CuPy (GPU) or NumPy (simulator).
         x_shape: (N, C, H, W) of the images.
         kernel_size, stride, padding, dilation: as given to ``im2col``.
+        out: optional C-contiguous (N, C, H, W) array of cols' dtype and array module to write dx
+            into (overwritten).
 
     Returns:
-        dx: (N, C, H, W), cols' dtype and array module.
+        dx: (N, C, H, W), cols' dtype and array module (``out`` when given).
     """
     check_float(cols, "cols")
     geometry = im2col_geometry(x_shape, kernel_size, stride, padding, dilation)
@@ -104,6 +106,11 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
     check_cols_shape(cols.shape, geometry)
     xp = get_array_module(cols)
     cols = xp.ascontiguousarray(cols)
-    dx = xp.zeros((N, C, H, W), dtype=cols.dtype)
+    if out is None:
+        dx = xp.zeros((N, C, H, W), dtype=cols.dtype)
+    else:
+        check_out(out, (N, C, H, W), cols.dtype)
+        dx = out
+        dx[...] = 0  # the kernel adds to what is there
     launch(_col2im_kernel, dx.size, cols, dx, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW)
     return dx

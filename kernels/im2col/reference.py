@@ -40,17 +40,18 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0, dilation=1, out=None
     return out
 
 
-def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0, dilation=1) -> np.ndarray:
+def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None) -> np.ndarray:
     """Fold columns back into images, adding the values of overlapping patches (im2col's adjoint).
 
     Args:
         cols: (N, C*KH*KW, OH*OW) float32 or float64, laid out as ``im2col`` returns.
         x_shape: (N, C, H, W), the shape of the images the columns came from.
         kernel_size, stride, padding, dilation: as given to ``im2col``.
+        out: optional C-contiguous (N, C, H, W) array of cols' dtype to write dx into (overwritten).
 
     Returns:
-        dx: (N, C, H, W), cols' dtype: each pixel gets the sum of every column entry that ``im2col``
-        copied from it (entries that came from the zero padding are dropped).
+        dx: (N, C, H, W), cols' dtype (``out`` when given): each pixel gets the sum of every column
+        entry that ``im2col`` copied from it (entries that came from the zero padding are dropped).
     """
     geometry = im2col_geometry(x_shape, kernel_size, stride, padding, dilation)
     N, C, H, W, KH, KW, SH, SW, pad_h, pad_w, DH, DW, OH, OW = geometry
@@ -64,4 +65,9 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0, dilation
             rows = slice(top, top + SH * (OH - 1) + 1, SH)
             columns = slice(left, left + SW * (OW - 1) + 1, SW)
             dx_padded[:, :, rows, columns] += cols[:, :, kh, kw]
-    return np.ascontiguousarray(dx_padded[:, :, pad_h : pad_h + H, pad_w : pad_w + W])
+    dx = dx_padded[:, :, pad_h : pad_h + H, pad_w : pad_w + W]
+    if out is None:
+        return np.ascontiguousarray(dx)
+    check_out(out, (N, C, H, W), cols.dtype)
+    out[...] = dx
+    return out

@@ -54,6 +54,24 @@ def release_scratch() -> None:
     _scratch_state.buffer = None
 
 
+# Small feature maps (the mask head's 14x14 RoIs, a small model's backbone) make cols of a few
+# hundred kB per image. Unfolded for the whole batch at once they overflow the CPU's L2 cache, and
+# im2col, the BLAS product (which reads cols again) and col2im each go to main memory; unfolded a
+# few images at a time, each chunk is written, multiplied and folded while it is still in cache.
+# The products and the per-image order of the weight-gradient sum are the same either way, so the
+# results do not change (measured on 2 cores: a 14x14, 64-channel conv of 48 RoIs, forward +
+# backward, 46 -> 36 ms).
+CHUNK_BYTES = 1 << 20  # cols per chunk, at most (at least one image); 0 turns chunking off
+
+
+def _images_per_chunk(x, C_cols: int, L: int) -> int:
+    """Images whose cols (C_cols, L) together fit in CHUNK_BYTES (at least 1); all N off the CPU."""
+    N = x.shape[0]
+    if CHUNK_BYTES <= 0 or get_array_module(x) is not np:
+        return N
+    return max(1, min(N, CHUNK_BYTES // max(1, C_cols * L * x.dtype.itemsize)))
+
+
 # ------------------------------------------------------------------------------------ helpers
 def _check_dtypes(x, weight, bias) -> None:
     if x.dtype.kind != "f":
@@ -81,17 +99,22 @@ def _unfold(x, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tupl
     return kernel("im2col").im2col(x, kernel_size, stride, padding, dilation, out=cols)
 
 
-def _fold(cols, x_shape: tuple, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple):
-    """The adjoint of ``_unfold``: dx (N, C, H, W) from cols (N, C*KH*KW, OH*OW), overlaps added."""
+def _fold(cols, x_shape: tuple, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple, out=None):
+    """The adjoint of ``_unfold``: dx (N, C, H, W) from cols (N, C*KH*KW, OH*OW), overlaps added
+    (written into ``out`` when given)."""
     N, C, H, W = x_shape
     if _is_pointwise(kernel_size, padding):
-        if stride == (1, 1):
-            return cols.reshape(x_shape)
         xp = get_array_module(cols)
-        dx = xp.zeros(x_shape, dtype=cols.dtype)
-        dx[:, :, :: stride[0], :: stride[1]] = cols.reshape(N, C, len(range(0, H, stride[0])), -1)
+        if stride == (1, 1):
+            dx = cols.reshape(x_shape)
+        else:
+            dx = xp.zeros(x_shape, dtype=cols.dtype)
+            dx[:, :, :: stride[0], :: stride[1]] = cols.reshape(N, C, len(range(0, H, stride[0])), -1)
+        if out is not None:
+            out[...] = dx
+            return out
         return dx
-    return kernel("im2col").col2im(cols, x_shape, kernel_size, stride, padding, dilation)
+    return kernel("im2col").col2im(cols, x_shape, kernel_size, stride, padding, dilation, out=out)
 
 
 def _zero_extend(x, H2: int, W2: int):
@@ -104,9 +127,23 @@ def _zero_extend(x, H2: int, W2: int):
     return x_big
 
 
-def _weight_grad(a, b):
-    """sum over images n of a[n] @ b[n].T, for a (N, G, P, L) and b (N, G, Q, L): (G, P, Q)."""
-    return (a @ b.swapaxes(-1, -2)).sum(axis=0)
+def _weight_grad(a, b, total=None):
+    """sum over images n of a[n] @ b[n].T, for a (N, G, P, L) and b (N, G, Q, L): (G, P, Q).
+
+    With ``total`` (G, P, Q), the products are added to it. Either way the sum runs image after
+    image (as ``.sum(axis=0)`` does), so chunks of images give the same numbers as the whole batch.
+    """
+    xp = get_array_module(a)
+    if xp is not np or a.shape[0] == 0:
+        products = (a @ b.swapaxes(-1, -2)).sum(axis=0)
+        return products if total is None else xp.add(total, products, out=total)
+    product = np.empty(a.shape[1:3] + b.shape[2:3], dtype=a.dtype)  # one image's (G, P, Q)
+    for n in range(a.shape[0]):
+        if total is None:
+            total = np.matmul(a[n], b[n].swapaxes(-1, -2))
+        else:
+            total += np.matmul(a[n], b[n].swapaxes(-1, -2), out=product)
+    return total
 
 
 # ------------------------------------------------------------------------------------- conv2d
@@ -139,10 +176,18 @@ class Conv2d(Function):
         OH = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
         OW = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
 
-        cols = _unfold(x, (KH, KW), stride, padding, dilation)  # (N, C*KH*KW, OH*OW)
         # group g multiplies its (C_out/G, C/G*KH*KW) block of weight with its rows of cols
         w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
-        out = w_mat @ cols.reshape(N, G, C_per_group * KH * KW, OH * OW)  # (N, G, C_out/G, OH*OW)
+        chunk = _images_per_chunk(x, C * KH * KW, OH * OW) if not _is_pointwise((KH, KW), padding) else N
+        if chunk >= N:
+            cols = _unfold(x, (KH, KW), stride, padding, dilation)  # (N, C*KH*KW, OH*OW)
+            out = w_mat @ cols.reshape(N, G, C_per_group * KH * KW, OH * OW)  # (N, G, C_out/G, OH*OW)
+        else:  # a few images at a time (see CHUNK_BYTES): the same products
+            out = np.empty((N, G, C_out // G, OH * OW), dtype=x.dtype)
+            for n0 in range(0, N, chunk):
+                n1 = min(N, n0 + chunk)
+                cols = _unfold(x[n0:n1], (KH, KW), stride, padding, dilation)
+                np.matmul(w_mat, cols.reshape(n1 - n0, G, C_per_group * KH * KW, OH * OW), out=out[n0:n1])
         out = out.reshape(N, C_out, OH, OW)
         if bias is not None:
             out += bias.reshape(1, C_out, 1, 1)
@@ -163,17 +208,26 @@ class Conv2d(Function):
         dout = dout.reshape(N, G, C_out // G, L)
 
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dx = dw = None
-        cols = _unfold(x, *geometry).reshape(N, G, C_per_group * KH * KW, L) if need_dw else None
-        if need_dw:
-            dw = _weight_grad(dout, cols).reshape(weight.shape)
-        if need_dx:
-            w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
-            # dcols (N, G, C/G*KH*KW, L) overwrite cols' scratch memory (cols are used up) unless cols
-            # are x itself (1x1 kernels), whose dx must not alias scratch memory
-            dcols = None if cols is None or _is_pointwise((KH, KW), ctx.padding) else cols
-            dcols = get_array_module(dout).matmul(w_mat.swapaxes(-1, -2), dout, out=dcols)
-            dx = _fold(dcols.reshape(N, C * KH * KW, L), x.shape, *geometry)
+        pointwise = _is_pointwise((KH, KW), ctx.padding)
+        chunk = _images_per_chunk(x, C * KH * KW, L) if not pointwise else N
+        w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
+        dx = np.empty(x.shape, dtype=x.dtype) if need_dx and chunk < N else None
+        dw = None
+        for n0 in range(0, max(N, 1), chunk):  # one pass over the whole batch unless chunked (see CHUNK_BYTES)
+            n1 = min(N, n0 + chunk)
+            x_c, dout_c = (x, dout) if chunk >= N else (x[n0:n1], dout[n0:n1])
+            cols = _unfold(x_c, *geometry).reshape(n1 - n0, G, C_per_group * KH * KW, L) if need_dw else None
+            if need_dw:
+                dw = _weight_grad(dout_c, cols, dw)
+            if need_dx:
+                # dcols (N, G, C/G*KH*KW, L) overwrite cols' scratch memory (cols are used up) unless cols
+                # are x itself (1x1 kernels), whose dx must not alias scratch memory
+                dcols = None if cols is None or pointwise else cols
+                dcols = get_array_module(dout).matmul(w_mat.swapaxes(-1, -2), dout_c, out=dcols)
+                dx_c = _fold(dcols.reshape(n1 - n0, C * KH * KW, L), x_c.shape, *geometry,
+                             out=None if dx is None else dx[n0:n1])
+                dx = dx_c if dx is None else dx
+        dw = dw.reshape(weight.shape) if need_dw else None
         db = dout.sum(axis=(0, 3)).reshape(C_out) if ctx.has_bias else None  # (N, G, C_out/G, L) -> (C_out,)
         return dx, dw, db
 

@@ -12,6 +12,15 @@ CASES = [
     ((1, 1, 4, 4), 5, 3, 3, 1),
     ((1, 2, 8, 9), 3, 2, 2, 2),
 ]
+# stride 1 with OW == W: the CPU's one-run-per-tap kernels (a 3x3 "same" conv, dilation in either
+# direction, a kernel taller than its padding covers, a single row, a mask-head-sized map)
+SAME_WIDTH_CASES = [
+    ((2, 3, 6, 7), (3, 5), 1, (0, 2), (2, 1)),
+    ((1, 2, 5, 6), 3, 1, (1, 2), (1, 2)),
+    ((1, 2, 1, 4), 3, 1, 1, 1),
+    ((3, 4, 14, 14), 3, 1, 1, 1),
+]
+CASES += SAME_WIDTH_CASES
 # the CUDA simulator runs one Python thread per CUDA thread: keep its inputs tiny
 CUDA_CASES = [((1, 2, 5, 4), 3, 1, 1, 1), ((1, 1, 5, 6), (3, 2), (2, 1), (1, 2), (2, 1))]
 
@@ -117,3 +126,13 @@ def test_bad_arguments_raise(module):
         module.col2im(np.zeros((1, 9, 4)), (1, 1, 3, 3), 3, padding=1)  # 9 positions, not 4
     with pytest.raises(ValueError):
         module.im2col(np.zeros((1, 3, 3)), 1)  # not (N, C, H, W)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, kernel_size, stride, padding, dilation", SAME_WIDTH_CASES)
+def test_numba_same_width_col2im_adds_in_the_reference_order(x_shape, kernel_size, stride, padding, dilation, dtype):
+    """The one-run-per-tap col2im adds each pixel's taps in the reference's (kh, kw) order: equal bits."""
+    cols = cpu.im2col(np.zeros(x_shape, dtype), kernel_size, stride, padding, dilation)
+    c = np.random.default_rng(6).standard_normal(cols.shape).astype(dtype)
+    np.testing.assert_array_equal(cpu.col2im(c, x_shape, kernel_size, stride, padding, dilation),
+                                  reference.col2im(c, x_shape, kernel_size, stride, padding, dilation))

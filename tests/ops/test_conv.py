@@ -73,7 +73,8 @@ def _conv_fns(stride, padding, dilation, groups):
     import torch
 
     ours = lambda x, w, b: conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)  # noqa: E731
-    theirs = lambda x, w, b: torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)  # noqa: E731
+    theirs = lambda x, w, b: torch.nn.functional.conv2d(  # noqa: E731
+        x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
     return ours, theirs
 
 
@@ -81,7 +82,8 @@ def _transpose_fns(stride, padding, output_padding, groups, dilation):
     import torch
 
     kw = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
-    return (lambda x, w, b: conv_transpose2d(x, w, b, **kw)), (lambda x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **kw))
+    return ((lambda x, w, b: conv_transpose2d(x, w, b, **kw)),
+            (lambda x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **kw)))
 
 
 # ------------------------------------------------------------------------------------ gradcheck
@@ -109,7 +111,8 @@ def test_conv_transpose2d_gradcheck(x_shape, w_shape, bias, stride, padding, out
     x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[1] * groups)
     inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
     inputs.append(Tensor(b, requires_grad=True) if bias else None)
-    result = gradcheck(lambda x, w, b: conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation), inputs)
+    result = gradcheck(lambda x, w, b: conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation),
+                       inputs)
     assert result.max_rel_error < 1e-6, result.report()
 
 
@@ -136,7 +139,8 @@ def test_conv2d_matches_torch(backend, x_shape, w_shape, bias, stride, padding, 
 @pytest.mark.reference
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation", TRANSPOSE_CASES)
-def test_conv_transpose2d_matches_torch(backend, x_shape, w_shape, bias, stride, padding, output_padding, groups, dilation):
+def test_conv_transpose2d_matches_torch(backend, x_shape, w_shape, bias, stride, padding, output_padding, groups,
+                                        dilation):
     pytest.importorskip("torch")
     x, w, b = _arrays(np.random.default_rng(1), x_shape, w_shape, bias, w_shape[1] * groups)
     with minimaskrcnn.use_backend(backend):
@@ -261,3 +265,35 @@ def test_backward_computes_only_the_gradients_asked_for(rng):
     conv(only_x, mm.Tensor(w.copy()), padding=1).sum().backward()
     np.testing.assert_allclose(only_w.grad, both_w.grad, rtol=1e-12)
     np.testing.assert_allclose(only_x.grad, both_x.grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 6 * 9 * 50 * 8])  # one image per chunk; three (5 = 3 + 2)
+@pytest.mark.parametrize("needs", ["both", "x", "w"])
+def test_chunked_conv2d_equals_whole_batch(rng, monkeypatch, chunk_bytes, needs):
+    """Unfolding a few images at a time (ops.conv.CHUNK_BYTES) gives bit-identical outputs and
+    gradients to one unfold of the whole batch, with groups, stride, dilation and any mix of
+    gradients asked for."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    x = rng.standard_normal((5, 6, 7, 8))
+    w = rng.standard_normal((6, 2, 3, 3))  # (C_out, C/groups, KH, KW)
+    b = rng.standard_normal(6)
+    dout = rng.standard_normal((5, 6, 5, 10))
+    kwargs = dict(stride=(1, 1), padding=(1, 2), dilation=(2, 1), groups=3)
+
+    def run(limit):
+        monkeypatch.setattr(conv_module, "CHUNK_BYTES", limit)
+        xs = Tensor(x.copy(), requires_grad=needs in ("both", "x"))
+        ws = Tensor(w.copy(), requires_grad=needs in ("both", "w"))
+        bs = Tensor(b.copy(), requires_grad=True)
+        out = conv2d(xs, ws, bs, **kwargs)
+        out.backward(dout)
+        return out.numpy(), xs.grad, ws.grad, bs.grad
+
+    whole, chunked = run(0), run(chunk_bytes)
+    assert whole[0].shape == (5, 6, 5, 10)
+    for name, a, c in zip(("output", "dx", "dw", "db"), whole, chunked):
+        if a is None:
+            assert c is None, name
+        else:
+            np.testing.assert_array_equal(c, a, err_msg=name)
