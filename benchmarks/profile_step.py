@@ -16,7 +16,7 @@ its children excluded), ``Function.apply`` and each Function's ``forward``/``bac
 against the engine's bookkeeping around it), and the engine's backward walk. Backward time is
 charged to the stage that created the op.
 
-    python benchmarks/profile_step.py [--model r18-shapes] [--steps 20] [--warmup 5] [--threads 1]
+    python benchmarks/profile_step.py [--model r18-shapes] [--steps 20] [--warmup 5] [--threads 1] [--resume CKPT]
     python benchmarks/profile_step.py --model maskrcnn_resnet50_fpn --mode train --steps 2 --warmup 1
 """
 from __future__ import annotations
@@ -53,6 +53,7 @@ class StepProfiler:
         self.stage_time = defaultdict(float)  # (stage, "forward") -> exclusive seconds
         self.op_time = defaultdict(float)  # (op, "fwd"|"bwd") -> seconds of its forward/backward body
         self.op_count = defaultdict(int)
+        self.op_stack: list[float] = []  # time spent in nested op bodies, per running op body
         self.apply_time = 0.0  # Function.apply, in total (op bodies included)
         self.run_backward_time = 0.0  # run_backward, in total (op bodies included)
         self.backward_time = 0.0  # Tensor.backward, in total
@@ -102,12 +103,19 @@ class StepProfiler:
                 body = original.__func__ if isinstance(original, staticmethod) else original
 
                 def timed(*args, _body=body, _key=(cls.__name__, phase), **kwargs):
+                    # exclusive time: a fused op that calls another op's body (Conv2dReLU calls
+                    # Conv2d.forward) is charged only for its own part
+                    prof.op_stack.append(0.0)
                     start = clock()
                     try:
                         return _body(*args, **kwargs)
                     finally:
-                        prof.op_time[_key] += clock() - start
+                        elapsed = clock() - start
+                        inner = prof.op_stack.pop()
+                        prof.op_time[_key] += elapsed - inner
                         prof.op_count[_key] += 1
+                        if prof.op_stack:
+                            prof.op_stack[-1] += elapsed
 
                 setattr(cls, attr, staticmethod(timed))
                 self._undo.append(lambda c=cls, a=attr, o=original: setattr(c, a, o))
@@ -238,7 +246,7 @@ def profile_default_run(args) -> str:
     out = args.output_dir
     config = TrainConfig(progress=False, output_dir=out, data_dir=os.path.join(out, "data", "shapes"),
                          threads=args.threads, blas_threads=args.threads, val_every=0, checkpoint_every=0)
-    trainer = Trainer(config)
+    trainer = Trainer(config, resume=args.resume or False)
     batches = trainer.loader.forever()
     for _ in range(args.warmup):
         trainer.train_step(*next(batches))
@@ -310,6 +318,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="Numba and BLAS threads")
     parser.add_argument("--output-dir", default=os.path.join("runs", "profile"))
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="r18-shapes: start from a training checkpoint (late steps have more positive RoIs, "
+                             "so a larger mask head batch)")
     args = parser.parse_args()
     from minimaskrcnn.train import limit_threads
 

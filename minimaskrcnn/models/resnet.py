@@ -39,22 +39,29 @@ def make_norm_layer(kind: str, eps: float = 1e-5, gn_groups: int = 32) -> Callab
     raise ValueError(f"unknown norm {kind!r}: choose 'frozen_bn', 'bn' or 'gn'")
 
 
-def conv_norm(conv: nn.Conv2d, norm: nn.Module, x):
-    """``norm(conv(x))``; with frozen batch norm, one convolution with the norm folded into it.
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x, relu: bool = False):
+    """``norm(conv(x))``, or ``relu(norm(conv(x)))`` with ``relu=True``; with frozen batch norm, one
+    convolution with the norm folded into it.
 
     Frozen batch norm is a per-channel ``y * scale + shift`` (scale = weight / sqrt(running_var +
     eps), shift = bias - running_mean * scale), so ``norm(conv(x)) = conv(x; weight * scale) + shift``:
     the same numbers up to rounding, one pass over the output instead of three. The folded weight
     is ``conv.weight * scale`` as a Tensor op, so the gradient still reaches ``conv.weight``.
+    The ReLU is fused into the last op (``F.conv2d_relu``, ``F.group_norm_relu``: the same numbers).
     """
     if not isinstance(norm, nn.FrozenBatchNorm2d) or conv.bias is not None:
-        return norm(conv(x))
+        y = conv(x)
+        if relu and isinstance(norm, nn.GroupNorm) and norm.weight is not None:
+            return F.group_norm_relu(y, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        y = norm(y)
+        return F.relu(y) if relu else y
     xp = get_array_module(norm.weight.data)
     scale = norm.weight.data * (1 / xp.sqrt(norm.running_var.data + norm.eps))  # as FrozenBatchNorm2d
     shift = norm.bias.data - norm.running_mean.data * scale
     weight = conv.weight * Tensor(scale.reshape(-1, 1, 1, 1).astype(conv.weight.dtype, copy=False))
-    return F.conv2d(x, weight, Tensor(shift.astype(conv.weight.dtype, copy=False)), conv.stride, conv.padding,
-                    conv.dilation, conv.groups)
+    conv2d = F.conv2d_relu if relu else F.conv2d
+    return conv2d(x, weight, Tensor(shift.astype(conv.weight.dtype, copy=False)), conv.stride, conv.padding,
+                  conv.dilation, conv.groups)
 
 
 def _shortcut(downsample: nn.Module | None, x):
@@ -97,9 +104,9 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         """(N, inplanes, H, W) -> (N, planes, H / stride, W / stride)."""
         identity = _shortcut(self.downsample, x)
-        out = F.relu(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv1, self.bn1, x, relu=True)
         out = conv_norm(self.conv2, self.bn2, out)
-        return F.relu(out + identity)
+        return F.add_relu(out, identity)  # relu(out + identity) as one op
 
 
 class Bottleneck(nn.Module):
@@ -130,10 +137,10 @@ class Bottleneck(nn.Module):
     def forward(self, x):
         """(N, inplanes, H, W) -> (N, 4 * planes, H / stride, W / stride)."""
         identity = _shortcut(self.downsample, x)
-        out = F.relu(conv_norm(self.conv1, self.bn1, x))
-        out = F.relu(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv1, self.bn1, x, relu=True)
+        out = conv_norm(self.conv2, self.bn2, out, relu=True)
         out = conv_norm(self.conv3, self.bn3, out)
-        return F.relu(out + identity)
+        return F.add_relu(out, identity)  # relu(out + identity) as one op
 
 
 def make_stage(block, inplanes: int, planes: int, blocks: int, stride: int, norm_layer: Callable[[int], nn.Module],
@@ -226,7 +233,7 @@ class ResNetBody(nn.Module):
     def forward(self, x) -> OrderedDict:
         """(N, 3, H, W) Tensor -> OrderedDict "0", "1", ... of the returned stages' (N, C_l, H / s_l, W / s_l)
         Tensors, s_l = 4, 8, 16, 32 for layer1..layer4."""
-        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
+        x = self.maxpool(conv_norm(self.conv1, self.bn1, x, relu=True))  # self.relu, fused
         out = OrderedDict()
         for i in range(1, max(self.returned_layers) + 1):
             x = getattr(self, f"layer{i}")(x)

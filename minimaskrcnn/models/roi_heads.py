@@ -44,10 +44,10 @@ class TwoMLPHead(nn.Module):
         self.fc7 = nn.Linear(representation_size, representation_size)
 
     def forward(self, x):
-        """(K, C, PH, PW) Tensor -> (K, representation_size) Tensor."""
+        """(K, C, PH, PW) Tensor -> (K, representation_size) Tensor (each linear and its ReLU as one op)."""
         x = x.flatten(1)
-        x = F.relu(self.fc6(x))
-        return F.relu(self.fc7(x))
+        x = F.linear_relu(x, self.fc6.weight, self.fc6.bias)
+        return F.linear_relu(x, self.fc7.weight, self.fc7.bias)
 
 
 class FastRCNNPredictor(nn.Module):
@@ -95,6 +95,12 @@ class MaskRCNNHeads(nn.Sequential):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
 
+    def forward(self, x):
+        """(K, C, S/2, S/2) Tensor -> (K, layers[-1], S/2, S/2): each conv and its ReLU as one op."""
+        for conv, _relu in self:
+            x = F.conv2d_relu(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return x
+
 
 class MaskRCNNPredictor(nn.Module):
     """2x2 stride-2 transposed conv + ReLU, then a 1x1 conv to one mask logit map per class.
@@ -117,8 +123,11 @@ class MaskRCNNPredictor(nn.Module):
                 nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
-        """(K, C, S/2, S/2) Tensor -> (K, L, S, S) mask logits."""
-        return self.mask_fcn_logits(self.relu(self.conv5_mask(x)))
+        """(K, C, S/2, S/2) Tensor -> (K, L, S, S) mask logits (conv5_mask and its ReLU as one op)."""
+        up = self.conv5_mask
+        x = F.conv_transpose2d_relu(x, up.weight, up.bias, up.stride, up.padding, up.output_padding, up.groups,
+                                    up.dilation)
+        return self.mask_fcn_logits(x)
 
 
 class MaskRCNNMLPHead(nn.Module):

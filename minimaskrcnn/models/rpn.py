@@ -62,7 +62,9 @@ class RPNHead(nn.Module):
         """
         logits, bbox_reg = [], []
         for feature in x:
-            t = self.conv(feature)
+            t = feature
+            for conv, _relu in self.conv:  # each conv and its ReLU as one op
+                t = F.conv2d_relu(t, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
             logits.append(self.cls_logits(t))
             bbox_reg.append(self.bbox_pred(t))
         return logits, bbox_reg

@@ -155,7 +155,7 @@ class Relu(Function):
     def forward(ctx, x):
         mask = x > 0
         ctx.save_for_backward(mask)
-        return x * mask
+        return get_array_module(x).maximum(x, 0)  # NaN stays NaN (and gets no gradient)
 
     @staticmethod
     def backward(ctx, dout):

@@ -19,9 +19,11 @@ def _channel_shape(x) -> tuple:
 def _affine(xhat, weight, bias):
     """xhat * weight + bias with per-channel (C,) weight and bias (either may be None)."""
     shape = _channel_shape(xhat)
-    y = xhat * weight.reshape(shape) if weight is not None else xhat
+    if weight is None:
+        return xhat + bias.reshape(shape) if bias is not None else xhat
+    y = xhat * weight.reshape(shape)
     if bias is not None:
-        y = y + bias.reshape(shape)
+        y += bias.reshape(shape)  # y is fresh: add in place
     return y
 
 
