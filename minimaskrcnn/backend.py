@@ -221,3 +221,40 @@ def limit_threads(threads: int | None = None, blas_threads: int | None = None) -
                 done["blas"] = True
                 break
     return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+REUSE_MAX_BYTES = 1 << 30  # arrays up to this size come from (and go back to) malloc's heap
+
+
+def reuse_freed_memory(max_bytes: int = REUSE_MAX_BYTES) -> bool:
+    """Let large arrays reuse memory freed by earlier ones instead of fresh pages from the kernel.
+
+    glibc's malloc gives every block above 32 MiB its own ``mmap`` and hands it back to the kernel
+    when it is freed, so each large array (an R50 feature map at 800x1066 is 56 MB; cols are
+    larger) is page-faulted in and zero-filled by the kernel anew: 15% of an R50 forward on the CPU,
+    5% of the default run's step. Raising malloc's mmap threshold to ``max_bytes`` (and its trim
+    threshold, so that freed memory stays with the process) lets the next array of that size take
+    the freed block as it is. The peak resident memory hardly changes (measured: +5% on R50
+    inference); the process keeps the memory it has used until it exits.
+
+    This sets the process's malloc (``mallopt``) for every library in it; the trainer and the
+    command line call it. Linux with glibc only.
+
+    Returns:
+        whether the setting was applied (False elsewhere).
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+    max_bytes = int(min(max_bytes, 2**31 - 1))  # mallopt takes a C int
+    return bool(mallopt(M_MMAP_THRESHOLD, max_bytes)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -21,7 +21,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from minimaskrcnn.backend import BACKENDS, limit_threads
+from minimaskrcnn.backend import BACKENDS, limit_threads, reuse_freed_memory
 from minimaskrcnn.config import OPTION_GROUPS
 from minimaskrcnn.pretrained import TORCHVISION_MASKRCNN_URL, TORCHVISION_RESNET50_URL
 
@@ -449,6 +449,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path} is not a run of ours, so it has no validation data: give --annotations "
                                 f"and --images")
     limit_threads(args.threads, args.blas_threads)
+    reuse_freed_memory()
     model, class_names = _load_model(args)
     if args.annotations:
         dataset = CocoDataset(args.annotations, args.images)
@@ -483,6 +484,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     collect_image_paths(args.images)  # bad inputs fail before the model is loaded
     limit_threads(args.threads, args.blas_threads)
+    reuse_freed_memory()
     model, class_names = _load_model(args)
     written = predict_files(model, args.images, args.output_dir, class_names, score_threshold=args.score_threshold)
     for path in written:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minimaskrcnn import distributed, optim
-from minimaskrcnn.backend import get_backend, limit_threads, set_backend
+from minimaskrcnn.backend import get_backend, limit_threads, reuse_freed_memory, set_backend
 from minimaskrcnn.checkpoint import CHECKPOINT_NAME, build_model_from_config
 from minimaskrcnn.config import CONFIG_NAME, TrainConfig
 from minimaskrcnn.data import DataLoader
@@ -89,6 +89,7 @@ class Trainer:
         if self.comm.size > 1 and get_backend() == "cuda":
             distributed.select_gpu(self.comm)  # one GPU per rank of this machine
         limit_threads(distributed.threads_per_process(self.comm, config.threads), config.blas_threads)
+        reuse_freed_memory()  # large arrays take freed memory back instead of fresh pages (backend.py)
         self.run_dir = config.run_dir
         self.checkpoint_path = os.path.join(self.run_dir, CHECKPOINT_NAME)
         self.log = RunLog(self.run_dir)
