@@ -1,20 +1,28 @@
 """Benchmark: maskrcnn_resnet50_fpn on an 800x1066 input, minimaskrcnn against torchvision on the CPU.
 
-Both models hold the same weights (torchvision's random ones, frozen batch norm and
-trainable_backbone_layers=3 as with pretrained weights), run in the same process on the same COCO
-image (480x640, resized by the model's transform to 800x1066), interleaved (torch, ours, torch,
-ours, ...) after a warm-up, and the medians are compared; a busy machine slows both alike. torch
-gets as many threads as there are cores; Numba and the BLAS behind NumPy use every core by default.
+Both models hold the same weights: torchvision's seeded random ones (frozen batch norm and
+trainable_backbone_layers=3, as with pretrained weights), saved once to an .npz that our process
+loads without torch. Every measurement runs in a fresh process of its own (one library, one mode),
+so that neither library's memory or thread pools affect the other: the process builds its model,
+runs one warm-up call (Numba's kernels load or compile there), then ``--repeats`` timed calls on the
+same COCO image (480x640, resized by the model's transform to 800x1066). The processes alternate
+(torch, ours, torch, ours, ... for ``--rounds`` rounds), so a machine that gets busier or quieter
+slows both alike, and the medians over all timed calls are compared.
 
-- eval: ``model.eval(); model([image])``, detections included (box_score_thresh 0.05), target <= 1.5x;
-- train: one step ``sum(model([image], [target]).values()).backward()`` and an SGD step, target <= 2x.
+- eval: ``model.eval(); model([image])``, detections included (box_score_thresh 0.05), target <= 1.0x;
+- train: one step ``sum(model([image], [target]).values()).backward()`` and an SGD step, target <= 1.2x.
 
-Peak memory is measured in a fresh process per (library, mode) after the model is built: the rise
-of the process's peak resident set over one call (Linux: the peak mark VmHWM is reset through
-/proc/self/clear_refs just before the call and read after it, minus VmRSS before), for both; for
-ours also tracemalloc's peak of traced allocations (NumPy arrays) during the call.
+Reported per call: wall time and process CPU time (user + sys; on a shared machine CPU time is
+the steadier measure, and with one thread it is what a quiet core would take). Memory: the peak
+resident set of the whole process (VmHWM, Linux) over its life, model and libraries included, and
+its rise over the timed calls (VmHWM reset through /proc/self/clear_refs after the warm-up, minus
+VmRSS then). Threads: ``--threads`` (default: every core) for torch (``torch.set_num_threads``) and
+for ours as the command line runs it (``--numba-threads``, ``--blas-threads``, default 1 and
+``--threads``: the big products on every core, the kernels on one, so that the two thread pools do
+not wait on each other's cores); ours also reuses freed memory as the trainer and CLI do
+(``backend.reuse_freed_memory``).
 
-    python benchmarks/bench_model.py [--repeats 3] [--skip-train] [--skip-memory]
+    python benchmarks/bench_model.py [--repeats 2] [--rounds 2] [--threads 1] [--skip-train]
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import time
 import numpy as np
 
 IMAGE_INDEX = 5  # val sample image 135561: 480x640, 8 objects -> an 800x1066 network input
+TARGETS = {"eval": 1.0, "train": 1.2}
 
 
 def load_sample():
@@ -105,12 +114,6 @@ def ours_optimizer(model):
     return SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _status_mb(field: str) -> float:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
     with open("/proc/self/status") as f:
@@ -126,107 +129,98 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
-def measure_memory(library: str, mode: str) -> dict:
-    """Run in a fresh process: peak memory of one call after the model is built (see module doc)."""
-    import tracemalloc
-
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
+def run_child(library: str, mode: str, weights: str, repeats: int, threads: int, numba_threads: int,
+              blas_threads: int) -> dict:
+    """In a fresh process: build the model, warm up, time ``repeats`` calls; times and memory as a dict."""
     image, target = load_sample()
-    tv = build_torch()
     train = mode == "train"
     if library == "torch":
-        model = tv.train(train)
-        opt = torch_optimizer(model) if train else None
+        import torch
+
+        torch.set_num_threads(threads)
+        model = build_torch()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in np.load(weights).items()})
+        optimizer = torch_optimizer(model) if train else None
         step = torch_step
     else:
-        model = build_ours(torch_state_dict(tv)).train(train)
-        del tv
-        opt = ours_optimizer(model) if train else None
+        from minimaskrcnn.backend import limit_threads, reuse_freed_memory
+
+        limit_threads(numba_threads, blas_threads)
+        reuse_freed_memory()
+        with np.load(weights) as f:
+            model = build_ours({k: f[k] for k in f.files})
+        optimizer = ours_optimizer(model) if train else None
         step = ours_step
+    model.train(train)
+    result = step(model, optimizer, image, target, train)  # warm-up
+    detections = None if train else len(result[0]["boxes"])
+    peak_so_far = _status_mb("VmHWM")  # building the model and the warm-up call
     _reset_peak_rss()
     before = _status_mb("VmRSS")
-    result = {}
-    if library == "ours":
-        tracemalloc.start()
-        step(model, opt, image, target, train)
-        result["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
-    else:
-        step(model, opt, image, target, train)
-    result["rss_rise_mb"] = _status_mb("VmHWM") - before
-    return result
-
-
-def memory_table(modes) -> dict:
-    out = {}
-    for mode in modes:
-        for library in ("torch", "ours"):
-            proc = subprocess.run([sys.executable, __file__, "--memory", library, mode], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr)
-            out[(library, mode)] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step(model, optimizer, image, target, train)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    rise = _status_mb("VmHWM") - before
+    return {"wall": wall, "cpu": cpu, "rss_rise_mb": rise, "peak_rss_mb": max(_status_mb("VmHWM"), peak_so_far),
+            "detections": detections}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per process")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per library and mode, alternating")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--numba-threads", type=int, default=1, help="ours: Numba's kernels")
+    parser.add_argument("--blas-threads", type=int, default=None, help="ours: BLAS (default --threads)")
     parser.add_argument("--skip-train", action="store_true")
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--memory", nargs=2, metavar=("LIBRARY", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("LIBRARY", "MODE", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory:
-        print(json.dumps(measure_memory(*args.memory)))
+    blas_threads = args.blas_threads or args.threads
+    if args.child:
+        print(json.dumps(run_child(*args.child, args.repeats, args.threads, args.numba_threads, blas_threads)))
         return
 
-    import torch
-
-    import minimaskrcnn
-
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
-    minimaskrcnn.set_backend("numba")
-    image, target = load_sample()
-    tv = build_torch()
-    ours = build_ours(torch_state_dict(tv))
-    print(f"maskrcnn_resnet50_fpn, 480x640 COCO image -> 800x1066 input, float32, {cores} threads, "
-          f"median of {args.repeats} interleaved repeats after a warm-up")
-
+    os.makedirs(os.path.join("runs", "bench"), exist_ok=True)
+    weights = os.path.join("runs", "bench", "maskrcnn_resnet50_fpn_seed0.npz")
+    if not os.path.isfile(weights):
+        np.savez(weights, **torch_state_dict(build_torch()))
     modes = ["eval"] + ([] if args.skip_train else ["train"])
-    times = {}
+    print(f"maskrcnn_resnet50_fpn, 480x640 COCO image -> 800x1066 input, float32; torch {args.threads} thread(s), "
+          f"ours Numba {args.numba_threads} + BLAS {blas_threads}; fresh process per measurement, "
+          f"{args.rounds} alternating rounds x {args.repeats} timed calls after a warm-up")
+    results = {}
     for mode in modes:
-        train = mode == "train"
-        tv.train(train), ours.train(train)
-        opt_tv, opt_ours = (torch_optimizer(tv), ours_optimizer(ours)) if train else (None, None)
-        run_tv = lambda: torch_step(tv, opt_tv, image, target, train)  # noqa: E731
-        run_ours = lambda: ours_step(ours, opt_ours, image, target, train)  # noqa: E731
-        run_tv(), run_ours()  # warm-up (numba kernels load or compile here)
-        t_tv, t_ours = [], []
-        for _ in range(args.repeats):
-            t_tv.append(_timed(run_tv))
-            t_ours.append(_timed(run_ours))
-        times[mode] = (statistics.median(t_tv), statistics.median(t_ours))
-        if not train:
-            n_tv, n_ours = len(run_tv()[0]["boxes"]), len(run_ours()[0]["boxes"])
-            print(f"  detections: torchvision {n_tv}, ours {n_ours}")
-
-    memory = {} if args.skip_memory else memory_table(modes)
-    targets = {"eval": 1.5, "train": 2.0}
+        for _ in range(args.rounds):
+            for library in ("torch", "ours"):
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", library, mode, weights,
+                       "--repeats", str(args.repeats), "--threads", str(args.threads),
+                       "--numba-threads", str(args.numba_threads), "--blas-threads", str(blas_threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{library} {mode} failed:\n{proc.stderr[-3000:]}")
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                acc = results.setdefault((library, mode), {"wall": [], "cpu": [], "rise": [], "peak": [], "det": []})
+                acc["wall"] += r["wall"]
+                acc["cpu"] += r["cpu"]
+                acc["rise"].append(r["rss_rise_mb"])
+                acc["peak"].append(r["peak_rss_mb"])
+                acc["det"].append(r["detections"])
     print()
-    print("| mode | torchvision (s) | ours (s) | ratio | target | torchvision peak RSS rise (MB) | ours peak RSS rise (MB) | ours tracemalloc peak (MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | torchvision CPU (s) | ours CPU (s) | CPU ratio | torchvision wall (s) | ours wall (s) | wall ratio "
+          "| target | torchvision peak RSS (MB) | ours peak RSS (MB) | torchvision rise (MB) | ours rise (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in modes:
-        t_tv, t_ours = times[mode]
-        m_tv = memory.get(("torch", mode), {})
-        m_ours = memory.get(("ours", mode), {})
-
-        def fmt(d, key):
-            return f"{d[key]:.0f}" if key in d else "-"
-
-        print(f"| {mode} | {t_tv:.2f} | {t_ours:.2f} | {t_ours / t_tv:.2f}x | <= {targets[mode]}x | "
-              f"{fmt(m_tv, 'rss_rise_mb')} | {fmt(m_ours, 'rss_rise_mb')} | {fmt(m_ours, 'traced_peak_mb')} |")
+        tv, ours = results[("torch", mode)], results[("ours", mode)]
+        c_tv, c_o = statistics.median(tv["cpu"]), statistics.median(ours["cpu"])
+        w_tv, w_o = statistics.median(tv["wall"]), statistics.median(ours["wall"])
+        print(f"| {mode} | {c_tv:.2f} | {c_o:.2f} | {c_o / c_tv:.2f}x | {w_tv:.2f} | {w_o:.2f} | {w_o / w_tv:.2f}x "
+              f"| <= {TARGETS[mode]}x | {max(tv['peak']):.0f} | {max(ours['peak']):.0f} | {max(tv['rise']):.0f} "
+              f"| {max(ours['rise']):.0f} |")
+        if mode == "eval":
+            print(f"  (detections: torchvision {tv['det'][0]}, ours {ours['det'][0]})")
 
 
 if __name__ == "__main__":

@@ -61,15 +61,59 @@ def release_scratch() -> None:
 # The products and the per-image order of the weight-gradient sum are the same either way, so the
 # results do not change (measured on 2 cores: a 14x14, 64-channel conv of 48 RoIs, forward +
 # backward, 46 -> 36 ms).
-CHUNK_BYTES = 1 << 20  # cols per chunk, at most (at least one image); 0 turns chunking off
+CHUNK_BYTES = 1 << 20  # cols per chunk of images, at most (at least one image); 0 turns chunking off
+# Large maps make cols far larger than the image (R50-FPN's 3x3 convs at 200x272: 125-500 MB per
+# image, 9x the input): one image's output rows are then unfolded and multiplied a block at a time,
+# from the input padded once along H, so that cols never take more than this. The products are
+# as large as BLAS needs to run at full speed; the weight gradient and dx add the blocks' parts
+# (in a fixed order: deterministic, equal to the whole image's up to float rounding).
+ROW_BLOCK_BYTES = 16 << 20  # 0 turns row blocks off
 
 
-def _images_per_chunk(x, C_cols: int, L: int) -> int:
-    """Images whose cols (C_cols, L) together fit in CHUNK_BYTES (at least 1); all N off the CPU."""
+def _blocks(x, C_cols: int, OH: int, OW: int) -> list[tuple[int, int, int, int]]:
+    """How the batch is unfolded: (n0, n1, oh0, oh1) = images n0..n1-1, output rows oh0..oh1-1.
+
+    One block for the whole batch (off the CPU, or when everything fits in CHUNK_BYTES), chunks
+    of images (CHUNK_BYTES), or, when one image's cols (C_cols, OH*OW) exceed ROW_BLOCK_BYTES,
+    blocks of output rows of one image at a time.
+    """
     N = x.shape[0]
-    if CHUNK_BYTES <= 0 or get_array_module(x) is not np:
-        return N
-    return max(1, min(N, CHUNK_BYTES // max(1, C_cols * L * x.dtype.itemsize)))
+    if get_array_module(x) is not np or N == 0:
+        return [(0, N, 0, OH)]
+    per_row = C_cols * OW * x.dtype.itemsize
+    if 0 < ROW_BLOCK_BYTES < per_row * OH and OH > 1:
+        rows = max(1, ROW_BLOCK_BYTES // per_row)
+        return [(n, n + 1, oh0, min(OH, oh0 + rows)) for n in range(N) for oh0 in range(0, OH, rows)]
+    chunk = N if CHUNK_BYTES <= 0 else max(1, min(N, CHUNK_BYTES // max(1, per_row * OH)))
+    return [(n0, min(N, n0 + chunk), 0, OH) for n0 in range(0, N, chunk)]
+
+
+def _input_rows(x_rows, n0: int, n1: int, oh0: int, oh1: int, kernel_size: tuple, stride: tuple,
+                dilation: tuple) -> tuple[slice, object]:
+    """The padded input rows output rows oh0..oh1-1 read, and those rows of images n0..n1-1.
+
+    ``x_rows`` is x zero-padded along H by pad_h (or x itself when oh0..oh1 are all rows and pad_h is
+    kept by the kernel: then the slice is every row).
+    """
+    r0 = oh0 * stride[0]
+    r1 = (oh1 - 1) * stride[0] + (kernel_size[0] - 1) * dilation[0] + 1
+    return slice(r0, r1), x_rows[n0:n1, :, r0:r1]
+
+
+def _view(a, shape: tuple):
+    """``a`` reshaped without a copy (raises if that needs one), e.g. to write a product into it."""
+    view = a.view()
+    view.shape = shape
+    return view
+
+
+def _pad_rows(x, pad_h: int):
+    """x (N, C, H, W) with pad_h zero rows above and below (a copy; x itself when pad_h == 0)."""
+    if pad_h == 0:
+        return x
+    x_rows = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * pad_h, x.shape[3]), dtype=x.dtype)
+    x_rows[:, :, pad_h : pad_h + x.shape[2]] = x
+    return x_rows
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -178,16 +222,21 @@ class Conv2d(Function):
 
         # group g multiplies its (C_out/G, C/G*KH*KW) block of weight with its rows of cols
         w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
-        chunk = _images_per_chunk(x, C * KH * KW, OH * OW) if not _is_pointwise((KH, KW), padding) else N
-        if chunk >= N:
+        blocks = [(0, N, 0, OH)] if _is_pointwise((KH, KW), padding) else _blocks(x, C * KH * KW, OH, OW)
+        if len(blocks) == 1:
             cols = _unfold(x, (KH, KW), stride, padding, dilation)  # (N, C*KH*KW, OH*OW)
             out = w_mat @ cols.reshape(N, G, C_per_group * KH * KW, OH * OW)  # (N, G, C_out/G, OH*OW)
-        else:  # a few images at a time (see CHUNK_BYTES): the same products
-            out = np.empty((N, G, C_out // G, OH * OW), dtype=x.dtype)
-            for n0 in range(0, N, chunk):
-                n1 = min(N, n0 + chunk)
-                cols = _unfold(x[n0:n1], (KH, KW), stride, padding, dilation)
-                np.matmul(w_mat, cols.reshape(n1 - n0, G, C_per_group * KH * KW, OH * OW), out=out[n0:n1])
+        else:  # a block at a time (see CHUNK_BYTES, ROW_BLOCK_BYTES): the same products
+            out = np.empty((N, C_out, OH, OW), dtype=x.dtype)
+            row_blocks = blocks[0][3] - blocks[0][2] < OH
+            x_rows = _pad_rows(x, padding[0]) if row_blocks else x
+            block_padding = (0, padding[1]) if row_blocks else padding
+            for n0, n1, oh0, oh1 in blocks:
+                x_c = _input_rows(x_rows, n0, n1, oh0, oh1, (KH, KW), stride, dilation)[1] if row_blocks \
+                    else x[n0:n1]
+                cols = _unfold(x_c, (KH, KW), stride, block_padding, dilation)
+                out_c = _view(out[n0:n1, :, oh0:oh1], (n1 - n0, G, C_out // G, (oh1 - oh0) * OW))
+                np.matmul(w_mat, cols.reshape(n1 - n0, G, C_per_group * KH * KW, -1), out=out_c)
         out = out.reshape(N, C_out, OH, OW)
         if bias is not None:
             out += bias.reshape(1, C_out, 1, 1)
@@ -204,19 +253,30 @@ class Conv2d(Function):
         C_out, C_per_group, KH, KW = weight.shape
         G = ctx.groups
         geometry = ((KH, KW), ctx.stride, ctx.padding, ctx.dilation)
-        L = dout.shape[2] * dout.shape[3]  # OH*OW
-        dout = dout.reshape(N, G, C_out // G, L)
+        OH, OW = dout.shape[2], dout.shape[3]
+        L = OH * OW
 
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         pointwise = _is_pointwise((KH, KW), ctx.padding)
-        chunk = _images_per_chunk(x, C * KH * KW, L) if not pointwise else N
+        blocks = [(0, N, 0, OH)] if pointwise else _blocks(x, C * KH * KW, OH, OW)
+        row_blocks = len(blocks) > 1 and blocks[0][3] - blocks[0][2] < OH
         w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
-        dx = np.empty(x.shape, dtype=x.dtype) if need_dx and chunk < N else None
-        dw = None
-        for n0 in range(0, max(N, 1), chunk):  # one pass over the whole batch unless chunked (see CHUNK_BYTES)
-            n1 = min(N, n0 + chunk)
-            x_c, dout_c = (x, dout) if chunk >= N else (x[n0:n1], dout[n0:n1])
-            cols = _unfold(x_c, *geometry).reshape(n1 - n0, G, C_per_group * KH * KW, L) if need_dw else None
+        dw = dx = dx_rows = None
+        if need_dx and len(blocks) > 1:
+            if row_blocks:  # the blocks' input rows overlap: their dx parts are added into a padded dx
+                dx_rows = np.zeros((N, C, H + 2 * ctx.padding[0], W), dtype=x.dtype)
+            else:
+                dx = np.empty(x.shape, dtype=x.dtype)
+        x_rows = _pad_rows(x, ctx.padding[0]) if row_blocks else x
+        block_geometry = ((KH, KW), ctx.stride, (0, ctx.padding[1]), ctx.dilation) if row_blocks else geometry
+        for n0, n1, oh0, oh1 in blocks:  # one pass over the whole batch unless in blocks (see _blocks)
+            L_c = (oh1 - oh0) * OW
+            dout_c = dout[n0:n1, :, oh0:oh1].reshape(n1 - n0, G, C_out // G, L_c)  # a view
+            if row_blocks:
+                rows, x_c = _input_rows(x_rows, n0, n1, oh0, oh1, (KH, KW), ctx.stride, ctx.dilation)
+            else:
+                x_c = x if len(blocks) == 1 else x[n0:n1]
+            cols = _unfold(x_c, *block_geometry).reshape(n1 - n0, G, C_per_group * KH * KW, L_c) if need_dw else None
             if need_dw:
                 dw = _weight_grad(dout_c, cols, dw)
             if need_dx:
@@ -224,9 +284,16 @@ class Conv2d(Function):
                 # are x itself (1x1 kernels), whose dx must not alias scratch memory
                 dcols = None if cols is None or pointwise else cols
                 dcols = get_array_module(dout).matmul(w_mat.swapaxes(-1, -2), dout_c, out=dcols)
-                dx_c = _fold(dcols.reshape(n1 - n0, C * KH * KW, L), x_c.shape, *geometry,
-                             out=None if dx is None else dx[n0:n1])
-                dx = dx_c if dx is None else dx
+                dcols = dcols.reshape(n1 - n0, C * KH * KW, L_c)
+                if row_blocks:
+                    dx_rows[n0:n1, :, rows] += _fold(dcols, x_c.shape, *block_geometry)
+                elif len(blocks) == 1:
+                    dx = _fold(dcols, x_c.shape, *geometry)
+                else:
+                    _fold(dcols, x_c.shape, *geometry, out=dx[n0:n1])
+        if dx_rows is not None:
+            dx = np.ascontiguousarray(dx_rows[:, :, ctx.padding[0] : ctx.padding[0] + H])
+        dout = dout.reshape(N, G, C_out // G, L)
         dw = dw.reshape(weight.shape) if need_dw else None
         db = dout.sum(axis=(0, 3)).reshape(C_out) if ctx.has_bias else None  # (N, G, C_out/G, L) -> (C_out,)
         return dx, dw, db
@@ -299,10 +366,17 @@ class ConvTranspose2d(Function):
         x_mat = _zero_extend(x, H2, W2).reshape(N, G, C_in // G, H2 * W2)
 
         w_mat = weight.reshape(G, C_in // G, C_out_per_group * KH * KW)
-        cols_shape = (N, G, C_out_per_group * KH * KW, H2 * W2)
-        cols = None if _is_pointwise((KH, KW), padding) else _scratch(cols_shape, x.dtype, x)
-        cols = xp.matmul(w_mat.swapaxes(-1, -2), x_mat, out=cols)
-        out = _fold(cols.reshape(N, C_out * KH * KW, H2 * W2), (N, C_out, OH, OW), *geometry)
+        pointwise = _is_pointwise((KH, KW), padding)
+        # cols (N, C_out*KH*KW, H2*W2) a chunk of images at a time (see CHUNK_BYTES): the same products
+        blocks = [(0, N, 0, OH)] if pointwise else _blocks(x, C_out * KH * KW, 1, H2 * W2)
+        out = None if len(blocks) == 1 else xp.empty((N, C_out, OH, OW), dtype=x.dtype)
+        for n0, n1, _, _ in blocks:
+            cols_shape = (n1 - n0, G, C_out_per_group * KH * KW, H2 * W2)
+            cols = None if pointwise else _scratch(cols_shape, x.dtype, x)
+            cols = xp.matmul(w_mat.swapaxes(-1, -2), x_mat[n0:n1], out=cols)
+            out_c = _fold(cols.reshape(n1 - n0, C_out * KH * KW, H2 * W2), (n1 - n0, C_out, OH, OW), *geometry,
+                          out=None if out is None else out[n0:n1])
+            out = out_c if out is None else out
         if bias is not None:
             out += bias.reshape(1, C_out, 1, 1)
 
@@ -318,15 +392,24 @@ class ConvTranspose2d(Function):
         N, C_in, H, W = x.shape
         _, C_out_per_group, KH, KW = weight.shape
         G = ctx.groups
-        dcols = _unfold(dout, *ctx.geometry)  # (N, C_out*KH*KW, H2*W2): conv2d's forward
-        H2W2 = dcols.shape[2]
-        dcols = dcols.reshape(N, G, C_out_per_group * KH * KW, H2W2)
+        xp = get_array_module(dout)
+        H2W2 = ctx.x_size[0] * ctx.x_size[1]
         w_mat = weight.reshape(G, C_in // G, C_out_per_group * KH * KW)
-        dx = (w_mat @ dcols).reshape(N, C_in, *ctx.x_size)  # (N, G, C_in/G, H2*W2) -> (N, C_in, H2, W2)
-        if dx.shape[2:] != (H, W):
-            dx = get_array_module(dx).ascontiguousarray(dx[:, :, :H, :W])
         x_mat = _zero_extend(x, *ctx.x_size).reshape(N, G, C_in // G, H2W2)
-        dw = _weight_grad(x_mat, dcols).reshape(weight.shape)
+        pointwise = _is_pointwise(ctx.geometry[0], ctx.geometry[2])
+        blocks = [(0, N, 0, 1)] if pointwise else _blocks(dout, C_out_per_group * G * KH * KW, 1, H2W2)
+        dx = xp.empty((N, G, C_in // G, H2W2), dtype=x.dtype) if len(blocks) > 1 else None
+        dw = None
+        for n0, n1, _, _ in blocks:  # a chunk of images at a time, as the forward
+            dcols = _unfold(dout[n0:n1], *ctx.geometry)  # (n, C_out*KH*KW, H2*W2): conv2d's forward
+            dcols = dcols.reshape(n1 - n0, G, C_out_per_group * KH * KW, H2W2)
+            dx_c = xp.matmul(w_mat, dcols, out=None if dx is None else dx[n0:n1])  # (n, G, C_in/G, H2*W2)
+            dx = dx_c if dx is None else dx
+            dw = _weight_grad(x_mat[n0:n1], dcols, dw)
+        dx = dx.reshape(N, C_in, *ctx.x_size)
+        if dx.shape[2:] != (H, W):
+            dx = xp.ascontiguousarray(dx[:, :, :H, :W])
+        dw = dw.reshape(weight.shape)
         db = dout.sum(axis=(0, 2, 3)) if ctx.has_bias else None
         return dx, dw, db
 

@@ -297,3 +297,61 @@ def test_chunked_conv2d_equals_whole_batch(rng, monkeypatch, chunk_bytes, needs)
             assert c is None, name
         else:
             np.testing.assert_array_equal(c, a, err_msg=name)
+
+
+@pytest.mark.parametrize("row_block_bytes", [1, 2 * 6 * 9 * 11 * 8])  # one output row per block; 2 or 3
+@pytest.mark.parametrize("needs", ["both", "x", "w"])
+@pytest.mark.parametrize("stride, padding, dilation, groups",
+                         [((1, 1), (1, 2), (2, 1), 3), ((2, 1), (2, 0), (1, 1), 1)])
+def test_conv2d_in_row_blocks_matches_whole_image(rng, monkeypatch, row_block_bytes, needs, stride, padding, dilation,
+                                                   groups):
+    """Large maps are unfolded a block of output rows at a time (ops.conv.ROW_BLOCK_BYTES): the output
+    and gradients equal the whole image's up to float rounding (BLAS blocks products of another size
+    differently; dx adds the blocks' overlapping input rows, dw the blocks' parts), with padding,
+    stride and dilation along H."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    x = rng.standard_normal((2, 6, 9, 9))
+    w = rng.standard_normal((6, 6 // groups, 3, 3))
+    b = rng.standard_normal(6)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+    def run(limit):
+        monkeypatch.setattr(conv_module, "ROW_BLOCK_BYTES", limit)
+        monkeypatch.setattr(conv_module, "CHUNK_BYTES", 0)
+        xs = Tensor(x.copy(), requires_grad=needs in ("both", "x"))
+        ws = Tensor(w.copy(), requires_grad=needs in ("both", "w"))
+        bs = Tensor(b.copy(), requires_grad=True)
+        out = conv2d(xs, ws, bs, **kwargs)
+        out.backward(np.random.default_rng(1).standard_normal(out.shape))
+        return out.numpy(), xs.grad, ws.grad, bs.grad
+
+    whole, blocks = run(0), run(row_block_bytes)
+    for name, a, c in zip(("output", "dx", "dw", "db"), whole, blocks):
+        if a is None:
+            assert c is None, name
+        else:
+            np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("stride, padding, output_padding, groups, dilation",
+                         [(2, 0, 0, 1, 1), (2, 1, 1, 2, 1), (1, 1, 0, 1, 2)])
+def test_chunked_conv_transpose2d_equals_whole_batch(rng, monkeypatch, stride, padding, output_padding, groups,
+                                                     dilation):
+    """conv_transpose2d a chunk of images at a time (ops.conv.CHUNK_BYTES): bit-identical results."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    x = rng.standard_normal((5, 4, 4, 3))
+    w = rng.standard_normal((4, 6 // groups, 3, 3))
+    b = rng.standard_normal(6)
+    kwargs = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+
+    def run(limit):
+        monkeypatch.setattr(conv_module, "CHUNK_BYTES", limit)
+        xs, ws, bs = (Tensor(a.copy(), requires_grad=True) for a in (x, w, b))
+        out = conv_transpose2d(xs, ws, bs, **kwargs)
+        out.backward(np.random.default_rng(1).standard_normal(out.shape))
+        return out.numpy(), xs.grad, ws.grad, bs.grad
+
+    for name, a, c in zip(("output", "dx", "dw", "db"), run(0), run(1)):
+        np.testing.assert_array_equal(c, a, err_msg=name)
