@@ -274,6 +274,7 @@ def _in_phase(prof, name, fn):
 
 def profile_r50(args) -> str:
     import minimaskrcnn
+    from minimaskrcnn.backend import reuse_freed_memory
     from minimaskrcnn.models import maskrcnn_resnet50_fpn
     from minimaskrcnn.optim import SGD
 
@@ -281,6 +282,7 @@ def profile_r50(args) -> str:
     from bench_model import load_sample
 
     minimaskrcnn.set_backend("numba")
+    reuse_freed_memory()  # as the trainer and the command line do
     image, target = load_sample()
     model = maskrcnn_resnet50_fpn(seed=0)
     train = args.mode == "train"
