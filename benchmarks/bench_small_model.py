@@ -15,7 +15,7 @@ default) gives each library one thread (torch.set_num_threads, Numba and BLAS), 
 comparison; ``--threads 2`` is torch with two threads against the default run's settings (Numba 2,
 BLAS 1). Each library samples its own RoIs, so single steps differ; the medians over many steps compare.
 
-    python benchmarks/bench_small_model.py [--steps 30] [--warmup 5] [--threads 1]
+    python benchmarks/bench_small_model.py [--steps 30] [--warmup 5] [--threads 1] [--resume CHECKPOINT]
 """
 from __future__ import annotations
 
@@ -115,17 +115,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, choices=(1, 2))
     parser.add_argument("--data-dir", default=os.path.join("runs", "data", "shapes"))
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="start both models from this checkpoint of the default run (e.g. a late step, where "
+                             "more RoIs are positive and the mask head costs more) instead of the initial weights")
     args = parser.parse_args()
 
     import torch
 
-    from minimaskrcnn import optim
     from minimaskrcnn.train import TrainConfig, Trainer, limit_threads
 
     torch.set_num_threads(args.threads)
     config = TrainConfig(progress=False, val_every=0, checkpoint_every=0, data_dir=args.data_dir,
                          output_dir=os.path.join("runs", "bench"), threads=args.threads, blas_threads=1)
-    trainer = Trainer(config)  # our model, optimizer and the default run's loader
+    trainer = Trainer(config, resume=args.resume or False)  # our model, optimizer and the default run's loader
     limit_threads(args.threads, 1)
     ours = trainer.model
     tv = build_torch(ours.config, trainer.num_classes)
@@ -138,7 +140,6 @@ def main() -> None:
     assert len(decay) + len(no_decay) == len(params)
     opt_tv = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, momentum=config.momentum)
-    lr_opt = optim  # noqa: F841  (ours uses the Trainer's optimizer and schedule)
 
     def torch_step(images, targets):
         x = [torch.from_numpy(np.ascontiguousarray(im)) for im in images]
@@ -169,7 +170,8 @@ def main() -> None:
             wall[name].append(time.perf_counter() - w0)
     med = {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in cpu}
     threads = "1 thread each" if args.threads == 1 else "torch 2 threads, ours Numba 2 + BLAS 1"
-    print(f"r18-shapes training step (batch {config.batch_size}, 128x128 shapes, SGD), {threads}, "
+    start = f"from step {trainer.step} of {args.resume}" if args.resume else "from the initial weights"
+    print(f"r18-shapes training step (batch {config.batch_size}, 128x128 shapes, SGD), {threads}, {start}, "
           f"median of {args.steps} interleaved steps after {args.warmup} warm-up steps")
     print()
     print("| | torchvision | ours | ratio (ours / torchvision) | target |")
