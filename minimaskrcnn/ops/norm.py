@@ -38,7 +38,8 @@ class BatchNorm(Function):
         if training:
             count = x.size // x.shape[1]  # values per channel
             if count <= 1:
-                raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input {x.shape}")
+                raise ValueError(
+                    f"batch_norm: expected more than 1 value per channel when training, got input {x.shape}")
             mean = x.mean(axis=axes)
             centred = x - mean.reshape(shape)
             var = (centred * centred).mean(axis=axes)  # biased: what normalises the batch
@@ -94,7 +95,8 @@ def batch_norm(input: Tensor, running_mean, running_var, weight=None, bias=None,
         (N, C, ...) Tensor, input's dtype: ``(x - mean) / sqrt(var + eps) * weight + bias``.
         Gradients flow to input, weight and bias (fused backward), never to the running statistics.
     """
-    return BatchNorm.apply(input, running_mean, running_var, weight, bias, training=training, momentum=momentum, eps=eps)
+    return BatchNorm.apply(input, running_mean, running_var, weight, bias, training=training, momentum=momentum,
+                           eps=eps)
 
 
 class FrozenBatchNorm(Function):
