@@ -12,6 +12,9 @@ train2017/ and val2017/ (the full data set or any subset of it). The choice is d
    the smaller file), among files under --max-file-kb.
 It writes annotations/instances_{train2017,val2017,overfit}.json (only the chosen images and their
 annotations; all categories, the licenses table and info kept), copies the images and writes README.md.
+Where the COCO folder also holds annotations/person_keypoints_{train,val}2017.json, it writes
+annotations/person_keypoints_{train2017,val2017}.json: the chosen images that file lists, with their
+person keypoint annotations.
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ annotations, so that the lessons and tests run without network access:
 | annotations/instances_train2017.json (images in train2017/) | {num_train} | {train_objs} ({train_crowd}) | {train_cats} of 80 |
 | annotations/instances_val2017.json (images in val2017/) | {num_val} | {val_objs} ({val_crowd}) | {val_cats} of 80 |
 | annotations/instances_overfit.json (images in train2017/) | {num_overfit} | {overfit_objs} (0) | {overfit_cats} of 80 |
-
+{keypoint_rows}
 `instances_overfit.json` lists {num_overfit} of the train images (no crowd regions, 2-8 objects each,
 every object at least 2000 pixels in area) for the overfitting test and lesson.
 
@@ -94,7 +97,7 @@ every object at least 2000 pixels in area) for the overfitting test and lesson.
 from minimaskrcnn.data import sample_dataset
 ds = sample_dataset("val")   # "train", "val" or "overfit": a CocoDataset
 ```
-
+{keypoint_text}
 ## Attribution and licenses
 
 - Images and annotations: COCO 2017 (cocodataset.org), Lin et al., "Microsoft COCO: Common Objects in
@@ -114,6 +117,12 @@ val2017 --num-images 500`) downloads COCO annotations and any number of images, 
 chosen categories, from images.cocodataset.org on a machine with network access.
 
 Regenerate this folder with `python tools/make_coco_sample.py /path/to/coco`.
+"""
+
+KEYPOINT_TEXT = """
+`person_keypoints_*.json` are COCO's person keypoint annotations (17 keypoints, x y visibility) of
+the sample images that the source's keypoint files list, for Keypoint R-CNN's tests and lesson:
+`sample_dataset("val", keypoints=True)`.
 """
 
 
@@ -155,6 +164,12 @@ def main(argv=None) -> None:
         if overfit:
             summary["overfit"] = _subset(coco, overfit)
             _write_json(summary["overfit"], out / "annotations" / "instances_overfit.json")
+        keypoint_file = args.coco_dir / "annotations" / f"person_keypoints_{split}.json"
+        if keypoint_file.is_file():
+            keypoints = json.loads(keypoint_file.read_text(encoding="utf-8"))
+            listed = {img["id"] for img in keypoints["images"]}
+            summary[f"keypoints_{split}"] = _subset(keypoints, [i for i in ids if i in listed])
+            _write_json(summary[f"keypoints_{split}"], out / "annotations" / f"person_keypoints_{split}.json")
         print(f"{split}: {len(ids)} images, {len(covered)} categories, "
               f"{sum(stats[i]['size'] for i in ids) / 1e6:.1f} MB; overfit ids {sorted(overfit)}")
 
@@ -170,10 +185,21 @@ def main(argv=None) -> None:
 
     (n_t, o_t, c_t, k_t), (n_v, o_v, c_v, k_v), (n_o, o_o, _, k_o) = (
         counts(summary["train2017"]), counts(summary["val2017"]), counts(summary["overfit"]))
+    keypoint_rows, keypoint_text = "", ""
+    for split in ("train2017", "val2017"):
+        if f"keypoints_{split}" in summary:
+            subset = summary[f"keypoints_{split}"]
+            labelled = [a for a in subset["annotations"] if a.get("num_keypoints", 0) > 0]
+            keypoint_rows += (f"| annotations/person_keypoints_{split}.json (images in {split}/) | "
+                              f"{len(subset['images'])} | {len(subset['annotations'])} persons, "
+                              f"{len(labelled)} with keypoints | person |\n")
+    if keypoint_rows:
+        keypoint_text = KEYPOINT_TEXT
     (out / "README.md").write_text(README.format(
         num_train=n_t, train_objs=o_t, train_crowd=c_t, train_cats=k_t,
         num_val=n_v, val_objs=o_v, val_crowd=c_v, val_cats=k_v,
         num_overfit=n_o, overfit_objs=o_o, overfit_cats=k_o,
+        keypoint_rows=keypoint_rows, keypoint_text=keypoint_text,
         license_lines="\n".join(lines)), encoding="utf-8")
 
 
