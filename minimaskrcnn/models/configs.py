@@ -104,6 +104,22 @@ class MaskHeadConfig:
 
 
 @dataclass(frozen=True)
+class KeypointHeadConfig:
+    """RoI pooling for keypoints, the keypoint head and its predictor (Mask R-CNN sec. 5)."""
+
+    num_keypoints: int = 17  # keypoints per instance (COCO persons: 17)
+    roi_output_size: int = 14  # RoI pooling output side; the heatmaps are four times this (56)
+    sampling_ratio: int = 2  # RoIAlign samples per bin side
+    layers: tuple[int, ...] = (512,) * 8  # channels of the 3x3 convs; the paper's eight 512-d convs
+    pooler_type: str = "roi_align"  # the RoI layer, as BoxHeadConfig.pooler_type; "roi_pool": Table 6's baseline
+
+    def __post_init__(self) -> None:
+        if self.num_keypoints < 1 or not self.layers:
+            raise ValueError(f"a keypoint head needs num_keypoints >= 1 and at least one conv layer, got "
+                             f"{self.num_keypoints} and {self.layers}")
+
+
+@dataclass(frozen=True)
 class MaskRCNNConfig:
     """A whole Mask R-CNN, stage by stage. ``dataclasses.replace`` or ``with_overrides`` to change it."""
 
@@ -114,6 +130,7 @@ class MaskRCNNConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     box: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    keypoint: KeypointHeadConfig | None = None  # a KeypointHeadConfig adds the keypoint branch (Keypoint R-CNN)
     seed: int | None = None  # seeds the samplers and the training min_size choice (None: fresh entropy)
     roi_heads: str = "standard"  # "standard" (torchvision's) or "res5": the C4 heads, res5 shared by box and mask
     mask_on: bool = True  # False: no mask branch (a Faster R-CNN; detectron2's MODEL.MASK_ON)
@@ -153,7 +170,7 @@ TORCHVISION_KWARGS: dict[str, tuple[str, str]] = {
     "bbox_reg_weights": ("box", "bbox_reg_weights"),
     "trainable_backbone_layers": ("backbone", "trainable_layers"),
 }
-_STAGES = ("backbone", "transform", "anchors", "rpn", "box", "mask")
+_STAGES = ("backbone", "transform", "anchors", "rpn", "box", "mask", "keypoint")
 
 
 def replace_torchvision_kwargs(config: MaskRCNNConfig, **kwargs: Any) -> MaskRCNNConfig:
@@ -183,6 +200,9 @@ def replace_torchvision_kwargs(config: MaskRCNNConfig, **kwargs: Any) -> MaskRCN
             if value is not None:
                 stages["anchors"]["sizes"] = tuple(tuple(s) for s in value.sizes)
                 stages["anchors"]["aspect_ratios"] = tuple(tuple(a) for a in value.aspect_ratios)
+        elif key == "num_keypoints":
+            if value is not None:
+                stages["keypoint"]["num_keypoints"] = int(value)
         elif key in ("num_classes", "seed") or key in _STAGES:
             if value is not None or key == "seed":
                 top[key] = value
@@ -190,7 +210,10 @@ def replace_torchvision_kwargs(config: MaskRCNNConfig, **kwargs: Any) -> MaskRCN
             raise TypeError(f"unknown model argument {key!r}")
     for name, changes in stages.items():
         if changes:
-            top[name] = dataclasses.replace(top.get(name, getattr(config, name)), **changes)
+            base = top.get(name, getattr(config, name))
+            if base is None:
+                raise TypeError(f"the configuration has no {name} branch to change ({sorted(changes)})")
+            top[name] = dataclasses.replace(base, **changes)
     return dataclasses.replace(config, **top)
 
 
@@ -214,7 +237,19 @@ CONFIGS: dict[str, MaskRCNNConfig] = {
     "r18-shapes": _small(num_classes=4, min_size=128, max_size=128, width=0.25, fpn_channels=64),
     # a handful of COCO images (80 categories, COCO ids up to 90), overfitting on a CPU
     "r18-coco-tiny": _small(num_classes=91, min_size=256, max_size=384, width=0.5, fpn_channels=128),
+    # torchvision's keypointrcnn_resnet50_fpn: persons (2 classes), 17 keypoints, no mask branch,
+    # training sizes 640-800 (the paper's scale augmentation for keypoints)
+    "keypointrcnn_resnet50_fpn": MaskRCNNConfig(
+        num_classes=2, transform=TransformConfig(min_size=(640, 672, 704, 736, 768, 800)),
+        mask_on=False, keypoint=KeypointHeadConfig()),
 }
+# the synthetic stick figures (128-px images, 13 keypoints): the paper's keypoint head, 8 convs, but 64
+# channels wide; "-mask" adds the mask branch, for the paper's "keypoint & mask" model
+CONFIGS["r18-figures-kp"] = dataclasses.replace(
+    _small(num_classes=2, min_size=128, max_size=128, width=0.25, fpn_channels=64),
+    mask_on=False, keypoint=KeypointHeadConfig(num_keypoints=13, layers=(64,) * 8))
+CONFIGS["r18-figures-kp-mask"] = dataclasses.replace(CONFIGS["r18-shapes"], num_classes=2,
+                                                     keypoint=CONFIGS["r18-figures-kp"].keypoint)
 
 
 def get_config(name_or_config: str | MaskRCNNConfig, **overrides: Any) -> MaskRCNNConfig:

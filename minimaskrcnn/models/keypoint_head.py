@@ -15,9 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from minimaskrcnn import nn
-from minimaskrcnn.backend import get_array_module
+from minimaskrcnn.backend import as_array, get_array_module
 from minimaskrcnn.nn import functional as F
-from minimaskrcnn.ops.boxes import as_array
 from minimaskrcnn.ops.upsample import resize_bicubic
 
 __all__ = [

@@ -1,9 +1,10 @@
 """Mask R-CNN: transform -> backbone + FPN -> RPN -> RoI heads -> back to image size (He et al. 2017).
 
 ``MaskRCNN`` takes its parts (backbone, rpn, roi_heads, transform) as torchvision's GeneralizedRCNN;
-``MaskRCNN.from_config`` builds them from a ``MaskRCNNConfig``. ``maskrcnn_resnet50_fpn`` builds
-torchvision's v1 model (same parameter names, so its state_dict loads); ``build_model`` builds any
-named configuration (e.g. "r18-shapes"). Call conventions are torchvision's: eval mode returns
+``MaskRCNN.from_config`` builds them from a ``MaskRCNNConfig`` (with a keypoint branch, Keypoint R-CNN, when
+the configuration has one). ``maskrcnn_resnet50_fpn`` and ``keypointrcnn_resnet50_fpn`` build torchvision's
+models (same parameter names, so their state_dicts load); ``build_model`` builds any named configuration
+(e.g. "r18-shapes", "r18-figures-kp"). Call conventions are torchvision's: eval mode returns
 detections, training mode a dict of losses. Lesson 13 looks inside it with ``record_intermediates``.
 """
 from __future__ import annotations
@@ -54,14 +55,17 @@ class MaskRCNN(nn.Module):
     Calling:
         ``model.eval(); model([image, ...])`` with float (3, H, W) arrays or Tensors in [0, 1]
         returns one dict per image of arrays: "boxes" (D, 4) float (x1, y1, x2, y2) in the
-        image's pixels, "labels" (D,) int64, "scores" (D,) and "masks" (D, 1, H, W) probabilities.
+        image's pixels, "labels" (D,) int64, "scores" (D,) and "masks" (D, 1, H, W) probabilities;
+        with a keypoint branch also "keypoints" (D, NK, 3) (x, y, 1) in the image's pixels and
+        "keypoints_scores" (D, NK) (heatmap logits at the keypoints).
         Eval mode runs without recording a graph. The arrays are NumPy, or CuPy (left on the GPU,
         as torchvision leaves CUDA tensors) after ``model.to_device("cuda")``: ``backend.to_numpy``.
 
         ``model.train(); model(images, targets)`` with targets = dicts of "boxes" (M, 4) float,
-        "labels" (M,) int64 and "masks" (M, H, W) uint8 returns {"loss_classifier", "loss_box_reg",
-        "loss_mask", "loss_objectness", "loss_rpn_box_reg"}: scalar Tensors whose sum
-        backpropagates into every trainable parameter.
+        "labels" (M,) int64 and "masks" (M, H, W) uint8 (with a keypoint branch also "keypoints"
+        (M, NK, 3) float32) returns {"loss_classifier", "loss_box_reg", "loss_mask",
+        "loss_objectness", "loss_rpn_box_reg"} (and "loss_keypoint"; no "loss_mask" without a mask
+        branch): scalar Tensors whose sum backpropagates into every trainable parameter.
 
     Intermediate results:
         ``with minimaskrcnn.record_intermediates() as rec: model(images)`` fills ``rec`` with every
@@ -140,8 +144,8 @@ class MaskRCNN(nn.Module):
         xp = get_array_module(next(iter(self.backbone.parameters())))
         image_list.tensors = xp.asarray(image_list.tensors)
         if targets is not None:
-            targets = [{k: (xp.asarray(v) if k in ("boxes", "labels", "masks") else v) for k, v in t.items()}
-                       for t in targets]
+            targets = [{k: (xp.asarray(v) if k in ("boxes", "labels", "masks", "keypoints") else v)
+                        for k, v in t.items()} for t in targets]
         record("images", image_list.tensors)
         record("image_sizes", image_list.image_sizes)
         record("original_image_sizes", original_image_sizes)
@@ -167,9 +171,9 @@ class MaskRCNN(nn.Module):
 
 
 def build_model(name_or_config: str | MaskRCNNConfig = "maskrcnn_resnet50_fpn", **overrides: Any) -> MaskRCNN:
-    """A Mask R-CNN from a named configuration ("maskrcnn_resnet50_fpn", "r18-shapes",
-    "r18-coco-tiny") or a ``MaskRCNNConfig``, with torchvision-style keyword overrides
-    (``num_classes=4``, ``min_size=256``, ``box_score_thresh=0.0``, ...)."""
+    """A Mask R-CNN from a named configuration ("maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn",
+    "r18-shapes", "r18-figures-kp", ... see ``CONFIGS``) or a ``MaskRCNNConfig``, with torchvision-style
+    keyword overrides (``num_classes=4``, ``min_size=256``, ``box_score_thresh=0.0``, ...)."""
     return MaskRCNN.from_config(get_config(name_or_config, **overrides))
 
 
@@ -214,6 +218,39 @@ def maskrcnn_resnet50_fpn(*, weights=None, num_classes: int = 91, weights_backbo
             raise CheckpointError(backbone.path, f"weights_backbone needs a ResNet classification state_dict, "
                                   f"this is a {backbone.kind} file (pass it as weights=)")
         load_matching_weights(model, backbone_state_dict(backbone.state_dict), path=backbone.path)
+    return model
+
+
+def keypointrcnn_resnet50_fpn(*, weights=None, num_classes: int = 2, num_keypoints: int = 17, weights_backbone=None,
+                              progress: bool = True, **kwargs: Any) -> MaskRCNN:
+    """torchvision's ``keypointrcnn_resnet50_fpn``: ResNet-50-FPN, the box head and the keypoint head
+    (Mask R-CNN sec. 5; no mask head), trained at short sides 640-800 and run at 800.
+
+    Args:
+        weights: None, or the path of a .pth/.pt state_dict saved from torchvision's model
+            (``torch.save(model.state_dict(), path)``, or the file torchvision downloads), read
+            without torch by ``minimaskrcnn.io.load_torch_state_dict`` and loaded strictly.
+        num_classes: L, including background (2: background and person).
+        num_keypoints: keypoints per instance (17 for COCO persons).
+        weights_backbone: must be None (nothing is downloaded); load a full state_dict instead.
+        progress: ignored (torchvision's download progress bar).
+        **kwargs: torchvision's keyword arguments, as for ``maskrcnn_resnet50_fpn``; also ``seed``.
+
+    Returns:
+        a ``MaskRCNN`` whose eval-mode detections also hold "keypoints" (D, 17, 3) (x, y, 1) in
+        image pixels and "keypoints_scores" (D, 17); parameter names are torchvision's
+        (``roi_heads.keypoint_head.0.weight`` ... ``roi_heads.keypoint_predictor.kps_score_lowres.weight``).
+
+    Note:
+        As for Mask R-CNN, torchvision's COCO_V1 keypoint weights want ``set_frozen_bn_eps(model, 0.0)``.
+    """
+    if weights_backbone is not None:
+        raise ValueError("weights_backbone: nothing is downloaded; pass a full state_dict file as weights=")
+    model = build_model("keypointrcnn_resnet50_fpn", num_classes=num_classes, num_keypoints=num_keypoints, **kwargs)
+    if weights is not None:
+        from minimaskrcnn.io import load_torch_state_dict
+
+        model.load_state_dict(load_torch_state_dict(weights))
     return model
 
 

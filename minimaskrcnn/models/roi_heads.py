@@ -2,8 +2,10 @@
 
 Box branch: multi-scale RoIAlign 7x7, two fully connected layers (fc6, fc7), a classifier and
 per-class box deltas. Mask branch: RoIAlign 14x14, four 3x3 convs, a 2x transposed conv and a
-1x1 conv with one 28x28 mask per class. Matching, sampling, targets and post-processing are array
-code with no gradient. torchvision's ``RoIHeads`` step for step. Lessons 11 (box head) and 12 (mask head).
+1x1 conv with one 28x28 mask per class. Optional keypoint branch (sec. 5, ``keypoint_head.py``): RoIAlign
+14x14, eight 3x3 convs, a transposed conv and 2x upsampling to one 56x56 map per keypoint. Matching,
+sampling, targets and post-processing are array code with no gradient. torchvision's ``RoIHeads`` step
+for step. Lessons 11 (box head), 12 (mask head) and 15 (keypoints).
 The alternatives the paper's Table 2 measures are configuration choices here (lesson 17): an MLP
 mask head (``MaskRCNNMLPHead`` + ``MLPMaskPredictor``), a per-pixel softmax over the classes
 (``mask_loss="softmax"``), one class-agnostic mask (a predictor with one output channel), other RoI
@@ -20,6 +22,12 @@ from minimaskrcnn.backend import as_array, get_array_module
 from minimaskrcnn.global_batch import STREAM_ROI_SAMPLER, image_generators, note_loss_count
 from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import MaskRCNNConfig
+from minimaskrcnn.models.keypoint_head import (
+    KeypointRCNNHeads,
+    KeypointRCNNPredictor,
+    keypointrcnn_inference,
+    keypointrcnn_loss,
+)
 from minimaskrcnn.models.poolers import MultiScaleRoIAlign
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops._utils import log_softmax_array, sigmoid_array, softmax_array
@@ -310,9 +318,12 @@ class RoIHeads(nn.Module):
         batch_size_per_image, positive_fraction: RoIs sampled per image (512, 0.25).
         bbox_reg_weights: (10, 10, 5, 5).
         score_thresh, nms_thresh, detections_per_img: post-processing (0.05, 0.5, 100).
-        mask_roi_pool, mask_head, mask_predictor: RoIAlign 14x14, ``MaskRCNNHeads``, ``MaskRCNNPredictor``.
+        mask_roi_pool, mask_head, mask_predictor: RoIAlign 14x14, ``MaskRCNNHeads``, ``MaskRCNNPredictor``
+            (all None: no mask branch).
         min_size: detections with a side below this (pixels) are dropped (1e-2).
         seed: seed of the RoI sampler's generator.
+        keypoint_roi_pool, keypoint_head, keypoint_predictor: RoIAlign 14x14, ``KeypointRCNNHeads``,
+            ``KeypointRCNNPredictor`` (all None, the default: no keypoint branch).
         mask_loss: "sigmoid" (the paper's) or "softmax" over the classes (see ``maskrcnn_loss``).
 
     A mask predictor with one output channel makes the masks class-agnostic.
@@ -321,7 +332,8 @@ class RoIHeads(nn.Module):
     def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float, bbox_reg_weights, score_thresh: float,
                  nms_thresh: float, detections_per_img: int, mask_roi_pool=None, mask_head=None,
-                 mask_predictor=None, min_size: float = 1e-2, seed: int | None = None, mask_loss: str = "sigmoid"):
+                 mask_predictor=None, min_size: float = 1e-2, seed: int | None = None, mask_loss: str = "sigmoid",
+                 keypoint_roi_pool=None, keypoint_head=None, keypoint_predictor=None):
         super().__init__()
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"unknown mask loss {mask_loss!r}: choose one of {MASK_LOSSES}")
@@ -339,17 +351,24 @@ class RoIHeads(nn.Module):
         self.mask_roi_pool = mask_roi_pool
         self.mask_head = mask_head
         self.mask_predictor = mask_predictor
+        self.keypoint_roi_pool = keypoint_roi_pool
+        self.keypoint_head = keypoint_head
+        self.keypoint_predictor = keypoint_predictor
 
     @classmethod
     def from_config(cls, config: MaskRCNNConfig, in_channels: int, *, box_roi_pool: nn.Module | None = None,
                     box_head: nn.Module | None = None, box_predictor: nn.Module | None = None,
                     mask_roi_pool: nn.Module | None = None, mask_head: nn.Module | None = None,
-                    mask_predictor: nn.Module | None = None, **kwargs) -> RoIHeads:
-        """The heads that ``config.box`` and ``config.mask`` describe, with any part given replacing its default.
+                    mask_predictor: nn.Module | None = None, keypoint_roi_pool: nn.Module | None = None,
+                    keypoint_head: nn.Module | None = None, keypoint_predictor: nn.Module | None = None,
+                    **kwargs) -> RoIHeads:
+        """The heads that ``config.box``, ``config.mask`` and ``config.keypoint`` describe, with any part
+        given replacing its default.
 
         Args:
             config: the whole model's configuration (``num_classes``, the FPN levels to pool from,
-                the box and mask heads; the sampler is seeded with ``config.seed + 1``).
+                the box, mask and keypoint heads; ``config.mask_on`` False: no mask branch,
+                ``config.keypoint`` None: no keypoint branch; the sampler is seeded with ``config.seed + 1``).
             in_channels: C, the channels of the pooled feature maps (the backbone's ``out_channels``).
             box_roi_pool, box_head, box_predictor, mask_roi_pool, mask_head, mask_predictor: parts
                 to use instead of the configured ``MultiScaleRoIAlign``, ``TwoMLPHead``,
@@ -358,12 +377,15 @@ class RoIHeads(nn.Module):
                 ``config.mask.head == "mlp"`` configures ``MaskRCNNMLPHead`` and ``MLPMaskPredictor``
                 instead, ``class_agnostic`` a predictor with one channel, ``pooler_type`` the RoI layers;
                 ``config.mask_on = False`` leaves the mask parts out (a Faster R-CNN).
+            keypoint_roi_pool, keypoint_head, keypoint_predictor: likewise for the keypoint branch
+                (``MultiScaleRoIAlign`` with ``config.keypoint.pooler_type``, ``KeypointRCNNHeads``,
+                ``KeypointRCNNPredictor``), built when ``config.keypoint`` is given.
             **kwargs: further constructor arguments, for a subclass that takes more.
 
         Raises:
             ValueError: an unknown mask head, mask loss or pooler type.
         """
-        b, m = config.box, config.mask
+        b, m, k = config.box, config.mask, config.keypoint
         if m.head not in ("fcn", "mlp"):
             raise ValueError(f"unknown mask head {m.head!r}: choose 'fcn' or 'mlp'")
         featmap_names = [str(i) for i in range(len(config.backbone.returned_layers))]
@@ -388,15 +410,29 @@ class RoIHeads(nn.Module):
                 mask_predictor = MLPMaskPredictor(m.mlp_dims[-1], mask_classes, 2 * m.roi_output_size)
             else:
                 mask_predictor = MaskRCNNPredictor(m.layers[-1], m.dim_reduced, mask_classes)
+        if k is not None:
+            if keypoint_roi_pool is None:
+                keypoint_roi_pool = MultiScaleRoIAlign(featmap_names, k.roi_output_size, k.sampling_ratio,
+                                                       pooler_type=k.pooler_type)
+            if keypoint_head is None:
+                keypoint_head = KeypointRCNNHeads(in_channels, k.layers)
+            if keypoint_predictor is None:
+                keypoint_predictor = KeypointRCNNPredictor(k.layers[-1], k.num_keypoints)
         return cls(
             box_roi_pool, box_head, box_predictor, b.fg_iou_thresh, b.bg_iou_thresh, b.batch_size_per_image,
             b.positive_fraction, b.bbox_reg_weights, b.score_thresh, b.nms_thresh, b.detections_per_img,
             mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
-            min_size=b.min_size, seed=None if config.seed is None else config.seed + 1, mask_loss=m.loss, **kwargs,
+            min_size=b.min_size, seed=None if config.seed is None else config.seed + 1, mask_loss=m.loss,
+            keypoint_roi_pool=keypoint_roi_pool, keypoint_head=keypoint_head, keypoint_predictor=keypoint_predictor,
+            **kwargs,
         )
 
     def has_mask(self) -> bool:
         return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
+
+    def has_keypoint(self) -> bool:
+        return (self.keypoint_roi_pool is not None and self.keypoint_head is not None
+                and self.keypoint_predictor is not None)
 
     # ------------------------------------------------------------------ training targets
     def assign_targets_to_proposals(self, proposals: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
@@ -423,10 +459,11 @@ class RoIHeads(nn.Module):
         return matched_idxs, labels
 
     def check_targets(self, targets: Sequence[dict] | None) -> None:
-        """Raise ValueError unless every target has "boxes", "labels" (and "masks" with a mask branch)."""
+        """Raise ValueError unless every target has "boxes", "labels" (and "masks" with a mask branch,
+        "keypoints" with a keypoint branch)."""
         if targets is None:
             raise ValueError("targets should not be None in training mode")
-        keys = ("boxes", "labels", "masks") if self.has_mask() else ("boxes", "labels")
+        keys = ("boxes", "labels") + ("masks",) * self.has_mask() + ("keypoints",) * self.has_keypoint()
         for key in keys:
             if not all(key in t for t in targets):
                 raise ValueError(f"Every element of targets should have a {key} key")
@@ -579,4 +616,59 @@ class RoIHeads(nn.Module):
                     masks_probs = maskrcnn_inference(mask_logits.data, [r["labels"] for r in result], self.mask_loss)
                 for mask_prob, r in zip(masks_probs, result):
                     r["masks"] = mask_prob
+
+        if self.has_keypoint():
+            if self.training:
+                losses.update(self.keypoint_forward(features, proposals, image_shapes, targets, labels, matched_idxs))
+            else:
+                self.keypoint_forward(features, [r["boxes"] for r in result], image_shapes, result=result)
         return result, losses
+
+    def keypoint_forward(self, features: dict, proposals: Sequence[np.ndarray], image_shapes: Sequence[tuple[int, int]],
+                         targets: Sequence[dict] | None = None, labels: Sequence[np.ndarray] | None = None,
+                         matched_idxs: Sequence[np.ndarray] | None = None, result: list[dict] | None = None) -> dict:
+        """The keypoint branch (Keypoint R-CNN, Mask R-CNN sec. 5; torchvision's ``RoIHeads`` keypoint part).
+
+        Training: the positive RoIs among the sampled ``proposals`` (``labels`` > 0) are pooled
+        (14 x 14), run through the keypoint head and predictor, and scored by ``keypointrcnn_loss``
+        against the keypoints of their matched gt. Inference: ``proposals`` are the detected boxes,
+        and each ``result`` dict gains "keypoints" (D_i, NK, 3) (x, y, 1) and "keypoints_scores"
+        (D_i, NK), in input pixels.
+
+        Returns:
+            {"loss_keypoint": 0-d Tensor} in training (zero, still reaching the predictor, when no RoI
+            is positive), else {}.
+
+        Records: "keypoint_proposals", "keypoint_logits" (K, NK, S, S).
+        """
+        if self.training:
+            positive = [get_array_module(lbl).nonzero(lbl > 0)[0] for lbl in labels]
+            keypoint_proposals = [p[pos] for p, pos in zip(proposals, positive)]
+            pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positive)]
+        else:
+            keypoint_proposals = list(proposals)
+        record("keypoint_proposals", keypoint_proposals)
+        keypoint_logits = None
+        if sum(len(p) for p in keypoint_proposals) > 0:
+            keypoint_features = self.keypoint_roi_pool(features, keypoint_proposals, image_shapes)
+            keypoint_logits = self.keypoint_predictor(self.keypoint_head(keypoint_features))
+            record("keypoint_logits", keypoint_logits)
+        if self.training:
+            if keypoint_logits is None:
+                # no positive RoI in the batch: a zero loss that still reaches the predictor
+                return {"loss_keypoint": self.keypoint_predictor.kps_score_lowres.weight.sum() * 0}
+            gt_keypoints = [as_array(t["keypoints"]) for t in targets]
+            return {"loss_keypoint": keypointrcnn_loss(keypoint_logits, keypoint_proposals, gt_keypoints,
+                                                       pos_matched_idxs)}
+        num_keypoints = self.keypoint_predictor.out_channels
+        if keypoint_logits is None:
+            first = features[next(iter(features))]
+            xp = get_array_module(first)
+            keypoints = [xp.zeros((0, num_keypoints, 3), dtype=first.dtype) for _ in result]
+            scores = [xp.zeros((0, num_keypoints), dtype=first.dtype) for _ in result]
+        else:
+            keypoints, scores = keypointrcnn_inference(keypoint_logits.data, keypoint_proposals)
+        for kp, sc, r in zip(keypoints, scores, result):
+            r["keypoints"] = kp
+            r["keypoints_scores"] = sc
+        return {}

@@ -130,6 +130,23 @@ def resized_size(height: int, width: int, min_size: float, max_size: float) -> t
     return (max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))), scale
 
 
+def resize_keypoints(keypoints: np.ndarray, original_size: Sequence[int], new_size: Sequence[int]) -> np.ndarray:
+    """Scale keypoints from an image of original_size (h, w) to one of new_size (h, w).
+
+    Args:
+        keypoints: (M, NK, 3) float, (x, y, visibility) in pixels of the original image.
+
+    Returns:
+        (M, NK, 3) array of keypoints' dtype: x times new w / w, y times new h / h (ratios in float32,
+        as torchvision's ``resize_keypoints``), visibility unchanged.
+    """
+    ratio_h = np.float32(new_size[0]) / np.float32(original_size[0])
+    ratio_w = np.float32(new_size[1]) / np.float32(original_size[1])
+    xp = get_array_module(keypoints)
+    scale = xp.asarray(np.array([ratio_w, ratio_h, 1], dtype=np.float32).astype(keypoints.dtype))
+    return (keypoints * scale).astype(keypoints.dtype, copy=False)
+
+
 def resize_boxes(boxes: np.ndarray, original_size: Sequence[int], new_size: Sequence[int]) -> np.ndarray:
     """Scale (x1, y1, x2, y2) boxes from an image of original_size (h, w) to one of new_size (h, w).
 
@@ -208,7 +225,8 @@ class GeneralizedRCNNTransform(Module):
         Args:
             images: list of N (3, H_i, W_i) float arrays or Tensors in [0, 1].
             targets: optional list of N dicts with "boxes" (M, 4) float (x1, y1, x2, y2) in pixels of
-                the image, "labels" (M,) int64 and optionally "masks" (M, H_i, W_i) uint8. Not modified.
+                the image, "labels" (M,) int64 and optionally "masks" (M, H_i, W_i) uint8 and
+                "keypoints" (M, NK, 3) float (x, y, visibility) in pixels. Not modified.
 
         Returns:
             (ImageList, targets resized to the batch's images; new dicts, other keys kept as given).
@@ -230,7 +248,8 @@ class GeneralizedRCNNTransform(Module):
                 raise ValueError(f"images are expected to be 3-D arrays (C, H, W), got shape {image.shape}")
             target = None
             if targets is not None:
-                target = {k: (to_numpy(v) if k in ("boxes", "labels", "masks") else v) for k, v in targets[i].items()}
+                target = {k: (to_numpy(v) if k in ("boxes", "labels", "masks", "keypoints") else v)
+                          for k, v in targets[i].items()}
             if batch is not None and batch.image_sizes is not None:
                 given = batch.image_sizes[batch.image_indices[i]]
                 if given != tuple(image.shape[-2:]):
@@ -278,7 +297,7 @@ class GeneralizedRCNNTransform(Module):
 
     def resize(self, image: np.ndarray, target: dict | None = None,
                rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict | None]:
-        """Resize one (C, H, W) image with torchvision's rule, and its target's boxes and masks.
+        """Resize one (C, H, W) image with torchvision's rule, and its target's boxes, masks and keypoints.
 
         Masks are resized with nearest-neighbour (as torchvision) and stay uint8. In training with
         several ``min_size``, the one used is drawn from ``rng`` (default: the transform's own).
@@ -295,6 +314,8 @@ class GeneralizedRCNNTransform(Module):
         if boxes.dtype.kind != "f":
             boxes = boxes.astype(np.float32)
         target["boxes"] = resize_boxes(boxes, (h, w), out_size)
+        if "keypoints" in target:
+            target["keypoints"] = resize_keypoints(np.asarray(target["keypoints"]), (h, w), out_size)
         return image, target
 
     @staticmethod
@@ -321,13 +342,14 @@ class GeneralizedRCNNTransform(Module):
 
         Args:
             result: list of N dicts with "boxes" (D, 4) in resized-image pixels and optionally
-                "masks" (D, 1, S, S) probabilities in each box.
+                "masks" (D, 1, S, S) probabilities in each box and "keypoints" (D, NK, 3).
             image_sizes: the resized (h, w) of each image.
             original_image_sizes: the (h, w) of each image as given to the model.
 
         Returns:
             the same dicts with "boxes" in original pixels and "masks" (D, 1, h, w) pasted into
-            the original image (torchvision's paste_masks_in_image, padding 1).
+            the original image (torchvision's paste_masks_in_image, padding 1), "keypoints" scaled
+            back as the boxes.
         """
         if self.training:
             return result
@@ -336,6 +358,8 @@ class GeneralizedRCNNTransform(Module):
             pred["boxes"] = boxes
             if "masks" in pred:
                 pred["masks"] = paste_masks_in_image(pred["masks"], boxes, tuple(o_im_s), padding=1)
+            if "keypoints" in pred:
+                pred["keypoints"] = resize_keypoints(pred["keypoints"], im_s, o_im_s)
         return result
 
     def __repr__(self) -> str:
