@@ -41,7 +41,27 @@ STAT_DESCRIPTIONS = (
     "AR    @[IoU=0.50:0.95 | area=medium | maxDets=100]",
     "AR    @[IoU=0.50:0.95 | area= large | maxDets=100]",
 )
+# COCOeval.summarize()'s 10 numbers for keypoints (OKS instead of IoU; at most 20 detections per image,
+# no small range: COCO labels no keypoints on persons under 32 x 32 pixels)
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+KEYPOINT_STAT_DESCRIPTIONS = (
+    "AP    @[OKS=0.50:0.95 | area=   all | maxDets= 20]",
+    "AP    @[OKS=0.50      | area=   all | maxDets= 20]",
+    "AP    @[OKS=0.75      | area=   all | maxDets= 20]",
+    "AP    @[OKS=0.50:0.95 | area=medium | maxDets= 20]",
+    "AP    @[OKS=0.50:0.95 | area= large | maxDets= 20]",
+    "AR    @[OKS=0.50:0.95 | area=   all | maxDets= 20]",
+    "AR    @[OKS=0.50      | area=   all | maxDets= 20]",
+    "AR    @[OKS=0.75      | area=   all | maxDets= 20]",
+    "AR    @[OKS=0.50:0.95 | area=medium | maxDets= 20]",
+    "AR    @[OKS=0.50:0.95 | area= large | maxDets= 20]",
+)
+# pycocotools' per-keypoint OKS sigmas of COCO's 17 person keypoints (nose, eyes, ears, shoulders,
+# elbows, wrists, hips, knees, ankles), used when the ground truth names no others
+COCO_PERSON_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
+                      0.107, 0.107, 0.087, 0.087, 0.089, 0.089)
 IOU_TYPES = ("bbox", "segm")
+ALL_IOU_TYPES = ("bbox", "segm", "keypoints")
 MASK_THRESHOLD = 0.5  # mask probabilities above this are inside the object (as torchvision's references)
 
 
@@ -91,15 +111,17 @@ def detections_to_coco_results(
             None keeps the labels as they are. Detections whose label a dict does not map are left
             out: a class the data set does not have (a model that kept COCO's 91 classes, evaluated
             on a COCO subset) cannot be scored against it.
-        iou_type: "bbox" (results with "bbox") or "segm" (results with RLE "segmentation").
+        iou_type: "bbox" (results with "bbox"), "segm" (results with RLE "segmentation") or
+            "keypoints" (results with "keypoints" [x1, y1, v1, ...], from the detections' (N, NK, 3)
+            "keypoints"; the score is the box's, as torchvision's references).
         mask_threshold: probability above which a mask pixel is foreground.
 
     Returns:
         a list of {"image_id", "category_id", "score", and "bbox" [x, y, w, h] or "segmentation"
         RLE}; JSON-serialisable.
     """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if iou_type not in ALL_IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {ALL_IOU_TYPES}, got {iou_type!r}")
     if len(detections) != len(image_ids):
         raise ValueError(f"{len(detections)} detection dicts for {len(image_ids)} image ids")
     if label_to_category_id is None:
@@ -119,6 +141,9 @@ def detections_to_coco_results(
             # COCO's (x, y, width, height), computed in float64 from the model's float32 boxes
             boxes = box_convert(to_numpy(det["boxes"]).astype(np.float64).reshape(-1, 4), "xyxy", "xywh")
             entries = [{"bbox": [round(float(v), 4) for v in box]} for box in boxes]
+        elif iou_type == "keypoints":
+            keypoints = to_numpy(det["keypoints"]).astype(np.float64)
+            entries = [{"keypoints": [round(float(v), 3) for v in kp.reshape(-1)]} for kp in keypoints]
         else:
             entries = [{"segmentation": rle} for rle in encode_masks(to_numpy(det["masks"]), mask_threshold)]
         for entry, label, score in zip(entries, labels, scores):
@@ -131,52 +156,86 @@ def detections_to_coco_results(
 
 
 # ------------------------------------------------------------------------------- COCOeval
+def keypoint_sigmas_of(coco_gt: COCO) -> np.ndarray:
+    """The per-keypoint OKS sigmas for a keypoint ground truth.
+
+    The sigmas are the spread of human annotations of each keypoint relative to the object's size
+    (COCO's keypoint evaluation page). Taken from the categories' ``keypoint_sigmas`` (a key our
+    synthetic figures carry; COCO files do not), else pycocotools' COCO person sigmas.
+
+    Returns:
+        (NK,) float64.
+
+    Raises:
+        ValueError: the categories name no sigmas and do not have 17 keypoints (then COCO's sigmas
+            cannot apply).
+    """
+    for category in coco_gt.dataset.get("categories", []):
+        if "keypoint_sigmas" in category:
+            return np.asarray(category["keypoint_sigmas"], dtype=np.float64)
+    counts = {len(c["keypoints"]) for c in coco_gt.dataset.get("categories", []) if c.get("keypoints")}
+    if counts and counts != {len(COCO_PERSON_SIGMAS)}:
+        raise ValueError(f"the ground truth's categories have {sorted(counts)} keypoints and no 'keypoint_sigmas': "
+                         f"COCO's {len(COCO_PERSON_SIGMAS)} person sigmas do not apply")
+    return np.asarray(COCO_PERSON_SIGMAS, dtype=np.float64)
+
+
 def coco_evaluate(
     coco_gt: COCO,
     results: list[dict] | str,
     iou_type: str = "bbox",
     image_ids: Iterable[int] | None = None,
 ) -> dict[str, float]:
-    """Run pycocotools' COCOeval once and return its 12 summary numbers by name.
+    """Run pycocotools' COCOeval once and return its summary numbers by name.
 
     Args:
         coco_gt: the ground truth, a ``pycocotools.coco.COCO``.
         results: a results list (as ``detections_to_coco_results`` makes) or the path of a results JSON.
-        iou_type: "bbox" or "segm".
+        iou_type: "bbox", "segm" or "keypoints" (object keypoint similarity, OKS, with the sigmas of
+            ``keypoint_sigmas_of``).
         image_ids: the images to evaluate on (default: every image of ``coco_gt``); images without
             any detection still count, their objects as misses.
 
     Returns:
-        {"AP": ..., "AP50": ..., ..., "ARl": ...}, floats in [0, 1], or -1.0 where COCO has nothing
-        to average (e.g. no small objects). With no detections at all every number with ground
-        truth is 0.0 (pycocotools itself cannot load an empty results list).
+        {"AP": ..., "AP50": ..., ..., "ARl": ...} (``STAT_NAMES``; ``KEYPOINT_STAT_NAMES`` for
+        keypoints), floats in [0, 1], or -1.0 where COCO has nothing to average (e.g. no small
+        objects). With no detections at all every number with ground truth is 0.0 (pycocotools
+        itself cannot load an empty results list).
     """
     if isinstance(results, (str, os.PathLike)):
         with open(results) as f:
             results = json.load(f)
     image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(int(i) for i in image_ids)
+    names = KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
     if len(results) == 0:
-        return _stats_without_detections(coco_gt, image_ids)
+        return _stats_without_detections(coco_gt, image_ids, iou_type)
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
         # loadRes adds ids and areas to the dicts it gets: give it copies
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
         coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         coco_eval.params.imgIds = image_ids
+        if iou_type == "keypoints":
+            coco_eval.params.kpt_oks_sigmas = keypoint_sigmas_of(coco_gt)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
+    return {name: float(v) for name, v in zip(names, coco_eval.stats)}
 
 
-def _stats_without_detections(coco_gt: COCO, image_ids: list[int]) -> dict[str, float]:
+def _stats_without_detections(coco_gt: COCO, image_ids: list[int], iou_type: str = "bbox") -> dict[str, float]:
     """What COCOeval would report for an empty results list: 0 where there is ground truth, else -1."""
     anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=image_ids)) if not a.get("iscrowd", 0)]
+    if iou_type == "keypoints":  # objects without labelled keypoints are ignored
+        anns = [a for a in anns if a.get("num_keypoints", 0) > 0]
     areas = np.array([a.get("area", 0.0) for a in anns], dtype=np.float64)
     ranges = {"all": (0, 1e10), "s": (0, 32**2), "m": (32**2, 96**2), "l": (96**2, 1e10)}
     has = {k: bool(((areas >= lo) & (areas <= hi)).any()) for k, (lo, hi) in ranges.items()}
-    keys = ("all", "all", "all", "s", "m", "l", "all", "all", "all", "s", "m", "l")
-    return {name: (0.0 if has[k] else -1.0) for name, k in zip(STAT_NAMES, keys)}
+    if iou_type == "keypoints":
+        keys, names = ("all", "all", "all", "m", "l") * 2, KEYPOINT_STAT_NAMES
+    else:
+        keys, names = ("all", "all", "all", "s", "m", "l", "all", "all", "all", "s", "m", "l"), STAT_NAMES
+    return {name: (0.0 if has[k] else -1.0) for name, k in zip(names, keys)}
 
 
 def format_stats_table(stats: Mapping[str, Mapping[str, float]]) -> str:
@@ -189,11 +248,18 @@ def format_stats_table(stats: Mapping[str, Mapping[str, float]]) -> str:
         the table as a string (no trailing newline).
     """
     types = [t for t in IOU_TYPES if t in stats]
-    header = f"{'metric':<7} {'':<48}" + "".join(f"{t:>8}" for t in types)
-    lines = [header, "-" * len(header)]
-    for name, desc in zip(STAT_NAMES, STAT_DESCRIPTIONS):
-        row = f"{name:<7} {desc:<48}" + "".join(f"{stats[t][name]:>8.3f}" for t in types)
-        lines.append(row)
+    lines = []
+    if types:
+        header = f"{'metric':<7} {'':<48}" + "".join(f"{t:>8}" for t in types)
+        lines += [header, "-" * len(header)]
+        for name, desc in zip(STAT_NAMES, STAT_DESCRIPTIONS):
+            row = f"{name:<7} {desc:<48}" + "".join(f"{stats[t][name]:>8.3f}" for t in types)
+            lines.append(row)
+    if "keypoints" in stats:
+        header = f"{'metric':<7} {'':<48}{'keypoints':>10}"
+        lines += ([""] if lines else []) + [header, "-" * len(header)]
+        for name, desc in zip(KEYPOINT_STAT_NAMES, KEYPOINT_STAT_DESCRIPTIONS):
+            lines.append(f"{name:<7} {desc:<48}{stats['keypoints'][name]:>10.3f}")
     return "\n".join(lines)
 
 
@@ -259,7 +325,7 @@ def evaluate(
         dataset: its ``coco`` (the pycocotools COCO of its annotations) is the ground truth and its
             ``label_to_category_id`` maps the model's labels back to COCO's ids; items give
             original-size images, since the COCO ground truth is in original pixels.
-        iou_types: any of "bbox", "segm".
+        iou_types: any of "bbox", "segm", "keypoints".
         batch_size: images per forward pass.
         results_dir: if given, the results are saved there as ``results_bbox.json`` /
             ``results_segm.json`` (COCO results format, readable by ``COCO.loadRes``).
@@ -290,7 +356,7 @@ def evaluate_detections(
     Args:
         coco_gt: ground truth as a pycocotools COCO.
         detections, image_ids, label_to_category_id: as in ``detections_to_coco_results``.
-        iou_types: any of "bbox", "segm".
+        iou_types: any of "bbox", "segm", "keypoints".
         results_dir: where to save ``results_<iou_type>.json`` (optional).
         verbose: print the table.
 

@@ -237,6 +237,67 @@ def _erode(m: np.ndarray) -> np.ndarray:
     return e
 
 
+# keypoint colours: left-side keypoints warm, right-side cool, the others white (pose drawings' habit)
+LEFT_COLOR, RIGHT_COLOR, MIDDLE_COLOR = (255, 80, 40), (40, 140, 255), (255, 255, 255)
+
+
+def keypoint_colors(keypoint_names: Sequence[str] | None, count: int) -> list[tuple[int, int, int]]:
+    """One colour per keypoint: left_* warm, right_* cool, others white (all white without names)."""
+    if keypoint_names is None:
+        return [MIDDLE_COLOR] * count
+    return [LEFT_COLOR if "left" in n else RIGHT_COLOR if "right" in n else MIDDLE_COLOR for n in keypoint_names]
+
+
+def draw_keypoints(
+    image: Any,
+    keypoints: Any,
+    skeleton: Sequence[Sequence[int]] | None = None,
+    visible: Any = None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+    limb_colors: Sequence[tuple[int, int, int]] | tuple[int, int, int] | None = None,
+    radius: int = 2,
+    width: int = 2,
+) -> np.ndarray:
+    """Draw keypoints and the limbs of the skeleton between them on a copy of an image.
+
+    Args:
+        image: the image (see ``to_uint8_image``).
+        keypoints: (N, NK, 3) float, (x, y, visibility) in pixels of ``image``, one row per instance.
+        skeleton: limbs as pairs of 1-based keypoint indices (COCO's ``skeleton``); None draws points only.
+        visible: (N, NK) bool, which keypoints to draw (default: visibility > 0); a limb is drawn when
+            both its ends are.
+        colors: one RGB colour per keypoint (default: ``keypoint_colors(None, NK)``, white).
+        limb_colors: one colour for all limbs, or one per instance (default: the palette by instance).
+        radius: the dots' radius in pixels.
+        width: the limbs' line width in pixels.
+
+    Returns:
+        (H, W, 3) uint8, the image with the keypoints drawn.
+    """
+    canvas = Image.fromarray(to_uint8_image(image))
+    draw = ImageDraw.Draw(canvas)
+    keypoints = to_numpy(keypoints)
+    keypoints = keypoints.reshape(-1, *keypoints.shape[-2:]) if keypoints.size else np.zeros((0, 0, 3))
+    shown = keypoints[..., 2] > 0 if visible is None else to_numpy(visible).astype(bool).reshape(keypoints.shape[:2])
+    num_keypoints = keypoints.shape[1]
+    colors = list(colors) if colors is not None else keypoint_colors(None, num_keypoints)
+    for n, (kp, on) in enumerate(zip(keypoints, shown)):
+        if limb_colors is None:
+            limb = color_for(n)
+        elif len(limb_colors) == 3 and np.isscalar(limb_colors[0]):
+            limb = tuple(int(c) for c in limb_colors)
+        else:
+            limb = tuple(int(c) for c in limb_colors[n])
+        for a, b in skeleton or ():
+            if 1 <= a <= num_keypoints and 1 <= b <= num_keypoints and on[a - 1] and on[b - 1]:
+                draw.line([tuple(float(v) for v in kp[a - 1, :2]), tuple(float(v) for v in kp[b - 1, :2])],
+                          fill=limb, width=width)
+        for j in np.flatnonzero(on):
+            x, y = float(kp[j, 0]), float(kp[j, 1])
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=tuple(colors[j]), outline=(0, 0, 0))
+    return np.asarray(canvas).copy()
+
+
 def draw_detections(
     image: Any,
     detections: Mapping[str, Any],
@@ -246,6 +307,9 @@ def draw_detections(
     show_masks: bool = True,
     show_boxes: bool = True,
     alpha: float = 0.45,
+    skeleton: Sequence[Sequence[int]] | None = None,
+    keypoint_names: Sequence[str] | None = None,
+    keypoint_score_threshold: float = 0.0,
 ) -> np.ndarray:
     """The model's output for one image drawn on it: coloured masks, boxes, "class score" captions.
 
@@ -253,7 +317,7 @@ def draw_detections(
         image: the image the detections are in, (3, H, W) float in [0, 1] or (H, W, 3) uint8.
         detections: a dict as the model returns in eval mode: "boxes" (N, 4) (x1, y1, x2, y2) in
             image pixels, "labels" (N,) int, "scores" (N,) float, optionally "masks" (N, 1, H, W)
-            probabilities.
+            probabilities, optionally "keypoints" (N, NK, 3) and "keypoints_scores" (N, NK).
         class_names: names indexed by label (a list whose entry 0 is the background, or a dict
             label -> name); default: the label number.
         score_threshold: detections with a lower score are not drawn.
@@ -261,6 +325,9 @@ def draw_detections(
         show_masks: draw the masks.
         show_boxes: draw the boxes and captions.
         alpha: opacity of the mask fill.
+        skeleton: the keypoints' limbs (1-based pairs, COCO's ``skeleton``), drawn between keypoints.
+        keypoint_names: to colour left keypoints warm and right ones cool.
+        keypoint_score_threshold: keypoints whose score (the heatmap logit) is lower are not drawn.
 
     Returns:
         (H, W, 3) uint8, the picture.
@@ -275,6 +342,12 @@ def draw_detections(
     if show_boxes and len(keep):
         texts = [f"{class_name(class_names, label)} {s:.2f}" for label, s in zip(labels, scores[keep])]
         out = draw_boxes(out, to_numpy(detections["boxes"]).reshape(-1, 4)[keep], colors=colors, texts=texts)
+    if "keypoints" in detections and len(keep):
+        keypoints = to_numpy(detections["keypoints"])[keep]
+        visible = (to_numpy(detections["keypoints_scores"])[keep] > keypoint_score_threshold
+                   if "keypoints_scores" in detections else None)
+        out = draw_keypoints(out, keypoints, skeleton, visible=visible, limb_colors=colors,
+                             colors=keypoint_colors(keypoint_names, keypoints.shape[1]))
     return out
 
 

@@ -91,16 +91,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def sample_files(split: str = "val") -> CocoFiles:
-    """(annotation_file, image_dir) of the packaged COCO sample; split is "train", "val" or "overfit"."""
-    if split not in _SAMPLE_SPLITS:
-        raise ValueError(f"unknown sample split {split!r}: expected one of {sorted(_SAMPLE_SPLITS)}")
+def sample_files(split: str = "val", keypoints: bool = False) -> CocoFiles:
+    """(annotation_file, image_dir) of the packaged COCO sample; split is "train", "val" or "overfit".
+
+    With ``keypoints``, COCO's person keypoint annotations of the sample images that have them
+    ("train" or "val" only: 19 and 12 images)."""
+    if split not in _SAMPLE_SPLITS or (keypoints and split == "overfit"):
+        choices = ["train", "val"] if keypoints else sorted(_SAMPLE_SPLITS)
+        raise ValueError(f"unknown sample split {split!r}: expected one of {choices}")
     annotations, images = _SAMPLE_SPLITS[split]
+    if keypoints:
+        annotations = f"annotations/person_keypoints_{images}.json"
     return CocoFiles(SAMPLE_DIR / annotations, SAMPLE_DIR / images)
 
 
-def sample_dataset(split: str = "val", **kwargs: Any) -> CocoDataset:
+def sample_dataset(split: str = "val", keypoints: bool = False, **kwargs: Any) -> CocoDataset:
     """The packaged COCO 2017 sample as a CocoDataset (32 train / 32 val images; "overfit": 8 train
-    images with 2-8 large objects each). Keyword arguments go to CocoDataset."""
-    files = sample_files(split)
+    images with 2-8 large objects each; ``keypoints``: the person keypoint annotations of 19 train / 12
+    val images). Keyword arguments go to CocoDataset."""
+    files = sample_files(split, keypoints)
     return CocoDataset(files.annotation_file, files.image_dir, **kwargs)

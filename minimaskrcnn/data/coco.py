@@ -114,6 +114,7 @@ def load_coco_json(annotation_file: PathLike) -> dict:
         images[img["id"]] = img
 
     categories = set()
+    keypoint_counts: dict[int, int] = {}
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat:
             raise AnnotationError(path, "category without an 'id'", record=f"categories[{i}]")
@@ -122,6 +123,12 @@ def load_coco_json(annotation_file: PathLike) -> dict:
             raise AnnotationError(path, "duplicate category id", record=f"category id {cat['id']}")
         if not isinstance(cat.get("name"), str):
             raise AnnotationError(path, "category without a 'name'", record=f"category id {cat['id']}")
+        if "keypoints" in cat:
+            names = cat["keypoints"]
+            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+                raise AnnotationError(path, "'keypoints' is not a non-empty list of names",
+                                      record=f"category id {cat['id']}")
+            keypoint_counts[cat["id"]] = len(names)
         categories.add(cat["id"])
 
     ann_ids = set()
@@ -157,7 +164,25 @@ def load_coco_json(annotation_file: PathLike) -> dict:
             raise AnnotationError(path, f"area {ann['area']!r} is not a finite number >= 0", record=record)
         image = images[ann["image_id"]]
         _check_segmentation(ann["segmentation"], image["height"], image["width"], path, record)
+        if "keypoints" in ann:
+            _check_keypoints(ann["keypoints"], keypoint_counts.get(ann["category_id"]), path, record)
     return data
+
+
+def _check_keypoints(keypoints, count: int | None, path: Path, record: str) -> None:
+    """Raise AnnotationError unless keypoints is [x1, y1, v1, ...] with count triples and v in {0, 1, 2}."""
+    if not (isinstance(keypoints, list) and all(_number(v) for v in keypoints)):
+        raise AnnotationError(path, "'keypoints' is not a list of numbers", record=record)
+    if count is None:
+        raise AnnotationError(path, "has 'keypoints' but its category names none (no 'keypoints' list)",
+                              record=record)
+    if len(keypoints) != 3 * count:
+        raise AnnotationError(path, f"has {len(keypoints)} keypoint values, expected 3 x {count} (x, y, visibility) "
+                              "for its category", record=record)
+    if not all(math.isfinite(v) for v in keypoints):
+        raise AnnotationError(path, "a keypoint has a non-finite coordinate", record=record)
+    if any(v not in (0, 1, 2) for v in keypoints[2::3]):
+        raise AnnotationError(path, f"keypoint visibility {keypoints[2::3]} not all 0, 1 or 2", record=record)
 
 
 def _check_segmentation(seg, height: int, width: int, path: Path, record: str) -> None:
@@ -215,6 +240,11 @@ def annotation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
         return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
 
 
+def _num_labelled(ann: dict) -> int:
+    """How many keypoints of an annotation are labelled (visibility > 0)."""
+    return sum(1 for v in ann.get("keypoints", [])[2::3] if v > 0)
+
+
 class CocoDataset:
     """A COCO-format instance segmentation data set: ``ds[i] -> (image, target)``.
 
@@ -238,6 +268,9 @@ class CocoDataset:
             targets.
         return_crowd: also return crowd regions (``iscrowd=1``) as ``target["crowd_boxes"]`` and
             ``target["crowd_masks"]``, e.g. to ignore detections there. They are never in ``boxes``.
+        min_keypoints_per_image: keep only images whose objects have at least this many labelled
+            keypoints (visibility > 0) in all, as torchvision's keypoint training does with 10;
+            None keeps every image. Only for files with keypoints.
 
     A sample is:
         image: (3, H, W) float32 RGB in [0, 1], read by ``data.image.read_image``: intensities kept
@@ -249,7 +282,13 @@ class CocoDataset:
             masks: (M, H, W) uint8, 1 inside the instance;
             image_id: int, the COCO image id;
             area: (M,) float32, the annotation's ``area`` (mask area in pixels);
-            iscrowd: (M,) int64, all 0 (crowd regions are kept out, see ``return_crowd``).
+            iscrowd: (M,) int64, all 0 (crowd regions are kept out, see ``return_crowd``);
+            keypoints (only when the categories name keypoints, as COCO's person keypoints files do):
+                (M, NK, 3) float32, (x, y, visibility) in pixels, visibility 0 = not labelled
+                (then x = y = 0), 1 = labelled but hidden, 2 = visible; zeros for objects without.
+
+    ``keypoint_names`` (the category's ``keypoints``, or None) and ``skeleton`` (1-based pairs) describe
+    the keypoints; the DataLoader's flips use the names to swap left and right.
 
     Annotations whose box is empty after clipping to the image (width or height <= 0), or whose
     polygons all have fewer than 3 points, are skipped with one warning listing their ids (a polygon
@@ -269,6 +308,7 @@ class CocoDataset:
         remove_images_without_annotations: bool = False,
         return_crowd: bool = False,
         exif_transpose: bool = False,
+        min_keypoints_per_image: int | None = None,
     ):
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
@@ -289,12 +329,27 @@ class CocoDataset:
             label_map = make_label_map(self.categories, contiguous=contiguous_labels, path=self.annotation_file)
         self.set_label_map(label_map)
 
+        keypointed = [c for c in data["categories"] if c.get("keypoints")]
+        if len({tuple(c["keypoints"]) for c in keypointed}) > 1:
+            raise AnnotationError(self.annotation_file, "categories name different keypoints: one keypoint "
+                                  "head needs one list", record=f"category id {keypointed[1]['id']}")
+        self.keypoint_names: list[str] | None = list(keypointed[0]["keypoints"]) if keypointed else None
+        self.skeleton: list[list[int]] = [list(p) for p in keypointed[0].get("skeleton", [])] if keypointed else []
+
         self._objects, self._crowds = self._index_annotations(data)
         ids = sorted(self.coco.imgs)
         if remove_images_without_annotations:
             ids = [i for i in ids if self._objects[i]]
             if not ids:
                 raise AnnotationError(self.annotation_file, "no image has a usable (non-crowd) annotation")
+        if min_keypoints_per_image is not None:
+            if self.keypoint_names is None:
+                raise AnnotationError(self.annotation_file, "min_keypoints_per_image given, but no category "
+                                      "names keypoints")
+            ids = [i for i in ids if sum(_num_labelled(a) for a, _ in self._objects[i]) >= min_keypoints_per_image]
+            if not ids:
+                raise AnnotationError(self.annotation_file,
+                                      f"no image has {min_keypoints_per_image} labelled keypoints")
         self.ids: list[int] = ids
 
     def set_label_map(self, label_map: LabelMap) -> None:
@@ -402,6 +457,12 @@ class CocoDataset:
             "area": np.array([a["area"] if "area" in a else -1.0 for a, _ in objects], dtype=np.float32),
             "iscrowd": np.zeros(len(objects), dtype=np.int64),
         }
+        if self.keypoint_names is not None:
+            keypoints = np.zeros((len(objects), len(self.keypoint_names), 3), dtype=np.float32)
+            for k, (a, _) in enumerate(objects):
+                if "keypoints" in a:
+                    keypoints[k] = np.asarray(a["keypoints"], dtype=np.float32).reshape(-1, 3)
+            target["keypoints"] = keypoints
         missing_area = target["area"] < 0
         if missing_area.any():  # no 'area' key: use the mask's
             target["area"][missing_area] = target["masks"][missing_area].sum(axis=(1, 2))

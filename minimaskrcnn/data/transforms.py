@@ -1,12 +1,13 @@
 """Data augmentation and batching: resize, horizontal flip, compose, collate, a seeded DataLoader.
 
 A transform is ``t(image, target, rng=None) -> (image, target)`` on (3, H, W) float32 images and
-targets as CocoDataset gives them (boxes (M, 4) x1 y1 x2 y2 pixels, masks (M, H, W) uint8, and
-crowd_boxes / crowd_masks when present). Normalisation is not here: the model's transform does it.
+targets as CocoDataset gives them (boxes (M, 4) x1 y1 x2 y2 pixels, masks (M, H, W) uint8, keypoints
+(M, NK, 3) and crowd_boxes / crowd_masks when present). Normalisation is not here: the model's transform does it.
 Lesson: lessons/ (the data pipeline).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "Resize",
     "collate",
     "hflip",
+    "keypoint_flip_indices",
     "resize",
     "resize_bilinear",
     "resize_nearest",
@@ -105,7 +107,8 @@ def resize(image: np.ndarray, target: Target | None, min_size: int, max_size: in
     Args:
         image: (3, H, W) float32.
         target: dict with boxes (M, 4) float32 x1 y1 x2 y2 and masks (M, H, W) uint8 (both optional,
-            also crowd_boxes / crowd_masks; area (M,) is scaled by the area ratio), or None.
+            also crowd_boxes / crowd_masks and keypoints (M, NK, 3), x and y scaled like the boxes;
+            area (M,) is scaled by the area ratio), or None.
         min_size, max_size: in pixels.
 
     Returns:
@@ -128,26 +131,73 @@ def resize(image: np.ndarray, target: Target | None, min_size: int, max_size: in
     for key in _MASK_KEYS:
         if key in target:
             target[key] = resize_nearest(target[key], out_h, out_w)
+    if "keypoints" in target:
+        keypoints = np.array(target["keypoints"], dtype=np.float32, copy=True)
+        keypoints[..., 0] *= ratio_w
+        keypoints[..., 1] *= ratio_h
+        target["keypoints"] = keypoints
     if "area" in target:
         target["area"] = (np.asarray(target["area"], dtype=np.float32) * (ratio_w * ratio_h)).astype(np.float32)
     return image, target
 
 
-def hflip(image: np.ndarray, target: Target | None) -> tuple[np.ndarray, Target | None]:
+def keypoint_flip_indices(keypoint_names) -> np.ndarray:
+    """Where each keypoint goes in a mirrored image: the index of its left/right partner, or its own.
+
+    A mirror turns a person's left side into what looks like a right side, so "left_eye" must become
+    "right_eye" and vice versa; names without "left"/"right" ("nose") keep their place. For COCO's
+    17 person keypoints this is torchvision's ``[0, 2, 1, 4, 3, ..., 16, 15]``.
+
+    Args:
+        keypoint_names: the category's ``keypoints`` names, in order.
+
+    Returns:
+        (NK,) int64 permutation: flipped keypoint j is original keypoint ``idx[j]``.
+    """
+    names = list(keypoint_names)
+    position = {name: i for i, name in enumerate(names)}
+    swap = {"left": "right", "right": "left"}
+
+    def partner(name: str) -> str:
+        return "".join(swap.get(part, part) for part in re.split(r"(left|right)", name))
+
+    return np.array([position.get(partner(name), i) for i, name in enumerate(names)], dtype=np.int64)
+
+
+def hflip(image: np.ndarray, target: Target | None, keypoint_flip_indices: np.ndarray | None = None
+          ) -> tuple[np.ndarray, Target | None]:
     """Mirror left-right: x -> W - x for boxes (x1' = W - x2, x2' = W - x1), columns reversed.
+
+    Keypoints (x, y, v) get x -> W - x and swap left and right partners (``keypoint_flip_indices``);
+    keypoints with v = 0 stay (0, 0, 0), as torchvision's reference ``_flip_coco_person_keypoints``.
 
     Args:
         image: (C, H, W).
-        target: dict with boxes (M, 4) x1 y1 x2 y2 and masks (M, H, W) (both optional), or None.
+        target: dict with boxes (M, 4) x1 y1 x2 y2, masks (M, H, W) and keypoints (M, NK, 3) (all
+            optional), or None.
+        keypoint_flip_indices: (NK,) the permutation from ``keypoint_flip_indices(names)``; needed
+            when the target has keypoints.
 
     Returns:
         (image, new target) with fresh arrays.
+
+    Raises:
+        ValueError: keypoints without ``keypoint_flip_indices`` (a flip that keeps "left_wrist" on
+            the mirrored right wrist would teach the model nonsense).
     """
     width = image.shape[-1]
     image = np.ascontiguousarray(image[..., ::-1])
     if target is None:
         return image, None
     target = dict(target)
+    if "keypoints" in target:
+        if keypoint_flip_indices is None:
+            raise ValueError("hflip: the target has keypoints but no keypoint_flip_indices were given "
+                             "(which keypoint becomes which when mirrored?)")
+        keypoints = np.array(target["keypoints"], dtype=np.float32, copy=True)[:, keypoint_flip_indices]
+        keypoints[..., 0] = width - keypoints[..., 0]
+        keypoints[keypoints[..., 2] == 0] = 0
+        target["keypoints"] = keypoints
     for key in _BOX_KEYS:
         if key in target:
             boxes = np.array(target[key], dtype=np.float32, copy=True)
@@ -184,21 +234,24 @@ class Resize:
 
 
 class RandomHorizontalFlip:
-    """Flip image, boxes and masks left-right with probability ``p``.
+    """Flip image, boxes, masks and keypoints left-right with probability ``p``.
 
     Args:
         p: probability of flipping.
         seed: seeds the generator used when no ``rng`` is passed to the call (the DataLoader passes one
             per sample, which makes epochs reproducible and resumable).
+        keypoint_flip_indices: for targets with keypoints, which keypoint becomes which (see
+            ``keypoint_flip_indices``; e.g. from the data set's ``keypoint_names``).
     """
 
-    def __init__(self, p: float = 0.5, seed: int | None = None):
+    def __init__(self, p: float = 0.5, seed: int | None = None, keypoint_flip_indices=None):
         self.p = p
         self.rng = np.random.default_rng(seed)
+        self.keypoint_flip_indices = keypoint_flip_indices
 
     def __call__(self, image, target=None, rng: np.random.Generator | None = None):
         if (rng or self.rng).random() < self.p:
-            return hflip(image, target)
+            return hflip(image, target, self.keypoint_flip_indices)
         return image, target
 
     def __repr__(self) -> str:
@@ -258,7 +311,7 @@ class DataLoader:
         drop_last: skip a last, smaller batch.
         transforms: ``t(image, target, rng=...)`` applied here with the per-sample generator.
         hflip_prob: after ``transforms``, flip each sample left-right with this probability (same
-            generator).
+            generator); keypoints swap left and right by the data set's ``keypoint_names``.
         indices: use only these dataset indices (default: all).
         collate_fn: list of samples -> batch (default: ``collate``).
         num_replicas, rank: the number of data-parallel processes and this one's index (see above).
@@ -286,6 +339,8 @@ class DataLoader:
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.last_batch_slots = range(0)  # slots in the global batch of the samples last handed out
+        names = getattr(dataset, "keypoint_names", None)
+        self.keypoint_flip_indices = keypoint_flip_indices(names) if names else None
         self.epoch = 0
         self.batch_index = 0  # batches of the current epoch already handed out
         if len(self) == 0:
@@ -307,7 +362,7 @@ class DataLoader:
         if self.transforms is not None:
             image, target = self.transforms(image, target, rng=rng)
         if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
-            image, target = hflip(image, target)
+            image, target = hflip(image, target, self.keypoint_flip_indices)
         return image, target
 
     def __iter__(self) -> Iterator:
