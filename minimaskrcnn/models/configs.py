@@ -244,12 +244,15 @@ CONFIGS: dict[str, MaskRCNNConfig] = {
         mask_on=False, keypoint=KeypointHeadConfig()),
 }
 # the synthetic stick figures (128-px images, 13 keypoints): the paper's keypoint head, 8 convs, but 64
-# channels wide; "-mask" adds the mask branch, for the paper's "keypoint & mask" model
+# channels wide; "-mask" adds the mask branch (the paper's "keypoint & mask" model)
 CONFIGS["r18-figures-kp"] = dataclasses.replace(
     _small(num_classes=2, min_size=128, max_size=128, width=0.25, fpn_channels=64),
     mask_on=False, keypoint=KeypointHeadConfig(num_keypoints=13, layers=(64,) * 8))
 CONFIGS["r18-figures-kp-mask"] = dataclasses.replace(CONFIGS["r18-shapes"], num_classes=2,
                                                      keypoint=CONFIGS["r18-figures-kp"].keypoint)
+# the same with RoIPool in the keypoint branch: the baseline of the paper's Table 6 (lesson 15)
+CONFIGS["r18-figures-kp-roipool"] = dataclasses.replace(
+    CONFIGS["r18-figures-kp"], keypoint=dataclasses.replace(CONFIGS["r18-figures-kp"].keypoint, pooler_type="roi_pool"))
 
 
 def get_config(name_or_config: str | MaskRCNNConfig, **overrides: Any) -> MaskRCNNConfig:

@@ -63,6 +63,10 @@ def test_keypoint_parts_built_from_the_configuration():
     assert pool.roi_heads.keypoint_roi_pool.pooler_type == "roi_pool"
     with pytest.raises(ValueError, match="pooler_type"):
         _model(keypoint=dataclasses.replace(CONFIGS["r18-figures-kp"].keypoint, pooler_type="warp"))
+    # the named twin differs from r18-figures-kp in the keypoint RoI layer only
+    twin = CONFIGS["r18-figures-kp-roipool"]
+    assert dataclasses.replace(twin, keypoint=CONFIGS["r18-figures-kp"].keypoint) == CONFIGS["r18-figures-kp"]
+    assert twin.keypoint.pooler_type == "roi_pool"
     assert not _model("r18-shapes").roi_heads.has_keypoint()
 
 
