@@ -39,6 +39,7 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from _helpers import QUICK, exercise, log
 from matplotlib.patches import Rectangle
 
 import minimaskrcnn as mm
@@ -53,7 +54,6 @@ from minimaskrcnn.models.keypoint_head import (
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops import boxes as box_ops
 from minimaskrcnn.ops.upsample import cubic_convolution_weights, resize_bicubic
-from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)
@@ -370,3 +370,288 @@ log("after the convs", h)
 log("deconv 4x4 s2 (K, NK, 28, 28)", low)
 log("2x bilinear (K, NK, 56, 56)", out)
 print("parameters:", [name for name, _ in predictor.named_parameters()], "and", len(list(heads.parameters())) // 2, "convs")
+
+# %% [markdown]
+# ## Train a small Keypoint R-CNN
+# `r18-figures-kp` is the r18-shapes model of lesson 14 (ResNet-18 at a quarter width with GroupNorm, FPN,
+# RPN and box head on 128×128 images) with the keypoint branch in place of the mask branch: RoIAlign
+# 14×14, the paper's **eight** 3×3 convs (64 channels instead of 512), the 4×4 deconvolution and 2×
+# bilinear upsampling to 56×56 maps for the 13 keypoints. `Trainer` trains it on the sum of the box, RPN
+# and keypoint losses (flips swap left and right keypoints, by their names); then COCO's keypoint AP
+# (OKS, lesson 13) on 200 held-out figures. `minimaskrcnn train --model r18-figures-kp --dataset figures`
+# does the same from the command line.
+
+# %%
+from minimaskrcnn import record_intermediates, visualize
+from minimaskrcnn.evaluate import evaluate, format_stats_table
+from minimaskrcnn.train import TrainConfig, Trainer
+
+train_figures = FiguresDataset(8 if QUICK else 1000, seed=100)
+held_out = FiguresDataset(4 if QUICK else 200, seed=101)
+kp_config = TrainConfig(model="r18-figures-kp", name="15_keypoint_rcnn", output_dir="runs", seed=0,
+                        steps=2 if QUICK else 600, batch_size=2 if QUICK else 4, val_every=0, checkpoint_every=0,
+                        val_iou_types=("bbox",), val_loss_images=0, log_every=2 if QUICK else 25, progress=False)
+kp_trainer = Trainer(kp_config, datasets=(train_figures, held_out))
+start = time.perf_counter()
+kp_trainer.fit()
+train_minutes = (time.perf_counter() - start) / 60
+print(f"{kp_config.steps} steps of {kp_config.batch_size} images in {train_minutes:.1f} min")
+stats = evaluate(kp_trainer.model, held_out, iou_types=("bbox", "keypoints"), verbose=False)
+print(format_stats_table(stats))
+
+# %%
+rows = [r for r in kp_trainer.history if "loss" in r]
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+steps = [r["step"] for r in rows]
+axes[0].plot(steps, [r["loss_keypoint"] for r in rows], label="keypoint (3136-way softmax CE)")
+axes[0].axhline(np.log(S * S), color="gray", ls=":", label="uniform guess, log 3136")
+axes[0].set_xlabel("step"), axes[0].set_ylabel("loss"), axes[0].set_title("keypoint loss"), axes[0].legend(fontsize=8)
+for key in ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
+    axes[1].plot(steps, [r[key] for r in rows], label=key)
+axes[1].set_xlabel("step"), axes[1].set_ylabel("loss"), axes[1].set_title("the detector's losses")
+axes[1].legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ### Predicted skeletons on held-out figures
+# Detections scoring at least 0.5; keypoints drawn where their score (the heatmap logit at the argmax) is
+# positive, joined by the skeleton; left keypoints warm, right ones cool.
+
+# %%
+model = kp_trainer.model
+model.eval()
+fig, axes = plt.subplots(2, 4, figsize=(13, 6.8))
+for k, ax in enumerate(axes.ravel()):
+    image, target = held_out[k % len(held_out)]
+    det = model([image])[0]
+    picture = visualize.draw_detections(image, det, ["background", "figure"], score_threshold=0.5,
+                                        skeleton=held_out.skeleton, keypoint_names=held_out.keypoint_names)
+    ax.imshow(picture), ax.axis("off")
+    ax.set_title(f"held-out {k}: {int((det['scores'] >= 0.5).sum())} of {len(target['boxes'])} figures", fontsize=9)
+plt.show()
+
+# %% [markdown]
+# ### What the head sees: predicted heatmaps against the targets
+# `record_intermediates` keeps the keypoint logits of every detection (before decoding). For one
+# detected figure: its 13 softmax maps over the 56×56 cells, the cell of the true keypoint circled.
+
+# %%
+image, target = held_out[0]
+with record_intermediates() as rec:
+    det = model([image])[0]
+if len(det["boxes"]):
+    logits = rec["keypoint_logits"][0]                                   # (13, 56, 56) of the best detection
+    box = rec["keypoint_proposals"][0][0]
+    gt = target["keypoints"][int(box_ops.box_iou(box[None], target["boxes"]).argmax())]
+    cells, ok = keypoints_to_heatmap(gt[None], box[None], S)
+    prob = np.exp(logits - logits.reshape(NK, -1).max(1)[:, None, None])
+    prob /= prob.reshape(NK, -1).sum(1)[:, None, None]
+    fig, axes = plt.subplots(2, 7, figsize=(14, 4.6))
+    for j, ax in enumerate(axes.ravel()):
+        if j == NK:
+            ax.imshow(image.transpose(1, 2, 0)), ax.add_patch(Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, color="y"))
+            ax.set_title("the detection", fontsize=8), ax.axis("off")
+            continue
+        ax.imshow(prob[j], cmap="viridis")
+        if ok[0, j]:
+            ax.add_patch(plt.Circle((cells[0, j] % S, cells[0, j] // S), 3, fill=False, color="red"))
+        ax.set_title(FIGURE_KEYPOINTS[j], fontsize=8), ax.axis("off")
+    fig.suptitle("softmax over the 56x56 cells per keypoint (red: the true cell)", fontsize=10)
+    plt.show()
+
+# %% [markdown]
+# ## RoIAlign against RoIPool, for keypoints (the paper's Table 6, in miniature)
+# RoIPool (lesson 07) rounds a RoI's corners to whole feature cells and cuts it into bins of whole cells;
+# RoIAlign (lesson 08) samples the features bilinearly at the exact positions. The paper found the rounding
+# costly for masks (Table 2c) and more so for keypoints: on COCO minival, Table 6 gives **64.2** keypoint AP
+# with RoIAlign against **59.8** with RoIPool (AP50 86.6 vs 86.2, AP75 69.7 vs 66.7), with ResNet-50-FPN.
+#
+# Our figures are small, so every RoI is pooled from P2 (stride 4): RoIPool moves each RoI edge to the
+# nearest multiple of 4 px (up to 2 px off) and takes one more cell (4 px) on the right and the bottom
+# (torchvision's `roi_pool` counts x1..x2 inclusive). Below, for one held-out figure, the 14×14 bins each
+# layer pools, and how the edge error compares with the distance at which a keypoint's OKS term falls to
+# 0.75, `d = 2σ √area · √(2 ln(4/3))` (lesson 13).
+
+# %%
+image, target = held_out[0]
+box = target["boxes"][0]
+stride = 4
+start = np.array([np.floor(v / stride + 0.5) for v in box[:2]]) * stride       # round half up, as C's round
+end = (np.array([np.floor(v / stride + 0.5) for v in box[2:]]) + 1) * stride     # x1..x2 inclusive: one more cell
+fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+for ax, name in [(axes[0], "RoIAlign: 14x14 bins on the box, exactly"),
+                 (axes[1], "RoIPool: the box snapped to P2's 4-px cells")]:
+    ax.imshow(image.transpose(1, 2, 0))
+    if ax is axes[0]:
+        x1, y1, x2, y2 = box
+        for t in np.linspace(0, 1, 15):
+            ax.plot([x1 + t * (x2 - x1)] * 2, [y1, y2], color="lime", lw=0.6)
+            ax.plot([x1, x2], [y1 + t * (y2 - y1)] * 2, color="lime", lw=0.6)
+    else:  # bins are runs of whole cells: draw the cells, and the region RoIPool reads
+        for x in np.arange(start[0], end[0] + 1, stride):
+            ax.plot([x, x], [start[1], end[1]], color="red", lw=0.4)
+        for y in np.arange(start[1], end[1] + 1, stride):
+            ax.plot([start[0], end[0]], [y, y], color="red", lw=0.4)
+        ax.add_patch(Rectangle(start, *(end - start), fill=False, color="red", lw=1.5))
+    ax.add_patch(Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, color="yellow", lw=1.5))
+    kp = target["keypoints"][0]
+    ax.scatter(kp[kp[:, 2] > 0, 0], kp[kp[:, 2] > 0, 1], c="white", s=10, zorder=3)
+    ax.set_xlim(box[0] - 8, box[2] + 8), ax.set_ylim(box[3] + 8, box[1] - 8)
+    ax.set_title(f"{name} (yellow: the box)", fontsize=10)
+plt.show()
+
+boxes = np.concatenate([held_out[i][1]["boxes"] for i in range(len(held_out))])
+areas = np.concatenate([held_out[i][1]["area"] for i in range(len(held_out))])
+left_error = np.floor(boxes[:, 0] / stride + 0.5) * stride - boxes[:, 0]
+right_error = (np.floor(boxes[:, 2] / stride + 0.5) + 1) * stride - boxes[:, 2]
+tolerance = {name: 2 * sigma * np.sqrt(areas) * np.sqrt(2 * np.log(4 / 3))
+             for name, sigma in zip(FIGURE_KEYPOINTS, held_out.keypoint_sigmas)}
+log("RoIPool left-edge shift (px)", left_error)
+log("RoIPool right-edge shift (px)", right_error)
+for name in ("head", "left_wrist", "left_hip"):
+    print(f"OKS 0.75 distance for {name:10s}: median {np.median(tolerance[name]):.1f} px")
+
+# %% [markdown]
+# The experiment: `r18-figures-kp` and its twin `r18-figures-kp-roipool` (the same model, but RoIPool in the
+# keypoint branch; the box head keeps RoIAlign in both, so a difference comes from the keypoints alone), trained
+# with the same recipe (600 steps of 4 images) and the same seeds, evaluated on the same 200 held-out
+# figures. One run takes 10-30 minutes on one core, so the runs are made outside the notebook by
+# `lessons/_build/experiments/15_keypoint_roi_layer.py`, which stores every run with its command and the
+# code's commit; the notebook reads them. A difference is real only if it clearly exceeds the spread
+# between seeds.
+
+# %%
+import json
+from pathlib import Path
+
+results_path = Path("_build/experiments/15_keypoint_roi_layer.json")
+experiment = json.loads(results_path.read_text()) if results_path.exists() else None
+if experiment is None:
+    print(f"{results_path} is missing: run the experiment first (see its docstring)")
+else:
+    summary, paper = experiment["summary"], experiment["paper_table_6"]
+    print("command:", experiment["runs"][0]["command"])
+    print(f"{'':9s} {'seeds':>6s}  {'keypoint AP':>13s} {'AP50':>13s} {'AP75':>13s}   {'paper AP':>8s} {'AP50':>6s} {'AP75':>6s}")
+    for variant in ("RoIPool", "RoIAlign"):
+        row = summary[variant]
+        cells = [f"{row[f'keypoints_{k}']['mean']:5.1f} ± {row[f'keypoints_{k}']['std'] or 0:4.1f}" for k in ("AP", "AP50", "AP75")]
+        print(f"{variant:9s} {len(row['seeds']):6d}  {cells[0]:>13s} {cells[1]:>13s} {cells[2]:>13s}   "
+              f"{paper[variant]['AP']:8.1f} {paper[variant]['AP50']:6.1f} {paper[variant]['AP75']:6.1f}")
+    per_seed = {v: {r["seed"]: r for r in experiment["runs"] if r["model"] == m}
+                for v, m in (("RoIAlign", "r18-figures-kp"), ("RoIPool", "r18-figures-kp-roipool"))}
+    common = sorted(set(per_seed["RoIAlign"]) & set(per_seed["RoIPool"]))
+    gains = {k: np.array([100 * (per_seed["RoIAlign"][s]["keypoints"][k] - per_seed["RoIPool"][s]["keypoints"][k])
+                          for s in common]) for k in ("AP", "AP50", "AP75")}
+    for k, g in gains.items():
+        spread = f" ± {g.std(ddof=1):.1f}" if len(g) > 1 else ""
+        print(f"RoIAlign - RoIPool, {k:4s}: {g.mean():+.1f}{spread} points over {len(g)} seeds "
+              f"(per seed: {', '.join(f'{v:+.1f}' for v in g)}); the paper: "
+              f"{paper['RoIAlign'][k] - paper['RoIPool'][k]:+.1f}")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for i, k in enumerate(("AP", "AP50", "AP75")):
+        for j, (variant, colour) in enumerate((("RoIPool", "tab:red"), ("RoIAlign", "tab:green"))):
+            values = [100 * r["keypoints"][k] for r in per_seed[variant].values()]
+            x = i + (j - 0.5) * 0.3
+            axes[0].scatter([x] * len(values), values, color=colour, s=14, label=variant if i == 0 else None)
+            axes[0].errorbar(x + 0.06, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0,
+                             fmt="_", color="black", capsize=3)
+            axes[1].bar(x, paper[variant][k], width=0.28, color=colour, label=variant if i == 0 else None)
+    for ax, title in zip(axes, ("ours: stick figures, r18 (dots: seeds; bar: mean ± std)",
+                                "the paper: COCO minival, R50-FPN (Table 6)")):
+        ax.set_xticks(range(3)), ax.set_xticklabels(["AP", "AP50", "AP75"]), ax.set_ylabel("keypoint AP (%)")
+        ax.set_title(title, fontsize=10), ax.legend(fontsize=8)
+    plt.show()
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1.** Write `heatmap_target(keypoint, roi, S)`: for one keypoint `(x, y, v)` and one RoI
+# `(x1, y1, x2, y2)`, the flat index `cy·S + cx` of its cell, or `None` when it does not count (not
+# labelled, or outside the RoI). Mind the right and bottom edges. The check compares it with
+# `keypoints_to_heatmap` on 600 keypoints, a fifth of them on an edge.
+
+# %% tags=exercise-1
+def heatmap_target(keypoint, roi, S=56):
+    raise NotImplementedError  # your code here
+
+# %% tags=check-1
+with exercise(1, "15_keypoint_rcnn"):
+    r = np.random.default_rng(1)
+    rois1 = np.concatenate([r.uniform(0, 50, (600, 2)), r.uniform(60, 120, (600, 2))], 1).astype(np.float32)
+    kps = np.stack([r.uniform(-10, 130, 600), r.uniform(-10, 130, 600), r.integers(0, 3, 600)], 1).astype(np.float32)
+    kps[::5, 0], kps[1::5, 1] = rois1[::5, 2], rois1[1::5, 3]                 # on the right / bottom edge
+    expected, ok = keypoints_to_heatmap(kps[:, None], rois1, S)
+    for k in range(600):
+        got = heatmap_target(kps[k], rois1[k], S)
+        assert (got is None) == (not ok[k, 0]), f"keypoint {kps[k]} in RoI {rois1[k]}: validity differs"
+        assert got is None or got == expected[k, 0], f"keypoint {kps[k]} in RoI {rois1[k]}: {got} != {expected[k, 0]}"
+
+# %% [markdown]
+# **Exercise 2 (break it on purpose).** Decoding maps cell j of the resized map to its centre, `j + 0.5`.
+# Write `decode_without_offset(maps, roi)`, the same decoding with `x = x1 + j·w/W` (no +0.5), returning
+# the (NK, 2) positions. The check builds one-hot logit maps from the ground truth of held-out figures
+# (each keypoint's target cell), decodes them both ways and reports the mean signed error in x; set
+# `mean_shift_px` to the mean signed x error (prediction − truth, pixels) of your decoding.
+
+# %% tags=exercise-2
+def decode_without_offset(maps, roi):
+    raise NotImplementedError  # your code here
+
+
+mean_shift_px = None
+
+# %% tags=check-2
+with exercise(2, "15_keypoint_rcnn"):
+    if mean_shift_px is None:
+        raise NotImplementedError
+    errors_with, errors_without = [], []
+    for i in range(min(len(held_out), 20)):
+        _, t = held_out[i]
+        cells, ok = keypoints_to_heatmap(t["keypoints"], t["boxes"], S)
+        for kp_i, box_i, c, v in zip(t["keypoints"], t["boxes"], cells, ok):
+            one_hot = np.full((NK, S * S), -10.0, np.float32)
+            one_hot[np.arange(NK), c] = 10.0
+            one_hot = one_hot.reshape(NK, S, S)
+            with_offset = heatmaps_to_keypoints(one_hot[None], box_i[None])[0][0][:, :2]
+            without = np.asarray(decode_without_offset(one_hot, box_i))
+            w = max(box_i[2] - box_i[0], 1)
+            assert np.allclose(without[:, 0], with_offset[:, 0] - 0.5 * w / np.ceil(w), atol=1e-3), "x = x1 + j w / W"
+            errors_with += list(with_offset[v, 0] - kp_i[v, 0])
+            errors_without += list(without[v, 0] - kp_i[v, 0])
+    measured = float(np.mean(errors_without))
+    assert abs(mean_shift_px - measured) < 1e-3, f"the measured mean shift is {measured:.3f} px"
+    print(f"mean x error with the +0.5: {np.mean(errors_with):+.3f} px, without: {measured:+.3f} px "
+          "(every keypoint half a pixel to the left)")
+
+# %% [markdown]
+# **Exercise 3 (why).** The data loader flips half the training images, and `hflip` also permutes the
+# keypoints with `keypoint_flip_indices` ("left_wrist" ↔ "right_wrist"). Why? Set `answer_3`:
+#
+# * (a) in a mirror image a figure's left arm sits where a right arm would be, so without the swap the
+#   label "left_wrist" would mark what looks like a right wrist: half the training data would contradict
+#   the other half;
+# * (b) pycocotools refuses keypoints in the wrong order;
+# * (c) the swap keeps the visibility flags correct.
+
+# %% tags=exercise-3
+answer_3 = None
+
+# %% tags=check-3
+with exercise(3, "15_keypoint_rcnn"):
+    if answer_3 is None:
+        raise NotImplementedError
+    assert answer_3 == "a", "a mirror turns left into right: labels must follow"
+
+# %% [markdown]
+# ## Summary
+# * A keypoint is a one-hot 56×56 mask: its target is the index of the cell it falls in, and its loss a
+#   3136-way softmax cross-entropy, which makes the positions compete (a per-pixel sigmoid barely tells
+#   "nowhere" from the right answer).
+# * The head: RoIAlign 14×14, eight 3×3 convs, a 4×4 stride-2 deconvolution and 2× bilinear upsampling.
+# * Decoding: bicubic resize (Keys' kernel, a = −0.75) of the logits to the box, argmax, the cell's centre.
+# * The rest of Mask R-CNN is unchanged: the keypoint branch is a third head beside boxes (and masks).
+# * RoIPool's rounding to whole feature cells is of the order of the OKS tolerance of small figures; the
+#   experiment above says how much it costs here, beside the paper's 4.4 AP.
+#
+# Next: lesson 16 runs RoIAlign as a CUDA kernel; lesson 17 repeats the paper's other ablations.
