@@ -540,23 +540,26 @@ class RoIHeads(nn.Module):
     # ------------------------------------------------------------------------- forward
     def forward(self, features: dict, proposals: Sequence[np.ndarray], image_shapes: Sequence[tuple[int, int]],
                 targets: Sequence[dict] | None = None) -> tuple[list, dict]:
-        """Box and mask branches.
+        """Box and mask branches (and the keypoint branch when there is one).
 
         Args:
             features: name -> (N, C, H_l, W_l) Tensor.
             proposals: list of N (P_i, 4) arrays from the RPN, in input pixels.
             image_shapes: (h, w) of each image (resized, before padding).
             targets: in training, dicts with "boxes" (M_i, 4), "labels" (M_i,) int64 and "masks"
-                (M_i, H, W) uint8, in input pixels.
+                (M_i, H, W) uint8 (and "keypoints" (M_i, NK, 3) float32), in input pixels.
 
         Returns:
             (result, losses): in eval mode, one dict per image with "boxes" (D_i, 4), "labels",
-            "scores" and "masks" (D_i, 1, S, S) probabilities in each box (NumPy arrays, input
-            pixels); in training, [] and {"loss_classifier", "loss_box_reg", "loss_mask"}.
+            "scores" and "masks" (D_i, 1, S, S) probabilities in each box (and "keypoints"
+            (D_i, NK, 3), "keypoints_scores" (D_i, NK)) (NumPy arrays, input pixels); in training,
+            [] and {"loss_classifier", "loss_box_reg", "loss_mask"} (and "loss_keypoint"); a
+            branch the heads do not have adds nothing.
 
         Records (see ``minimaskrcnn.intermediates``): "class_logits", "box_regression",
-        "mask_proposals", "mask_logits"; in training "roi_proposals", "roi_matched_idxs",
-        "roi_labels", "roi_regression_targets", "mask_targets", "mask_labels".
+        "mask_proposals", "mask_logits", "keypoint_proposals", "keypoint_logits"; in training
+        "roi_proposals", "roi_matched_idxs", "roi_labels", "roi_regression_targets", "mask_targets",
+        "mask_labels".
         """
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
