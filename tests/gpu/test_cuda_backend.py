@@ -89,7 +89,7 @@ def test_max_pool2d(device):
     assert_same(*run_both(lambda x: F.max_pool2d(x, 3, 2, 1), [x], device))
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
 def test_interpolate(device, mode):
     x = rand(np.random.default_rng(5), 1, 2, 3, 4)
     assert_same(*run_both(lambda x: F.interpolate(x, size=(6, 8), mode=mode), [x], device))
