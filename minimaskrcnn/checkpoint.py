@@ -17,7 +17,7 @@ from minimaskrcnn.config import TrainConfig
 from minimaskrcnn.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_NAME", "build_model_from_config", "checkpoint_file", "config_from_checkpoint_extra",
-           "load_model", "load_training_config"]
+           "load_keypoint_info", "load_model", "load_training_config"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -176,3 +176,20 @@ def _load_torchvision_model(path: str, changes: dict[str, Any], model_kwargs: Ma
                               f"{first[:300]}{' ...' if len(first) > 300 else ''}") from None
     model.eval()
     return model, weights.class_names or generic_class_names(weights.num_classes)
+
+
+def load_keypoint_info(checkpoint: str | os.PathLike) -> tuple[list[str] | None, list[list[int]] | None]:
+    """The keypoint names and skeleton of the data a keypoint model was trained on (for pictures).
+
+    Args:
+        checkpoint: a checkpoint file or the run folder holding it.
+
+    Returns:
+        (keypoint_names, skeleton): the names of the NK keypoints and the limbs as 1-based pairs
+        (COCO's ``skeleton``); (None, None) for a run whose data had no keypoints.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable.
+    """
+    extra = mio.load_checkpoint(checkpoint_file(checkpoint)).extra or {}
+    return extra.get("keypoint_names"), extra.get("skeleton")

@@ -34,6 +34,7 @@ examples:
   minimaskrcnn predict runs/r18-shapes photo.jpg -o out/
   minimaskrcnn predict maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth photo.jpg   # torchvision's COCO weights
   minimaskrcnn data shapes runs/data/shapes/train --num-images 200
+  minimaskrcnn train --model r18-figures-kp --dataset figures   # Keypoint R-CNN on stick figures
   minimaskrcnn data coco-sample my_coco/              # copy the COCO sample out of the package
   minimaskrcnn data download coco/ --num-images 500   # more COCO 2017 (needs network)
   minimaskrcnn ablate table2 --quick --seeds 0        # the paper's Table 2 in miniature (tiny)
@@ -63,6 +64,8 @@ examples:
       --val-annotations ann/val.json --val-images img_val/
   minimaskrcnn train --backend numpy --detect-anomaly # readable kernels, NaN hunting
   mpiexec -n 2 minimaskrcnn train --batch-size 4      # data-parallel: 2 processes of 2 images each
+  minimaskrcnn train --model r18-figures-kp --dataset figures --num-train-images 1000 \\
+      --num-val-images 200 --steps 600 --val-every 0     # Keypoint R-CNN on stick figures (lesson 15)
   minimaskrcnn train --model maskrcnn_resnet50_fpn --weights maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth \\
       --dataset coco --train-annotations train.json --train-images train/ --min-size 320 --max-size 512 \\
       --batch-size 2 --lr 0.005 --steps 150 --lr-milestones 120   # fine-tune COCO's weights (docs/FINETUNE.md)
@@ -76,7 +79,7 @@ model configurations (--model): {configs}
 
 writes into <output-dir>/<name>/: log.jsonl (losses, lr, speed; val_* rows), curves.png,
 checkpoint.npz (everything needed to resume bit for bit), config.json and the last
-validation's COCO results (results_bbox.json, results_segm.json)."""
+validation's COCO results (results_bbox.json, results_segm.json, results_keypoints.json)."""
 
 EVALUATE_EXAMPLES = """\
 examples:
@@ -84,9 +87,11 @@ examples:
   minimaskrcnn evaluate runs/r18-shapes/checkpoint.npz --annotations val.json --images val/
   minimaskrcnn evaluate runs/r18-shapes --max-images 20 --results-dir eval/
   minimaskrcnn evaluate maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --annotations val.json --images val/
+  minimaskrcnn evaluate runs/r18-figures-kp --iou-types keypoints   # keypoint AP (OKS)
 
-prints the 12 COCO numbers (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) for bbox and segm
-and saves the detections as COCO results JSON (results_bbox.json, results_segm.json)."""
+prints the 12 COCO numbers (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) for bbox and segm, and
+COCO's 10 keypoint numbers for a keypoint model, and saves the detections as COCO results JSON
+(results_bbox.json, results_segm.json, results_keypoints.json)."""
 
 PREDICT_EXAMPLES = """\
 examples:
@@ -105,6 +110,7 @@ show them; the drawings are of the turned photo."""
 DATA_EXAMPLES = """\
 examples:
   minimaskrcnn data shapes runs/data/shapes/train --num-images 600 --seed 0
+  minimaskrcnn data figures runs/data/figures/train --num-images 1000 --seed 100
   minimaskrcnn data coco-sample my_coco/
   minimaskrcnn data download coco/ --num-images 500
   minimaskrcnn data download coco/ --categories person,dog --split val2017"""
@@ -152,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None, help="COCO instances JSON (default: the run's validation data)")
     p.add_argument("--images", default=None, help="image folder of those annotations")
     p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only")
-    p.add_argument("--iou-types", default=("bbox", "segm"), type=_comma_list(str, ("bbox", "segm")),
-                   help="bbox, segm or bbox,segm")
+    p.add_argument("--iou-types", default=None, type=_comma_list(str, ("bbox", "segm", "keypoints")),
+                   help="bbox, segm, keypoints or a comma list (default: all the model predicts)")
     p.add_argument("--results-dir", default=None, help="where results_*.json go (default: the run folder)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.add_argument("--threads", type=int, default=d.threads, help="threads of the Numba kernels (default: every core)")
@@ -180,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     # ----------------------------------------------------------------------------------- data
-    p = sub.add_parser("data", help="generate shapes, copy the COCO sample, download COCO", epilog=DATA_EXAMPLES,
+    p = sub.add_parser("data", help="generate shapes or figures, copy the COCO sample, download COCO",
+                       epilog=DATA_EXAMPLES,
                        description="Get data sets in COCO format.", formatter_class=_Formatter)
-    dsub = p.add_subparsers(dest="data_command", metavar="{shapes,coco-sample,download}")
+    dsub = p.add_subparsers(dest="data_command", metavar="{shapes,figures,coco-sample,download}")
     q = dsub.add_parser("shapes", help="generate the synthetic shapes data set", formatter_class=_Formatter,
                         epilog="example:\n  minimaskrcnn data shapes runs/data/shapes/train --num-images 600 --seed 0")
     q.add_argument("out_dir", help="folder to write (annotations JSON and images)")
@@ -190,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-size", type=int, default=128)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_data_shapes)
+    q = dsub.add_parser("figures", help="generate the synthetic stick figures with keypoints",
+                        formatter_class=_Formatter,
+                        epilog="example:\n  minimaskrcnn data figures runs/data/figures/train --num-images 1000 "
+                               "--seed 100")
+    q.add_argument("out_dir", help="folder to write (keypoints JSON and images)")
+    q.add_argument("--num-images", type=int, default=600)
+    q.add_argument("--image-size", type=int, default=128)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_figures)
     q = dsub.add_parser("coco-sample", help="copy the package's COCO sample (with its licence notes)",
                         formatter_class=_Formatter, epilog="example:\n  minimaskrcnn data coco-sample my_coco/")
     q.add_argument("out_dir", help="folder to copy into")
@@ -433,13 +449,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     segm = result["val"].get("segm")
     if segm:
         print(f"mask AP50 {segm['AP50']:.3f}, mask AP {segm['AP']:.3f}")
+    keypoints = result["val"].get("keypoints")
+    if keypoints:
+        print(f"keypoint AP50 {keypoints['AP50']:.3f}, keypoint AP {keypoints['AP']:.3f}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from minimaskrcnn.checkpoint import checkpoint_file, load_training_config
     from minimaskrcnn.data import CocoDataset, prepare_datasets
-    from minimaskrcnn.evaluate import evaluate
+    from minimaskrcnn.evaluate import evaluate, iou_types_of
     from minimaskrcnn.pretrained import is_minimaskrcnn_checkpoint
 
     path = checkpoint_file(args.checkpoint)
@@ -461,7 +480,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         raise DataError(args.annotations, "the data set holds no images")
     indices = list(range(len(dataset)))[: args.max_images]
-    iou_types = args.iou_types
+    iou_types = args.iou_types or iou_types_of(model)
+    missing = set(iou_types) - set(iou_types_of(model))
+    if missing:
+        from minimaskrcnn.errors import DataError
+
+        raise DataError(path, f"the model predicts no {', '.join(sorted(missing))} (it has no such head)")
+    if "keypoints" in iou_types and not dataset.keypoint_names:
+        from minimaskrcnn.errors import DataError
+
+        raise DataError(args.annotations, "keypoint AP needs annotations with keypoints (a person_keypoints file)")
     results_dir = args.results_dir or os.path.dirname(path)
     evaluate(model, dataset, iou_types=iou_types, indices=indices, results_dir=results_dir,
              verbose=True, progress=not args.no_progress)
@@ -480,13 +508,18 @@ def _model_labels(dataset, class_names: list[str]):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from minimaskrcnn.checkpoint import load_keypoint_info
     from minimaskrcnn.predict import collect_image_paths, predict_files
 
     collect_image_paths(args.images)  # bad inputs fail before the model is loaded
     limit_threads(args.threads, args.blas_threads)
     reuse_freed_memory()
     model, class_names = _load_model(args)
-    written = predict_files(model, args.images, args.output_dir, class_names, score_threshold=args.score_threshold)
+    # a keypoint model is one of our checkpoints (torchvision files load as Mask R-CNN): it names its keypoints
+    keypoint_names, skeleton = (load_keypoint_info(args.checkpoint) if model.roi_heads.has_keypoint()
+                                else (None, None))
+    written = predict_files(model, args.images, args.output_dir, class_names, score_threshold=args.score_threshold,
+                            skeleton=skeleton, keypoint_names=keypoint_names)
     for path in written:
         print(path)
     return 0
@@ -496,6 +529,14 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     from minimaskrcnn.data.shapes import make_shapes_dataset
 
     made = make_shapes_dataset(args.out_dir, num_images=args.num_images, image_size=args.image_size, seed=args.seed)
+    print(f"annotations: {made.annotation_file}\nimages:      {made.image_dir}")
+    return 0
+
+
+def cmd_data_figures(args: argparse.Namespace) -> int:
+    from minimaskrcnn.data.figures import make_figures_dataset
+
+    made = make_figures_dataset(args.out_dir, num_images=args.num_images, image_size=args.image_size, seed=args.seed)
     print(f"annotations: {made.annotation_file}\nimages:      {made.image_dir}")
     return 0
 

@@ -16,7 +16,7 @@ from dataclasses import field
 from typing import Any
 
 from minimaskrcnn.backend import BACKENDS
-from minimaskrcnn.data.prepare import DATASETS, DEFAULT_SHAPES_DIR
+from minimaskrcnn.data.prepare import DATASETS, DEFAULT_FIGURES_DIR, DEFAULT_SHAPES_DIR
 
 __all__ = ["CONFIG_NAME", "DEFAULT_OUTPUT_DIR", "OPTION_GROUPS", "TrainConfig"]
 
@@ -91,20 +91,21 @@ class TrainConfig:
                 "must be among (default: the data set's categories; set by --weights when the data set's "
                 "categories are the weights' classes, e.g. COCO's)"})
 
-    # --- data: "shapes" (generated, cached in data_dir), "coco-sample" (the package's COCO sample:
-    # train split, val split), "coco-overfit" (its 8 overfitting images for both) or "coco" (any
+    # --- data: "shapes" or "figures" (generated, cached in data_dir), "coco-sample" (the package's COCO
+    # sample: train split, val split), "coco-overfit" (its 8 overfitting images for both) or "coco" (any
     # COCO-format files: give the annotation files and image folders)
     dataset: str = field(default="shapes", metadata={
         "group": "data", "choices": DATASETS,
-        "help": "built-in shapes, the package's COCO sample (or its 8 overfitting images), or your COCO-format files"})
+        "help": "built-in shapes, built-in stick figures with keypoints (for the keypoint models), the package's "
+                "COCO sample (or its 8 overfitting images), or your COCO-format files"})
     data_dir: str | None = field(default=None, metadata={
-        "group": "data", "help": f"shapes cache folder (default {DEFAULT_SHAPES_DIR})"})
+        "group": "data", "help": f"shapes/figures cache folder (default {DEFAULT_SHAPES_DIR}, {DEFAULT_FIGURES_DIR})"})
     num_train_images: int = field(default=600, metadata={
-        "group": "data", "help": "shapes: training images generated"})
+        "group": "data", "help": "shapes/figures: training images generated"})
     num_val_images: int = field(default=64, metadata={
-        "group": "data", "help": "shapes: held-out images generated from another seed"})
+        "group": "data", "help": "shapes/figures: held-out images generated from another seed"})
     image_size: int = field(default=128, metadata={
-        "group": "data", "help": "shapes: image side in pixels"})
+        "group": "data", "help": "shapes/figures: image side in pixels"})
     train_annotations: str | None = field(default=None, metadata={
         "group": "data", "help": "COCO instances JSON for training"})
     train_images: str | None = field(default=None, metadata={
@@ -158,8 +159,10 @@ class TrainConfig:
         "group": "run", "help": "steps between validations (0: only at the end); each costs a few seconds"})
     checkpoint_every: int = field(default=250, metadata={
         "group": "run", "help": "steps between checkpoints (one is always written at the end)"})
-    val_iou_types: tuple[str, ...] = field(default=("bbox", "segm"), metadata={
-        "group": "run", "choices": ("bbox", "segm"), "help": "what validation measures: bbox, segm or bbox,segm"})
+    val_iou_types: tuple[str, ...] | None = field(default=None, metadata={
+        "group": "run", "choices": ("bbox", "segm", "keypoints"),
+        "help": "what validation measures, e.g. bbox,segm (default: all the model predicts: bbox, segm with a "
+                "mask head, keypoints with a keypoint head)"})
     val_loss_images: int = field(default=16, metadata={
         "group": "run", "help": "validation losses over at most this many images (0: skip them)"})
     backend: str | None = field(default=None, metadata={

@@ -155,6 +155,13 @@ def detections_to_coco_results(
     return results
 
 
+def iou_types_of(model) -> tuple[str, ...]:
+    """What a model's detections can be scored on: "bbox", then "segm" with a mask head and
+    "keypoints" with a keypoint head (``model.roi_heads.has_mask()`` / ``has_keypoint()``)."""
+    heads = model.roi_heads
+    return ("bbox",) + ("segm",) * heads.has_mask() + ("keypoints",) * heads.has_keypoint()
+
+
 # ------------------------------------------------------------------------------- COCOeval
 def keypoint_sigmas_of(coco_gt: COCO) -> np.ndarray:
     """The per-keypoint OKS sigmas for a keypoint ground truth.

@@ -117,6 +117,8 @@ def predict_files(
     output_dir: str | os.PathLike,
     class_names: Sequence[str] | None = None,
     score_threshold: float = 0.5,
+    skeleton: Sequence[Sequence[int]] | None = None,
+    keypoint_names: Sequence[str] | None = None,
 ) -> list[str]:
     """Run the model on image files and write one PNG per image with the detections drawn.
 
@@ -126,6 +128,8 @@ def predict_files(
         output_dir: where ``<image stem>.png`` files are written (created if needed).
         class_names: names indexed by label, for the captions.
         score_threshold: only detections scoring at least this are drawn.
+        skeleton, keypoint_names: for a keypoint model, the limbs (1-based pairs) drawn between its
+            keypoints and their names (left ones warm, right ones cool); see ``load_keypoint_info``.
 
     Returns:
         the paths of the PNGs written, in input order.
@@ -137,7 +141,8 @@ def predict_files(
     for path in collect_image_paths(inputs):
         image = load_image(path)
         det = predict_image(model, image, score_threshold=score_threshold)
-        picture = draw_detections(image, det, class_names, score_threshold=score_threshold)
+        picture = draw_detections(image, det, class_names, score_threshold=score_threshold, skeleton=skeleton,
+                                  keypoint_names=keypoint_names)
         out = os.path.join(os.fspath(output_dir), os.path.splitext(os.path.basename(path))[0] + ".png")
         save_image(picture, out)
         written.append(out)

@@ -41,7 +41,7 @@ from minimaskrcnn.data import DataLoader
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.prepare import DetectionDataset, prepare_datasets
 from minimaskrcnn.errors import CheckpointError, DataError, NonFiniteLossError
-from minimaskrcnn.evaluate import evaluate
+from minimaskrcnn.evaluate import evaluate, iou_types_of
 from minimaskrcnn.function import AnomalyError, detect_anomaly, no_grad
 from minimaskrcnn.global_batch import global_batch
 from minimaskrcnn.io import atomic_write, load_checkpoint, save_checkpoint
@@ -137,6 +137,7 @@ class Trainer:
 
             self.weights_reports = load_pretrained(self.model, self.class_names, weights, backbone,
                                                    remake_predictors=config.remake_predictors)
+        self._check_keypoints()
         if self.comm.size > 1:
             distributed.check_no_batch_statistics(self.model)
             distributed.broadcast_state_(self.comm, self.model)  # every replica starts from rank 0's weights
@@ -172,6 +173,25 @@ class Trainer:
         if self.is_root:
             with atomic_write(os.path.join(self.run_dir, CONFIG_NAME), "w") as f:
                 json.dump(self.config.to_dict(), f, indent=2)
+
+    def _check_keypoints(self) -> None:
+        """A keypoint head needs data with as many keypoints as it predicts.
+
+        Raises:
+            DataError: the model has a keypoint head and the training data has no keypoints, or
+                another number of them.
+        """
+        heads = self.model.roi_heads
+        if not heads.has_keypoint():
+            return
+        names = self.train_dataset.keypoint_names
+        source = getattr(self.train_dataset, "annotation_file", None)  # CocoDataset names its file
+        if not names:
+            raise DataError(source, f"model {self.config.model!r} predicts keypoints but the training data has none "
+                                    "(no category names keypoints): use --dataset figures, or a person_keypoints file")
+        if len(names) != heads.keypoint_predictor.out_channels:
+            raise DataError(source, f"the data has {len(names)} keypoints per object but model {self.config.model!r} "
+                                    f"predicts {heads.keypoint_predictor.out_channels}")
 
     @property
     def history(self) -> list[dict]:
@@ -210,6 +230,9 @@ class Trainer:
             "config": self.config.to_dict(),
             "num_classes": self.num_classes,
             "class_names": self.class_names,
+            # the keypoints' names and skeleton, for pictures of a keypoint model's predictions
+            "keypoint_names": self.train_dataset.keypoint_names,
+            "skeleton": getattr(self.train_dataset, "skeleton", None),  # optional: only for drawing
             "scheduler": self.scheduler.state_dict(),
             "loader": self.loader.state_dict(),
             "generators": self.generator_states(),
@@ -400,7 +423,8 @@ class Trainer:
         """Validation losses and COCO AP on the validation set; logged as a "val_*" row."""
         row: dict[str, Any] = {"step": self.step}
         row.update({f"val_{k}": v for k, v in self.validation_losses().items()})
-        stats = evaluate(self.model, self.val_dataset, iou_types=self.config.val_iou_types,
+        iou_types = self.config.val_iou_types or iou_types_of(self.model)
+        stats = evaluate(self.model, self.val_dataset, iou_types=iou_types,
                          indices=self.val_indices, verbose=verbose,
                          results_dir=self.run_dir)
         for iou_type, numbers in stats.items():

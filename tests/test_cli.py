@@ -275,7 +275,7 @@ def test_train_options_parse_to_the_field_types():
                      "norm_weight_decay": 1e-5}
     config = TrainConfig(**given)
     assert config.milestones() == (1000, 1300) and config.seed == 0
-    for bad in (["--backend", "tpu"], ["--val-iou-types", "keypoints"], ["--lr-milestones", "a,b"],
+    for bad in (["--backend", "tpu"], ["--val-iou-types", "masks"], ["--lr-milestones", "a,b"],
                 ["--model", "resnet9000"], ["--model-arg", "no-equals-sign"], ["--steps", "1.5"]):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args(bad)

@@ -1,8 +1,10 @@
 """Data: COCO-format data sets, synthetic shapes, augmentation and batching, COCO downloads.
 
 ``sample_dataset("train" | "val" | "overfit")`` opens the small COCO 2017 sample shipped with the
-package (see sample/README.md for its licenses); ``ShapesDataset`` / ``make_shapes_dataset`` make a
-synthetic set a small model learns in minutes; ``download_coco`` fetches more of COCO;
+package (see sample/README.md for its licenses; ``keypoints=True``: its person keypoints);
+``ShapesDataset`` / ``make_shapes_dataset`` make a synthetic set a small model learns in minutes, and
+``FiguresDataset`` / ``make_figures_dataset`` synthetic stick figures with keypoints (Keypoint R-CNN);
+``download_coco`` fetches more of COCO;
 ``prepare_datasets`` gives the data sets a training configuration names (``prepare.py``), and
 ``DetectionDataset`` says what a data set must offer the trainer.
 """
@@ -13,11 +15,23 @@ from typing import Any
 
 from minimaskrcnn.data.categories import LabelMap, coco_class_names, make_label_map
 from minimaskrcnn.data.coco import CocoDataset, CocoFiles, annotation_to_mask, load_coco_json
+from minimaskrcnn.data.figures import (
+    FIGURE_KEYPOINTS,
+    FIGURE_SIGMAS,
+    FIGURE_SKELETON,
+    FiguresDataset,
+    FiguresFiles,
+    FiguresSample,
+    generate_figures_image,
+    make_figures_dataset,
+)
 from minimaskrcnn.data.image import array_to_image, read_image
 from minimaskrcnn.data.prepare import (
     DATASETS,
+    DEFAULT_FIGURES_DIR,
     DEFAULT_SHAPES_DIR,
     DetectionDataset,
+    ensure_figures_data,
     ensure_shapes_data,
     prepare_datasets,
 )
@@ -36,12 +50,17 @@ from minimaskrcnn.data.transforms import (
     Resize,
     collate,
     hflip,
+    keypoint_flip_indices,
     resize,
 )
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_FIGURES_DIR",
     "DEFAULT_SHAPES_DIR",
+    "FIGURE_KEYPOINTS",
+    "FIGURE_SIGMAS",
+    "FIGURE_SKELETON",
     "SAMPLE_DIR",
     "SHAPE_CLASSES",
     "CocoDataset",
@@ -50,6 +69,9 @@ __all__ = [
     "DataLoader",
     "LabelMap",
     "DetectionDataset",
+    "FiguresDataset",
+    "FiguresFiles",
+    "FiguresSample",
     "RandomHorizontalFlip",
     "Resize",
     "ShapesDataset",
@@ -60,11 +82,15 @@ __all__ = [
     "coco_class_names",
     "collate",
     "download_coco",
+    "ensure_figures_data",
     "ensure_shapes_data",
+    "generate_figures_image",
     "generate_shapes_image",
     "hflip",
+    "keypoint_flip_indices",
     "load_coco_json",
     "make_label_map",
+    "make_figures_dataset",
     "make_shapes_dataset",
     "prepare_datasets",
     "read_image",

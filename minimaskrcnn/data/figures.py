@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 
 from minimaskrcnn.data.shapes import _MAX_PLACEMENT_TRIES, _MIN_CONTRAST, _background
 from minimaskrcnn.errors import PathLike
+from minimaskrcnn.io import atomic_write
 
 __all__ = [
     "FIGURE_KEYPOINTS",
@@ -257,7 +258,8 @@ class FiguresDataset:
     labels (M,) int64 ones, masks (M, H, W) uint8, keypoints (M, 13, 3) float32 (x, y, visibility),
     image_id int (= index + 1), area (M,) float32 (visible pixels), iscrowd (M,) int64 zeros.
     Attributes ``keypoint_names``, ``skeleton`` (1-based pairs), ``keypoint_sigmas`` describe the
-    keypoints; ``coco`` is a pycocotools COCO of the whole set (built on first use), for evaluation.
+    keypoints; ``coco`` is a pycocotools COCO of the whole set (built on first use) and
+    ``label_to_category_id`` its category of each label, for evaluation.
     """
 
     def __init__(self, num_images: int, image_size: int | tuple[int, int] = 128, seed: int = 0,
@@ -270,6 +272,7 @@ class FiguresDataset:
         self.transforms = transforms
         self.generator_kwargs = generator_kwargs
         self.categories: dict[int, str] = {1: CATEGORY_NAME}
+        self.label_to_category_id = {1: 1}  # the model's label 1 is COCO category 1
         self.num_classes = 2
         self.class_names = ["__background__", CATEGORY_NAME]
         self.keypoint_names = list(FIGURE_KEYPOINTS)
@@ -280,6 +283,9 @@ class FiguresDataset:
 
     def __len__(self) -> int:
         return self.num_images
+
+    def check_images(self, indices=None) -> None:
+        """Nothing to check: the images are generated (see ``data.prepare.DetectionDataset``)."""
 
     def sample(self, index: int) -> FiguresSample:
         """The raw sample ``index`` (uint8 image, masks, labels, boxes, keypoints)."""
@@ -332,7 +338,8 @@ class FiguresDataset:
             height, width = s.image.shape[:2]
             file_name = f"{index:06d}.png"
             if write_images_to is not None:
-                Image.fromarray(s.image).save(write_images_to / file_name, format="PNG")
+                with atomic_write(write_images_to / file_name) as f:
+                    Image.fromarray(s.image).save(f, format="PNG")
             images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height, "license": 0})
             for mask, box, kp in zip(s.masks, s.boxes, s.keypoints):
                 rle = mask_utils.encode(np.asfortranarray(mask))
@@ -378,5 +385,6 @@ def make_figures_dataset(out_dir: PathLike, num_images: int, image_size: int | t
     image_dir.mkdir(parents=True, exist_ok=True)
     data = FiguresDataset(num_images, image_size, seed, **generator_kwargs)._coco_dict(write_images_to=image_dir)
     annotation_file = out_dir / "keypoints.json"
-    annotation_file.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
+    with atomic_write(annotation_file, "w") as f:
+        f.write(json.dumps(data, separators=(",", ":")) + "\n")
     return FiguresFiles(annotation_file, image_dir)

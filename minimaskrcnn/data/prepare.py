@@ -1,8 +1,10 @@
-"""The data sets a training run names: the built-in shapes (generated once, cached), the package's
-COCO sample, or any COCO-format files; and ``DetectionDataset``, what the trainer needs of a data set.
+"""The data sets a training run names: the built-in shapes and stick figures (generated once, cached),
+the package's COCO sample, or any COCO-format files; and ``DetectionDataset``, what the trainer needs of
+a data set.
 
 ``prepare_datasets(config)`` turns the data fields of a ``TrainConfig`` into (train, val, class
-names); ``ensure_shapes_data`` generates the shapes splits unless the same ones are already there.
+names); ``ensure_shapes_data`` / ``ensure_figures_data`` generate the synthetic splits unless the same
+ones are already there.
 """
 from __future__ import annotations
 
@@ -19,13 +21,17 @@ from minimaskrcnn.io import atomic_write
 if TYPE_CHECKING:
     from minimaskrcnn.config import TrainConfig
 
-__all__ = ["DATASETS", "DEFAULT_SHAPES_DIR", "SHAPES_TRAIN_SEED", "SHAPES_VAL_SEED", "DetectionDataset",
-           "ensure_shapes_data", "model_label_map", "prepare_datasets", "relabel_datasets"]
+__all__ = ["DATASETS", "DEFAULT_FIGURES_DIR", "DEFAULT_SHAPES_DIR", "FIGURES_TRAIN_SEED", "FIGURES_VAL_SEED",
+           "SHAPES_TRAIN_SEED", "SHAPES_VAL_SEED", "DetectionDataset", "ensure_figures_data", "ensure_shapes_data",
+           "model_label_map", "prepare_datasets", "relabel_datasets"]
 
-DATASETS = ("shapes", "coco-sample", "coco-overfit", "coco")
+DATASETS = ("shapes", "figures", "coco-sample", "coco-overfit", "coco")
 DEFAULT_SHAPES_DIR = os.path.join("runs", "data", "shapes")
 SHAPES_TRAIN_SEED = 0  # the built-in shapes data: fixed seeds, so that val never overlaps train
 SHAPES_VAL_SEED = 1
+DEFAULT_FIGURES_DIR = os.path.join("runs", "data", "figures")
+FIGURES_TRAIN_SEED = 100  # the stick figures (keypoints): fixed seeds too, other than the shapes'
+FIGURES_VAL_SEED = 101
 
 
 @runtime_checkable
@@ -34,13 +40,16 @@ class DetectionDataset(Protocol):
 
     ``ds[i]`` is ``(image (3, H, W) float32 in [0, 1], target)`` with the target dict of
     CocoDataset (boxes (M, 4) float32 (x1, y1, x2, y2), labels (M,) int64, masks (M, H, W) uint8,
-    image_id, area, iscrowd). ``class_names`` is indexed by label ("__background__" at 0, "N/A" in
-    gaps), so ``num_classes == len(class_names)``. ``check_images(indices)`` raises ImageError for
-    a missing or unreadable image (a no-op where images are generated).
+    image_id, area, iscrowd; and keypoints (M, NK, 3) float32 when the data has keypoints).
+    ``class_names`` is indexed by label ("__background__" at 0, "N/A" in gaps), so ``num_classes ==
+    len(class_names)``. ``keypoint_names`` names the NK keypoints (None without keypoints; flips swap
+    "left_*" and "right_*"). ``check_images(indices)`` raises ImageError for a missing or unreadable
+    image (a no-op where images are generated).
     """
 
     class_names: list[str]
     num_classes: int
+    keypoint_names: list[str] | None
 
     def __len__(self) -> int: ...
 
@@ -66,6 +75,10 @@ def prepare_datasets(config: TrainConfig) -> tuple[CocoDataset, CocoDataset, lis
     if config.dataset == "shapes":
         train_ann, train_img, val_ann, val_img = ensure_shapes_data(
             config.data_dir or DEFAULT_SHAPES_DIR, config.num_train_images, config.num_val_images, config.image_size
+        )
+    elif config.dataset == "figures":
+        train_ann, train_img, val_ann, val_img = ensure_figures_data(
+            config.data_dir or DEFAULT_FIGURES_DIR, config.num_train_images, config.num_val_images, config.image_size
         )
     elif config.dataset in ("coco-sample", "coco-overfit"):
         from minimaskrcnn.data import sample_files
@@ -154,17 +167,38 @@ def ensure_shapes_data(data_dir: str, num_train: int, num_val: int, image_size: 
     """
     from minimaskrcnn.data.shapes import make_shapes_dataset
 
+    return _ensure_generated(make_shapes_dataset, data_dir, num_train, num_val, image_size,
+                             (SHAPES_TRAIN_SEED, SHAPES_VAL_SEED), {})
+
+
+def ensure_figures_data(data_dir: str, num_train: int, num_val: int, image_size: int) -> tuple[str, str, str, str]:
+    """Generate the stick-figures (person keypoints) train and val splits into ``data_dir`` unless they
+    are already there, as ``ensure_shapes_data`` (``data/figures.py``).
+
+    Returns:
+        (train annotation file, train image folder, val annotation file, val image folder).
+    """
+    from minimaskrcnn.data.figures import make_figures_dataset
+
+    return _ensure_generated(make_figures_dataset, data_dir, num_train, num_val, image_size,
+                             (FIGURES_TRAIN_SEED, FIGURES_VAL_SEED), {"data": "figures"})
+
+
+def _ensure_generated(make, data_dir: str, num_train: int, num_val: int, image_size: int,
+                      seeds: tuple[int, int], kind: dict) -> tuple[str, str, str, str]:
+    """Each split made by ``make(split_dir, num_images, image_size, seed)`` unless ``meta.json`` says the
+    folder already holds it (``kind`` tells the generators apart in the meta data)."""
     out: list[str] = []
-    for split, n, seed in (("train", num_train, SHAPES_TRAIN_SEED), ("val", num_val, SHAPES_VAL_SEED)):
+    for split, n, seed in (("train", num_train, seeds[0]), ("val", num_val, seeds[1])):
         split_dir = os.path.join(data_dir, split)
         meta_path = os.path.join(split_dir, "meta.json")
-        params = {"num_images": int(n), "image_size": int(image_size), "seed": seed}
+        params = {"num_images": int(n), "image_size": int(image_size), "seed": seed, **kind}
         done = None
         if os.path.isfile(meta_path):
             with open(meta_path) as f:
                 done = json.load(f)
         if done is None or done.get("params") != params:
-            made = make_shapes_dataset(split_dir, num_images=int(n), image_size=int(image_size), seed=seed)
+            made = make(split_dir, num_images=int(n), image_size=int(image_size), seed=seed)
             # names relative to the split folder, so that the folder can move
             names = {"annotations": os.path.relpath(made.annotation_file, split_dir),
                      "images": os.path.relpath(made.image_dir, split_dir)}

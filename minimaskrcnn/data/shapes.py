@@ -208,6 +208,7 @@ class ShapesDataset:
         kinds = shape_classes(generator_kwargs.get("num_classes", len(SHAPE_CLASSES)), generator_kwargs.get("classes"))
         self.categories: dict[int, str] = {i + 1: kind for i, kind in enumerate(kinds)}
         self.num_classes = len(kinds) + 1  # with background
+        self.keypoint_names: list[str] | None = None  # no keypoints (see data.figures for a keypoint set)
         self.class_names = ["__background__"] + list(self.categories.values())
         self.ids = list(range(1, num_images + 1))
 
