@@ -466,9 +466,9 @@ if len(det["boxes"]):
 # costly for masks (Table 2c) and more so for keypoints: on COCO minival, Table 6 gives **64.2** keypoint AP
 # with RoIAlign against **59.8** with RoIPool (AP50 86.6 vs 86.2, AP75 69.7 vs 66.7), with ResNet-50-FPN.
 #
-# Our figures are small, so every RoI is pooled from P2 (stride 4): RoIPool moves each RoI edge to the
-# nearest multiple of 4 px (up to 2 px off) and takes one more cell (4 px) on the right and the bottom
-# (torchvision's `roi_pool` counts x1..x2 inclusive). Below, for one held-out figure, the 14×14 bins each
+# Our figures are small, so their RoIs (√(w·h) under 112 px, FPN Eq. 1) are pooled from P2 (stride 4):
+# RoIPool moves each RoI edge to the nearest multiple of 4 px (up to 2 px off) and takes one more cell
+# (4 px) on the right and the bottom (torchvision's `roi_pool` counts x1..x2 inclusive). Below, for one held-out figure, the 14×14 bins each
 # layer pools, and how the edge error compares with the distance at which a keypoint's OKS term falls to
 # 0.75, `d = 2σ √area · √(2 ln(4/3))` (lesson 13).
 
