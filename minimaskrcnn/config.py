@@ -124,6 +124,9 @@ class TrainConfig:
                 "it (default: the stored pixels, as COCO)"})
     hflip_prob: float = field(default=0.5, metadata={
         "group": "data", "help": "probability of a horizontal flip of each training image"})
+    min_keypoints_per_image: int | None = field(default=None, metadata={
+        "group": "data", "help": "keypoint data: train only on images with at least this many labelled keypoints "
+                                 "(torchvision's keypoint training uses 10)"})
 
     # --- optimisation (SGD with momentum, linear warm-up, then steps of the learning rate)
     steps: int = field(default=1500, metadata={

@@ -77,3 +77,16 @@ def test_data_figures_writes_a_keypoints_file(tmp_path, capsys):
     assert code == 0
     data = json.loads((tmp_path / "f" / "keypoints.json").read_text())
     assert len(data["images"]) == 2 and data["categories"][0]["keypoints"] == list(FIGURE_KEYPOINTS)
+
+
+def test_min_keypoints_per_image_option_filters_the_training_images(tmp_path):
+    from minimaskrcnn.config import TrainConfig
+    from minimaskrcnn.data import prepare_datasets, sample_files
+
+    files = sample_files("train", keypoints=True)
+    config = TrainConfig(dataset="coco", train_annotations=str(files.annotation_file),
+                         train_images=str(files.image_dir),
+                         min_keypoints_per_image=10)
+    train, val, _ = prepare_datasets(config)
+    assert 0 < len(train) < len(val)  # the same file: the filter applies to training only
+    assert all((train.load_target(i)["keypoints"][..., 2] > 0).sum() >= 10 for i in range(len(train)))
