@@ -16,6 +16,7 @@ import numpy as np
 
 from minimaskrcnn import nn
 from minimaskrcnn.backend import as_array, get_array_module
+from minimaskrcnn.global_batch import note_loss_count
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops.upsample import resize_bicubic
 
@@ -146,7 +147,9 @@ def keypointrcnn_loss(keypoint_logits, proposals: Sequence, gt_keypoints: Sequen
 
     Returns:
         a 0-d Tensor. When no keypoint is valid (none labelled inside any RoI, or no RoI), it is
-        ``keypoint_logits.sum() * 0``: zero, with a zero gradient that still reaches the logits.
+        ``keypoint_logits.sum() * 0``: zero, with a zero gradient that still reaches the logits. The
+        number of valid pairs it averages over is noted for data-parallel training
+        (``global_batch.note_loss_count("loss_keypoint", count)``; 0 when none is valid).
 
     Raises:
         ValueError: if the heatmaps are not square.
@@ -164,7 +167,9 @@ def keypointrcnn_loss(keypoint_logits, proposals: Sequence, gt_keypoints: Sequen
     keypoint_targets = xp.concatenate(heatmaps) if heatmaps else xp.zeros(0, dtype=np.int64)
     valid_idx = xp.nonzero(xp.concatenate(valid))[0] if valid else xp.zeros(0, dtype=np.int64)
     if keypoint_targets.size == 0 or len(valid_idx) == 0:
+        note_loss_count("loss_keypoint", 0)
         return keypoint_logits.sum() * 0
+    note_loss_count("loss_keypoint", len(valid_idx))  # the valid (RoI, keypoint) pairs the mean runs over
     flat_logits = keypoint_logits.reshape(num_rois * num_keypoints, height * width)
     return F.cross_entropy(flat_logits[valid_idx], keypoint_targets[valid_idx])
 

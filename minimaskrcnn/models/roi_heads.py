@@ -659,6 +659,7 @@ class RoIHeads(nn.Module):
         if self.training:
             if keypoint_logits is None:
                 # no positive RoI in the batch: a zero loss that still reaches the predictor
+                note_loss_count("loss_keypoint", 0)
                 return {"loss_keypoint": self.keypoint_predictor.kps_score_lowres.weight.sum() * 0}
             gt_keypoints = [as_array(t["keypoints"]) for t in targets]
             return {"loss_keypoint": keypointrcnn_loss(keypoint_logits, keypoint_proposals, gt_keypoints,
