@@ -2,8 +2,8 @@
 
 The small Keypoint R-CNN "r18-figures-kp" (and its RoIPool twin "r18-figures-kp-roipool", identical but
 for the keypoint branch's RoI layer) trained on the synthetic stick figures with the same recipe and
-seeds, then evaluated on held-out figures (COCO keypoint AP, OKS). One run takes 10-30 minutes on one
-core, so run it in the background:
+seeds, then evaluated on held-out figures (COCO keypoint AP, OKS). One run took 25-31 minutes on one
+shared core (the stored runs), so run it in the background:
 
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 nohup nice -n 10 \\
         python lessons/_build/experiments/15_keypoint_roi_layer.py --seeds 0 1 2 > runs/15_kp.log 2>&1 &
