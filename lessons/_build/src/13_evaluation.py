@@ -41,7 +41,7 @@ from pycocotools.cocoeval import COCOeval
 from minimaskrcnn.evaluate import coco_evaluate
 from minimaskrcnn.ops import boxes as box_ops
 
-from _helpers import exercise, log
+from _helpers import QUICK, exercise, log
 
 plt.rcParams["figure.dpi"] = 80
 rng = np.random.default_rng(0)
@@ -233,7 +233,7 @@ axes[0].set_ylabel("precision"), axes[0].legend(fontsize=8)
 plt.show()
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(7, 3.2))
 for cat, ap in ap_by_cat.items():
     ax.plot(IOU_THRESHOLDS, ap, "o-", label=f"class {cat}")
 mean_curve = np.mean(list(ap_by_cat.values()), axis=0)
@@ -258,6 +258,161 @@ coco_miou = mask_utils.iou(rle(masks), rle(gt_masks), [0, 0, 0])
 log("mask IoU (3 x 3)", ours_miou)
 assert np.allclose(ours_miou, coco_miou)
 print("equal to pycocotools.mask.iou")
+
+# %% [markdown]
+# ## Keypoints: object keypoint similarity instead of IoU
+# COCO's keypoint track (Mask R-CNN §5; lesson 15) matches and ranks detections exactly as above; only the
+# overlap changes. A detection d and a person g overlap by their **object keypoint similarity**
+#
+# $$\mathrm{OKS} = \frac{\sum_i \exp\left(-d_i^2 / (2 s^2 k_i^2)\right) [v_i > 0]}{\sum_i [v_i > 0]}$$
+#
+# where d_i is the distance between the predicted and the true keypoint i, s² the person's area (of its
+# segmentation), k_i = 2σ_i with σ_i the spread of human annotators for keypoint i relative to the person's
+# size (0.026 for the nose, up to 0.107 for the hips), and v_i the true keypoint's visibility. So OKS is 1
+# for a perfect pose and each keypoint's term falls like a Gaussian whose width grows with the person and
+# with how hard that keypoint is to place. Persons without any labelled keypoint are ignored; at most 20
+# detections per image count; the size ranges are medium and large only. (For an object with no labelled
+# keypoint pycocotools measures how far outside twice its box each predicted keypoint falls; it is ignored
+# in the AP anyway.)
+#
+# Below: synthetic stick figures (`FiguresDataset`, 13 keypoints with their own sigmas) and a simulated
+# pose estimator; OKS by hand equals pycocotools' `computeOks`, and the AP from OKS equals its keypoint AP.
+
+# %%
+from minimaskrcnn.data.figures import FiguresDataset
+
+figures = FiguresDataset(12 if QUICK else 40, seed=7)
+kp_gt = figures.coco_dict()
+sigmas = np.array(figures.keypoint_sigmas)
+
+
+def simulate_poses(gt_dict, seed=0):
+    """Per labelled figure: 0-2 detections whose keypoints are off by noise proportional to its size."""
+    r = np.random.default_rng(seed)
+    dets = []
+    for g in gt_dict["annotations"]:
+        true = np.array(g["keypoints"], dtype=np.float64).reshape(-1, 3)
+        for _copy in range(int(r.choice([0, 1, 1, 1, 2]))):
+            spread = r.uniform(0.01, 0.12) * np.sqrt(g["area"])            # pixels
+            xy = true[:, :2] + r.normal(0, spread, true[:, :2].shape)
+            if not (true[:, 2] > 0).any():  # nothing labelled: somewhere near
+                xy = np.array(g["bbox"][:2]) + r.uniform(0, 1, xy.shape) * np.array(g["bbox"][2:])
+            dets.append({"image_id": g["image_id"], "category_id": 1, "score": float(r.uniform(0.3, 1) / (1 + spread)),
+                         "keypoints": np.concatenate([xy, np.ones((len(xy), 1))], 1).ravel().tolist()})
+    return dets
+
+
+kp_dets = simulate_poses(kp_gt)
+print(f"{len(kp_gt['annotations'])} figures ({sum(g['num_keypoints'] > 0 for g in kp_gt['annotations'])} "
+      f"with labelled keypoints), {len(kp_dets)} detections")
+
+
+def oks_by_hand(det, gt, sigmas):
+    """Object keypoint similarity of one detection with one object (pycocotools' formula)."""
+    g = np.array(gt["keypoints"], dtype=np.float64).reshape(-1, 3)
+    d = np.array(det["keypoints"], dtype=np.float64).reshape(-1, 3)
+    visible = g[:, 2] > 0
+    if visible.any():
+        dx, dy = d[:, 0] - g[:, 0], d[:, 1] - g[:, 1]
+    else:  # distance outside the box grown to twice its size on each side
+        x, y, w, h = gt["bbox"]
+        dx = np.maximum(0, (x - w) - d[:, 0]) + np.maximum(0, d[:, 0] - (x + 2 * w))
+        dy = np.maximum(0, (y - h) - d[:, 1]) + np.maximum(0, d[:, 1] - (y + 2 * h))
+    e = (dx**2 + dy**2) / (2 * sigmas) ** 2 / (gt["area"] + np.spacing(1)) / 2
+    return float(np.exp(-(e[visible] if visible.any() else e)).mean())
+
+
+with contextlib.redirect_stdout(io.StringIO()):
+    kp_coco = COCO()
+    kp_coco.dataset = kp_gt
+    kp_coco.createIndex()
+    kp_eval = COCOeval(kp_coco, kp_coco.loadRes([dict(d) for d in kp_dets]), "keypoints")
+    kp_eval.params.kpt_oks_sigmas = sigmas
+    kp_eval.evaluate(), kp_eval.accumulate(), kp_eval.summarize()
+checked = 0
+for (image_id, _cat), matrix in kp_eval.ious.items():
+    if len(matrix) == 0:
+        continue
+    dets = sorted((d for d in kp_dets if d["image_id"] == image_id), key=lambda d: -d["score"])[:20]
+    gts = [g for g in kp_gt["annotations"] if g["image_id"] == image_id]
+    mine = np.array([[oks_by_hand(d, g, sigmas) for g in gts] for d in dets])
+    assert np.allclose(mine, matrix, atol=1e-12), image_id
+    checked += mine.size
+print(f"OKS by hand equals pycocotools' computeOks on all {checked} (detection, figure) pairs")
+
+# %% [markdown]
+# The AP: the matcher of step 1 with OKS for IoU, persons without labelled keypoints ignored, a
+# detection's area the box around its keypoints, 20 detections per image; then `average_precision`
+# unchanged.
+
+# %%
+def match_image_oks(dets, gts, area_range, max_dets=20):
+    lo, hi = area_range
+    gt_ignore = np.array([g["num_keypoints"] == 0 or g.get("iscrowd", 0) or not (lo <= g["area"] <= hi)
+                          for g in gts], dtype=bool)
+    gts = [gts[i] for i in np.argsort(gt_ignore, kind="mergesort")]
+    gt_ignore = np.sort(gt_ignore, kind="mergesort")
+    dets = [dets[i] for i in np.argsort([-d["score"] for d in dets], kind="mergesort")[:max_dets]]
+    overlap = np.array([[oks_by_hand(d, g, sigmas) for g in gts] for d in dets]).reshape(len(dets), len(gts))
+    det_matched = np.zeros((len(IOU_THRESHOLDS), len(dets)), dtype=bool)
+    det_ignore = np.zeros_like(det_matched)
+    for t_idx, t in enumerate(IOU_THRESHOLDS):
+        gt_taken = np.zeros(len(gts), dtype=bool)
+        for d_idx in range(len(dets)):
+            best, best_overlap = -1, min(t, 1 - 1e-10)
+            for g_idx in range(len(gts)):
+                if gt_taken[g_idx]:
+                    continue
+                if best > -1 and not gt_ignore[best] and gt_ignore[g_idx]:
+                    break
+                if overlap[d_idx, g_idx] < best_overlap:
+                    continue
+                best, best_overlap = g_idx, overlap[d_idx, g_idx]
+            if best > -1:
+                det_matched[t_idx, d_idx], det_ignore[t_idx, d_idx] = True, gt_ignore[best]
+                gt_taken[best] = True
+    xy = [np.array(d["keypoints"]).reshape(-1, 3)[:, :2] for d in dets]
+    det_area = np.array([np.prod(p.max(0) - p.min(0)) for p in xy])
+    det_ignore |= ~det_matched & ((det_area < lo) | (det_area > hi))[None]
+    return np.array([d["score"] for d in dets]), det_matched, det_ignore, int((~gt_ignore).sum())
+
+
+image_ids = [im["id"] for im in kp_gt["images"]]
+kp_ours = {}
+for name, area in [("AP", "all"), ("APm", "medium"), ("APl", "large")]:
+    per_image = [match_image_oks([d for d in kp_dets if d["image_id"] == i],
+                                 [g for g in kp_gt["annotations"] if g["image_id"] == i],
+                                 (0, 1e10) if area == "all" else AREA_RANGES[area]) for i in image_ids]
+    count = sum(p[3] for p in per_image)
+    if count == 0:
+        kp_ours[name] = -1.0
+        continue
+    aps, _ = average_precision(np.concatenate([p[0] for p in per_image]), np.concatenate([p[1] for p in per_image], 1),
+                               np.concatenate([p[2] for p in per_image], 1), count)
+    kp_ours[name] = aps.mean()
+    if area == "all":
+        kp_ours["AP50"], kp_ours["AP75"] = aps[0], aps[5]
+kp_reference = dict(zip(["AP", "AP50", "AP75", "APm", "APl"], kp_eval.stats[:5]))
+for name in kp_reference:
+    print(f"keypoint {name:5s} ours {kp_ours[name]:.6f}   pycocotools {kp_reference[name]:.6f}")
+    assert abs(kp_ours[name] - kp_reference[name]) < 1e-12, name
+lib = coco_evaluate(kp_coco, [dict(d) for d in kp_dets], "keypoints")
+assert all(abs(lib[k] - kp_reference[k]) < 1e-12 for k in kp_reference)
+print("and minimaskrcnn.evaluate.coco_evaluate(..., 'keypoints'), which takes the sigmas from the data set")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.2))
+d = np.linspace(0, 12, 200)
+area = np.median([g["area"] for g in kp_gt["annotations"] if g["num_keypoints"] > 0])
+for name in ("head", "left_wrist", "left_hip"):
+    sigma = sigmas[figures.keypoint_names.index(name)]
+    ax.plot(d, np.exp(-d**2 / (2 * area * (2 * sigma) ** 2)), label=f"{name} (σ = {sigma})")
+for level in (0.5, 0.75):  # two of the OKS thresholds of the AP
+    ax.axhline(level, color="gray", lw=0.5), ax.text(12, level + 0.02, f"OKS {level}", ha="right", fontsize=8)
+ax.set_xlabel("distance from the true keypoint (pixels)"), ax.set_ylabel("OKS term")
+ax.set_title(f"one keypoint's OKS term, for a figure of median area {area:.0f} px²", fontsize=10)
+ax.legend(fontsize=8)
+plt.show()
 
 # %% [markdown]
 # ## Exercises
@@ -328,5 +483,7 @@ with exercise(3, "13_evaluation"):
 # * AP at t: the upper envelope of the precision-recall curve, read at 101 recall points, averaged.
 # * COCO AP: the mean over t = 0.50 … 0.95 and over classes; size ranges ignore objects outside them.
 #   Our loop gives pycocotools' numbers exactly.
+# * Keypoints: the same matching and AP with OKS, a Gaussian of the keypoint distances scaled by the
+#   object's area and each keypoint's sigma, in place of IoU; by hand it equals pycocotools' `computeOks`.
 #
 # Next: lesson 14 trains a whole Mask R-CNN and measures it with these numbers.
