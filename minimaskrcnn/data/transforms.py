@@ -326,7 +326,8 @@ class DataLoader:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
         self.dataset = dataset
-        self.indices = np.arange(len(dataset), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.indices = (np.arange(len(dataset), dtype=np.int64) if indices is None
+                        else np.asarray(indices, dtype=np.int64))
         if len(self.indices) == 0:
             raise ValueError("the DataLoader has no samples (empty dataset or indices)")
         self.batch_size = batch_size
@@ -375,7 +376,8 @@ class DataLoader:
             # this process's share of the batch (all of it for one process)
             self.last_batch_slots = shard_slots(len(positions), self.rank, self.num_replicas)
             positions = [positions[s] for s in self.last_batch_slots]
-            samples = [self._sample(int(order[k]), np.random.default_rng([self.seed, self.epoch, k])) for k in positions]
+            samples = [self._sample(int(order[k]), np.random.default_rng([self.seed, self.epoch, k]))
+                       for k in positions]
             self.batch_index += 1
             yield self.collate_fn(samples)
         self.epoch += 1
