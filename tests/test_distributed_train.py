@@ -150,6 +150,24 @@ def test_two_ranks_give_the_weights_of_one_process_float64(root):
     assert relative_difference(a, b) < 1e-10
 
 
+def test_two_ranks_train_a_keypoint_model_like_one_process(root):
+    # the keypoint loss is a mean over the valid (RoI, keypoint) pairs: each rank notes its count and the
+    # trainer weights it by the global count, so two ranks give the weights of one process (float64)
+    config = dataclasses.replace(tiny_config(root, "kp-one"), model="r18-figures-kp", dataset="figures",
+                                 data_dir=str(root / "figures"), image_size=96, steps=2,
+                                 val_iou_types=("keypoints",))
+    model = build_model_from_config(config, 2).to_dtype(np.float64)
+    Trainer(config, model=model).fit()
+    config2 = dataclasses.replace(config, name="kp-two")
+    out = run_script(config2, root, 2, "--dtype", "float64", "--num-classes", "2")
+    assert "noted no count" not in out.stderr
+    a, b = weights(config), weights(config2)
+    assert any(k.startswith("roi_heads.keypoint_head") for k in a)
+    initial = build_model_from_config(config, 2).to_dtype(np.float64).state_dict()
+    assert relative_difference(a, initial) > 1e-4  # the two steps really moved the weights
+    assert relative_difference(a, b) < 1e-10
+
+
 def test_a_rank_without_images_in_a_last_small_batch_takes_part(root):
     # 5 images, batches of 4: the second batch holds one image, and rank 1 none (it sends zeros)
     config = dataclasses.replace(tiny_config(root, "one5"), num_train_images=5, steps=2, data_dir=str(root / "s5"))
