@@ -1,5 +1,7 @@
 """COCO instance segmentation as (image, target) samples, the way torchvision's detection references
 read it: polygons and RLE become binary masks, boxes go from (x, y, w, h) to (x1, y1, x2, y2).
+An annotation without a segmentation (none, null or empty) is a box-only instance: it has a box and
+a class but no mask (``target["has_mask"]``), for partially supervised training (lesson 18).
 
 The annotation file is checked on load; every problem is reported with the file and the annotation
 or image id (``minimaskrcnn.errors``). Lesson: lessons/ (the data pipeline).
@@ -21,9 +23,22 @@ from pycocotools.coco import COCO
 
 from minimaskrcnn.data.categories import LabelMap, check_category_id, make_label_map
 from minimaskrcnn.data.image import check_image_size, read_image
-from minimaskrcnn.errors import AnnotationError, PathLike
+from minimaskrcnn.errors import AnnotationError, DataError, PathLike
 
-__all__ = ["CocoDataset", "CocoFiles", "annotation_to_mask", "load_coco_json"]
+__all__ = ["VOC_CATEGORY_NAMES", "BoxOnlyInstancesWarning", "CocoDataset", "CocoFiles", "annotation_to_mask",
+           "has_segmentation", "load_coco_json", "resolve_categories"]
+
+# COCO's names of the 20 PASCAL VOC categories: the "seen" classes of the partially supervised
+# VOC -> non-VOC benchmark (Hu et al. 2018, "Learning to Segment Every Thing"; Deep-MAC)
+VOC_CATEGORY_NAMES = (
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",
+    "horse", "motorcycle", "person", "potted plant", "sheep", "couch", "train", "tv",
+)
+
+
+class BoxOnlyInstancesWarning(UserWarning):
+    """A note, once per data set, of how many instances have a box but no mask."""
+
 
 class CocoFiles(NamedTuple):
     """A COCO-format data set on disk (pass both to CocoDataset)."""
@@ -68,9 +83,10 @@ def load_coco_json(annotation_file: PathLike) -> dict:
     integer ``id``, a ``file_name`` and positive ``width``/``height``; categories an integer ``id``
     (any integer; a string or float id is refused with the fix, see ``categories.check_category_id``)
     and a ``name``; annotations an integer ``id``, an ``image_id`` and ``category_id`` that exist, a
-    ``bbox`` of 4 finite numbers with width and height >= 0, a ``segmentation`` that is a list of
-    polygons (even number of finite coordinates) or an RLE whose ``size`` is the image's (height,
-    width), ``iscrowd`` 0 or 1. Ids must be unique.
+    ``bbox`` of 4 finite numbers with width and height >= 0, a ``segmentation`` (if any) that is a
+    list of polygons (even number of finite coordinates) or an RLE whose ``size`` is the image's
+    (height, width), ``iscrowd`` 0 or 1. A missing, null or empty segmentation makes a box-only
+    instance (see ``has_segmentation``), except for crowd regions, which need one. Ids must be unique.
 
     Args:
         annotation_file: path of the JSON file.
@@ -137,7 +153,7 @@ def load_coco_json(annotation_file: PathLike) -> dict:
             raise AnnotationError(path, f"annotation is a {type(ann).__name__}, expected an object",
                                   record=f"annotations[{i}]")
         record = _ann_record(ann, i)
-        for key in ("id", "image_id", "category_id", "bbox", "segmentation"):
+        for key in ("id", "image_id", "category_id", "bbox"):
             if key not in ann:
                 raise AnnotationError(path, f"missing key '{key}'", record=record)
         if not _integer(ann["id"]):
@@ -163,7 +179,10 @@ def load_coco_json(annotation_file: PathLike) -> dict:
         if "area" in ann and not (_number(ann["area"]) and math.isfinite(ann["area"]) and ann["area"] >= 0):
             raise AnnotationError(path, f"area {ann['area']!r} is not a finite number >= 0", record=record)
         image = images[ann["image_id"]]
-        _check_segmentation(ann["segmentation"], image["height"], image["width"], path, record)
+        if has_segmentation(ann):
+            _check_segmentation(ann["segmentation"], image["height"], image["width"], path, record)
+        elif ann.get("iscrowd", 0):
+            raise AnnotationError(path, "crowd region (iscrowd 1) without a segmentation", record=record)
         if "keypoints" in ann:
             _check_keypoints(ann["keypoints"], keypoint_counts.get(ann["category_id"]), path, record)
     return data
@@ -183,6 +202,63 @@ def _check_keypoints(keypoints, count: int | None, path: Path, record: str) -> N
         raise AnnotationError(path, "a keypoint has a non-finite coordinate", record=record)
     if any(v not in (0, 1, 2) for v in keypoints[2::3]):
         raise AnnotationError(path, f"keypoint visibility {keypoints[2::3]} not all 0, 1 or 2", record=record)
+
+
+def has_segmentation(ann: dict) -> bool:
+    """Whether a COCO annotation has a mask: False when ``segmentation`` is missing, null, [] or {}.
+
+    Such an annotation is a box-only instance (its box and class train the detector, not the mask head).
+    """
+    seg = ann.get("segmentation")
+    return seg is not None and not (isinstance(seg, (list, dict)) and len(seg) == 0)
+
+
+def resolve_categories(names, categories: dict[int, str], path: PathLike | None = None) -> set[int]:
+    """Category ids from a list of names, ids or the word "voc" (the 20 PASCAL VOC categories).
+
+    Args:
+        names: a comma-separated string or a sequence of category names (as in ``categories``,
+            case-insensitive), integer ids, or "voc".
+        categories: {category id: name} of the data set.
+        path: the annotation file, to name in errors.
+
+    Returns:
+        the set of category ids.
+
+    Raises:
+        DataError: a name or id the data set does not have, or "voc" on a data set with none of
+            the VOC categories.
+    """
+    if isinstance(names, str):
+        names = names.split(",")
+    by_name = {name.strip().lower(): cid for cid, name in categories.items()}
+    known = ", ".join(sorted(categories.values()))
+    ids: set[int] = set()
+    for entry in names:
+        if isinstance(entry, (int, np.integer)) and not isinstance(entry, bool):
+            if int(entry) not in categories:
+                raise DataError(path, f"mask categories: no category id {int(entry)} in this data set "
+                                f"(it has: {known})")
+            ids.add(int(entry))
+            continue
+        name = str(entry).strip().lower()
+        if not name:
+            continue
+        if name == "voc":
+            voc = {by_name[n] for n in VOC_CATEGORY_NAMES if n in by_name}
+            if not voc:
+                raise DataError(path, "mask categories: 'voc' names the 20 PASCAL VOC categories of COCO, and "
+                                f"this data set has none of them (it has: {known})")
+            ids |= voc
+        elif name in by_name:
+            ids.add(by_name[name])
+        elif name.isdigit() and int(name) in categories:
+            ids.add(int(name))
+        else:
+            raise DataError(path, f"mask categories: no category named {entry!r} in this data set (it has: {known})")
+    if not ids:
+        raise DataError(path, "mask categories: the list is empty")
+    return ids
 
 
 def _check_segmentation(seg, height: int, width: int, path: Path, record: str) -> None:
@@ -271,6 +347,9 @@ class CocoDataset:
         min_keypoints_per_image: keep only images whose objects have at least this many labelled
             keypoints (visibility > 0) in all, as torchvision's keypoint training does with 10;
             None keeps every image. Only for files with keypoints.
+        mask_categories: keep the masks of these categories only (names, ids, or "voc" for the 20
+            PASCAL VOC categories; see ``resolve_categories``): the instances of every other category
+            become box-only, as in partially supervised training. None keeps every mask.
 
     A sample is:
         image: (3, H, W) float32 RGB in [0, 1], read by ``data.image.read_image``: intensities kept
@@ -279,9 +358,13 @@ class CocoDataset:
         target: dict with
             boxes: (M, 4) float32, (x1, y1, x2, y2) in pixels, clipped to the image;
             labels: (M,) int64, see ``contiguous_labels``;
-            masks: (M, H, W) uint8, 1 inside the instance;
+            masks: (M, H, W) uint8, 1 inside the instance (all 0 for a box-only instance);
+            has_mask: (M,) bool, False for box-only instances (no segmentation, or a category
+                outside ``mask_categories``): they take part in the RPN and box losses and are
+                left out of the mask targets and the mask loss;
             image_id: int, the COCO image id;
-            area: (M,) float32, the annotation's ``area`` (mask area in pixels);
+            area: (M,) float32, the annotation's ``area`` (mask area in pixels; box area for a
+                box-only instance without one);
             iscrowd: (M,) int64, all 0 (crowd regions are kept out, see ``return_crowd``);
             keypoints (only when the categories name keypoints, as COCO's person keypoints files do):
                 (M, NK, 3) float32, (x, y, visibility) in pixels, visibility 0 = not labelled
@@ -294,7 +377,8 @@ class CocoDataset:
     polygons all have fewer than 3 points, are skipped with one warning listing their ids (a polygon
     of fewer than 3 points next to good ones is ignored, with a warning too). Malformed
     input raises ``AnnotationError`` (see ``load_coco_json``); a missing, unreadable or wrongly sized
-    image raises ``ImageError`` when its sample is read.
+    image raises ``ImageError`` when its sample is read. When some instances are box-only, one
+    ``BoxOnlyInstancesWarning`` says how many (``num_box_only``; their ids in ``box_only_annotation_ids``).
     """
 
     def __init__(
@@ -309,6 +393,7 @@ class CocoDataset:
         return_crowd: bool = False,
         exif_transpose: bool = False,
         min_keypoints_per_image: int | None = None,
+        mask_categories=None,
     ):
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
@@ -336,7 +421,22 @@ class CocoDataset:
         self.keypoint_names: list[str] | None = list(keypointed[0]["keypoints"]) if keypointed else None
         self.skeleton: list[list[int]] = [list(p) for p in keypointed[0].get("skeleton", [])] if keypointed else []
 
+        self.mask_categories: set[int] | None = None
+        if mask_categories is not None:
+            self.mask_categories = resolve_categories(mask_categories, self.categories, self.annotation_file)
         self._objects, self._crowds = self._index_annotations(data)
+        entries = [e for objs in self._objects.values() for e in objs]
+        self.box_only_annotation_ids: set[int] = {ann["id"] for ann, _, has_mask in entries if not has_mask}
+        self.num_box_only = len(self.box_only_annotation_ids)
+        if self.num_box_only:
+            total = len(entries)
+            why = ["no segmentation"]
+            if self.mask_categories is not None:
+                kept = ", ".join(self.categories[c] for c in sorted(self.mask_categories))
+                why.append(f"a category outside mask_categories ({kept})")
+            warnings.warn(f"{self.annotation_file}: {self.num_box_only} of {total} instances are box-only "
+                          f"({' or '.join(why)}): they train the RPN and box head, not the mask head",
+                          BoxOnlyInstancesWarning, stacklevel=2)
         ids = sorted(self.coco.imgs)
         if remove_images_without_annotations:
             ids = [i for i in ids if self._objects[i]]
@@ -389,13 +489,16 @@ class CocoDataset:
             if x2 <= x1 or y2 <= y1:
                 degenerate_boxes.append(ann["id"])
                 continue
-            seg = ann["segmentation"]
-            if isinstance(seg, list) and any(len(p) < 6 for p in seg):
+            has_mask = has_segmentation(ann)
+            seg = ann.get("segmentation")
+            if has_mask and isinstance(seg, list) and any(len(p) < 6 for p in seg):
                 if not any(len(p) >= 6 for p in seg):
                     degenerate_polygons.append(ann["id"])
                     continue
                 short_parts.append(ann["id"])  # kept; annotation_to_mask ignores the short parts
-            entry = (ann, (float(x1), float(y1), float(x2), float(y2)))
+            if self.mask_categories is not None and ann["category_id"] not in self.mask_categories:
+                has_mask = False
+            entry = (ann, (float(x1), float(y1), float(x2), float(y2)), has_mask)
             (crowds if ann.get("iscrowd", 0) else objects)[ann["image_id"]].append(entry)
         _warn_skipped(self.annotation_file, degenerate_boxes, "whose box is empty after clipping to the image")
         _warn_skipped(self.annotation_file, degenerate_polygons, "whose polygons all have fewer than 3 points")
@@ -450,11 +553,12 @@ class CocoDataset:
         height, width = info["height"], info["width"]
         objects = self._objects[image_id]
         target: dict[str, Any] = {
-            "boxes": np.array([box for _, box in objects], dtype=np.float32).reshape(-1, 4),
-            "labels": np.array([self.category_id_to_label[a["category_id"]] for a, _ in objects], dtype=np.int64),
+            "boxes": np.array([box for _, box, _ in objects], dtype=np.float32).reshape(-1, 4),
+            "labels": np.array([self.category_id_to_label[a["category_id"]] for a, _, _ in objects], dtype=np.int64),
             "masks": self._masks(objects, height, width),
+            "has_mask": np.array([m for _, _, m in objects], dtype=bool),
             "image_id": int(image_id),
-            "area": np.array([a["area"] if "area" in a else -1.0 for a, _ in objects], dtype=np.float32),
+            "area": np.array([a["area"] if "area" in a else -1.0 for a, _, _ in objects], dtype=np.float32),
             "iscrowd": np.zeros(len(objects), dtype=np.int64),
         }
         if self.keypoint_names is not None:
@@ -464,19 +568,23 @@ class CocoDataset:
                     keypoints[k] = np.asarray(a["keypoints"], dtype=np.float32).reshape(-1, 3)
             target["keypoints"] = keypoints
         missing_area = target["area"] < 0
-        if missing_area.any():  # no 'area' key: use the mask's
-            target["area"][missing_area] = target["masks"][missing_area].sum(axis=(1, 2))
+        if missing_area.any():  # no 'area' key: use the mask's, or the box's for a box-only instance
+            boxes = target["boxes"]
+            box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            mask_area = target["masks"].sum(axis=(1, 2))
+            target["area"][missing_area] = np.where(target["has_mask"], mask_area, box_area)[missing_area]
         if self.return_crowd:
             crowds = self._crowds[image_id]
-            target["crowd_boxes"] = np.array([box for _, box in crowds], dtype=np.float32).reshape(-1, 4)
+            target["crowd_boxes"] = np.array([box for _, box, _ in crowds], dtype=np.float32).reshape(-1, 4)
             target["crowd_masks"] = self._masks(crowds, height, width)
         return target
 
     @staticmethod
     def _masks(entries: list, height: int, width: int) -> np.ndarray:
         masks = np.zeros((len(entries), height, width), dtype=np.uint8)
-        for k, (ann, _) in enumerate(entries):
-            masks[k] = annotation_to_mask(ann["segmentation"], height, width)
+        for k, (ann, _, has_mask) in enumerate(entries):
+            if has_mask:  # a box-only instance keeps an all-zero mask, marked by has_mask = False
+                masks[k] = annotation_to_mask(ann["segmentation"], height, width)
         return masks
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:

@@ -4,7 +4,9 @@ Each image holds 1-4 circles, squares and triangles of random size, colour and r
 gradient; later shapes occlude earlier ones, and every mask is the *visible* part of its shape. The
 class is the shape, never the colour. Everything follows from the seed: ``(seed, index)`` picks one
 image, so the same seed gives the same bytes. ``classes`` draws other shapes too (pentagons and
-hexagons, which look alike, for the ablations of lesson 17). Lesson: lessons/ (training on shapes).
+hexagons, which look alike, for the ablations of lesson 17; a five-pointed star, a ring and a cross,
+unlike the first three, for the partially supervised experiments of lesson 18). Lesson: lessons/
+(training on shapes).
 """
 from __future__ import annotations
 
@@ -26,7 +28,11 @@ __all__ = ["SHAPE_CLASSES", "SHAPE_KINDS", "ShapesDataset", "ShapesFiles", "Shap
 SHAPE_CLASSES = ("circle", "square", "triangle")  # the default classes, labels 1, 2, 3
 # regular polygons, vertices on the circumscribed circle
 _VERTICES = {"square": 4, "triangle": 3, "pentagon": 5, "hexagon": 6}
-SHAPE_KINDS = ("circle", "square", "triangle", "pentagon", "hexagon")  # every shape the generator can draw
+# every shape the generator can draw; star, ring and cross are non-convex or holed (Deep-MAC, lesson 18)
+SHAPE_KINDS = ("circle", "square", "triangle", "pentagon", "hexagon", "star", "ring", "cross")
+_STAR_INNER = 0.45  # inner radius of the star / outer radius
+_RING_INNER = 0.55  # radius of the ring's hole / outer radius
+_CROSS_HALF_WIDTH = 0.3  # half-width of the cross's bars / radius
 _MIN_VISIBLE_PIXELS = 20  # an instance showing fewer pixels than this is dropped
 _MIN_CONTRAST = 80.0  # mean |shape colour - background| over RGB, in 0..255 units
 _MAX_PLACEMENT_TRIES = 30
@@ -48,24 +54,56 @@ class ShapesFiles(NamedTuple):
     image_dir: Path
 
 
-def _shape_mask(kind: str, cx: float, cy: float, radius: float, angle: float, height: int, width: int) -> np.ndarray:
-    """(H, W) bool: the pixels whose centre (x + 0.5, y + 0.5) lies inside the shape.
-
-    All shapes fit in the circle of ``radius`` around (cx, cy): a circle of that radius, or a regular
-    polygon (square, triangle) whose vertices lie on it, rotated by ``angle`` radians.
-    """
-    ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
-    xs = np.arange(width, dtype=np.float64)[None, :] + 0.5
-    if kind == "circle":
-        return (xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2
-    n = _VERTICES[kind]
-    t = angle + 2 * np.pi * np.arange(n) / n  # counter-clockwise vertices
-    vx, vy = cx + radius * np.cos(t), cy + radius * np.sin(t)
-    inside = np.ones((height, width), dtype=bool)
-    for k in range(n):  # inside a convex polygon = left of every edge (cross product >= 0)
+def _convex_polygon(vx: np.ndarray, vy: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Inside a convex polygon with counter-clockwise vertices = left of every edge (cross product >= 0)."""
+    n = len(vx)
+    inside = np.ones(np.broadcast_shapes(xs.shape, ys.shape), dtype=bool)
+    for k in range(n):
         ex, ey = vx[(k + 1) % n] - vx[k], vy[(k + 1) % n] - vy[k]
         inside &= ex * (ys - vy[k]) - ey * (xs - vx[k]) >= 0
     return inside
+
+
+def _shape_mask(kind: str, cx: float, cy: float, radius: float, angle: float, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: the pixels whose centre (x + 0.5, y + 0.5) lies inside the shape.
+
+    All shapes fit in the circle of ``radius`` around (cx, cy): a circle of that radius, a regular
+    polygon (square, triangle, pentagon, hexagon) whose vertices lie on it, rotated by ``angle``
+    radians; a five-pointed star (outer points on the circle, inner corners at 0.45 of it), a ring (a
+    hole of 0.55 of the radius) or a cross (two bars of half-width 0.3 of the radius), rotated likewise.
+    """
+    ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
+    xs = np.arange(width, dtype=np.float64)[None, :] + 0.5
+    d2 = (xs - cx) ** 2 + (ys - cy) ** 2
+    if kind == "circle":
+        return d2 <= radius**2
+    if kind == "ring":
+        return (d2 <= radius**2) & (d2 >= (_RING_INNER * radius) ** 2)
+    if kind == "star":
+        # ten convex triangles (centre, point k, inner corner k) and (centre, inner corner k, point k + 1)
+        t = angle + np.pi * np.arange(10) / 5  # alternating outer points and inner corners, counter-clockwise
+        r = np.where(np.arange(10) % 2 == 0, radius, _STAR_INNER * radius)
+        vx, vy = cx + r * np.cos(t), cy + r * np.sin(t)
+        inside = np.zeros((height, width), dtype=bool)
+        for k in range(10):
+            j = (k + 1) % 10
+            inside |= _convex_polygon(np.array([cx, vx[k], vx[j]]), np.array([cy, vy[k], vy[j]]), xs, ys)
+        return inside
+    if kind == "cross":
+        # two perpendicular bars whose corners stay inside the circle
+        half_w = _CROSS_HALF_WIDTH * radius
+        half_l = np.sqrt(radius**2 - half_w**2)
+        inside = np.zeros((height, width), dtype=bool)
+        for a in (angle, angle + np.pi / 2):
+            ux, uy = np.cos(a), np.sin(a)  # along the bar; (-uy, ux) across it
+            corners = [(half_l, -half_w), (half_l, half_w), (-half_l, half_w), (-half_l, -half_w)]
+            vx = np.array([cx + s * ux - q * uy for s, q in corners])
+            vy = np.array([cy + s * uy + q * ux for s, q in corners])
+            inside |= _convex_polygon(vx, vy, xs, ys)
+        return inside
+    n = _VERTICES[kind]
+    t = angle + 2 * np.pi * np.arange(n) / n  # counter-clockwise vertices
+    return _convex_polygon(cx + radius * np.cos(t), cy + radius * np.sin(t), xs, ys)
 
 
 def shape_classes(num_classes: int = len(SHAPE_CLASSES), classes: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -192,8 +230,8 @@ class ShapesDataset:
         transforms: optional ``transforms(image, target) -> (image, target)``.
 
     A sample: image (3, H, W) float32 in [0, 1]; target with boxes (M, 4) float32 (x1, y1, x2, y2),
-    labels (M,) int64 in 1..num_classes-1, masks (M, H, W) uint8, image_id int (= index + 1),
-    area (M,) float32 (visible pixels), iscrowd (M,) int64 zeros.
+    labels (M,) int64 in 1..num_classes-1, masks (M, H, W) uint8, has_mask (M,) bool (all True),
+    image_id int (= index + 1), area (M,) float32 (visible pixels), iscrowd (M,) int64 zeros.
     """
 
     def __init__(self, num_images: int, image_size: int | tuple[int, int] = 128, seed: int = 0,
@@ -234,6 +272,7 @@ class ShapesDataset:
             "boxes": s.boxes,
             "labels": s.labels,
             "masks": s.masks,
+            "has_mask": np.ones(len(s.labels), dtype=bool),
             "image_id": index + 1,
             "area": s.masks.sum(axis=(1, 2)).astype(np.float32),
             "iscrowd": np.zeros(len(s.labels), dtype=np.int64),

@@ -46,7 +46,7 @@ ANNOTATION_ERRORS = {
     "unknown image id": (_set(11, "image_id", 99), "annotation id 11", "unknown image id 99"),
     "unknown category id": (_set(10, "category_id", 2), "annotation id 10", "unknown category id 2"),
     "missing key": (_drop(12, "bbox"), "annotation id 12", "missing key 'bbox'"),
-    "missing segmentation": (_drop(10, "segmentation"), "annotation id 10", "'segmentation'"),
+    "crowd region without segmentation": (_drop(13, "segmentation"), "annotation id 13", "without a segmentation"),
     "missing top-level key": (_drop_top("annotations"), "key 'annotations'", "missing key"),
     "NaN in bbox": (_set(10, "bbox", [5, float("nan"), 15, 10]), "annotation id 10", "non-finite"),
     "infinite bbox": (_set(10, "bbox", [5, 5, float("inf"), 10]), "annotation id 10", "non-finite"),

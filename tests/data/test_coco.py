@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from minimaskrcnn.data import SAMPLE_DIR, CocoDataset, sample_dataset, sample_files
+from minimaskrcnn.data.coco import VOC_CATEGORY_NAMES, BoxOnlyInstancesWarning, resolve_categories
 from minimaskrcnn.data.transforms import RandomHorizontalFlip
+from minimaskrcnn.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +149,69 @@ def test_transforms_are_applied(make_coco):
     flipped = CocoDataset(ann_file, image_dir, transforms=RandomHorizontalFlip(p=1.0))[0]
     np.testing.assert_array_equal(flipped[0], plain[0][:, :, ::-1])
     np.testing.assert_array_equal(flipped[1]["boxes"], [[20, 5, 35, 15], [8, 2, 18, 22]])
+
+
+# ------------------------------------------------------------------ box-only instances (lesson 18)
+def _without_segmentation(ann_id, how):
+    def mutate(data):
+        ann = next(a for a in data["annotations"] if a["id"] == ann_id)
+        if how == "missing":
+            del ann["segmentation"]
+            del ann["area"]
+        else:
+            ann["segmentation"] = how
+    return mutate
+
+
+@pytest.mark.parametrize("how", ["missing", [], None], ids=["missing", "empty", "null"])
+def test_an_annotation_without_segmentation_is_box_only(make_coco, how):
+    with pytest.warns(BoxOnlyInstancesWarning, match="1 of 3 instances are box-only"):
+        ds = CocoDataset(*make_coco(_without_segmentation(11, how)))
+    assert ds.num_box_only == 1 and ds.box_only_annotation_ids == {11}
+    _, target = ds[0]
+    assert target["has_mask"].dtype == bool and target["has_mask"].tolist() == [True, False]
+    np.testing.assert_array_equal(target["boxes"], [[5, 5, 20, 15], [22, 2, 32, 22]])  # the box is kept
+    assert target["labels"].tolist() == [1, 3]
+    assert target["masks"][0].sum() == 150 and target["masks"][1].sum() == 0
+    assert target["area"][1] == (200.0 if how != "missing" else 10 * 20)  # box area when no "area" is given
+    # a flip keeps has_mask with its instance
+    with pytest.warns(BoxOnlyInstancesWarning):
+        flipped_ds = CocoDataset(*make_coco(_without_segmentation(11, how)), transforms=RandomHorizontalFlip(1.0))
+    _, flipped = flipped_ds[0]
+    assert flipped["has_mask"].tolist() == [True, False]
+
+
+def test_full_masks_give_has_mask_true_and_no_warning(make_coco):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BoxOnlyInstancesWarning)
+        ds = CocoDataset(*make_coco())
+    assert ds.num_box_only == 0
+    assert ds[0][1]["has_mask"].tolist() == [True, True] and ds[2][1]["has_mask"].shape == (0,)
+
+
+def test_mask_categories_turn_other_categories_box_only(make_coco):
+    with pytest.warns(BoxOnlyInstancesWarning, match=r"2 of 3 instances .*mask_categories \(dog\)"):
+        ds = CocoDataset(*make_coco(), mask_categories=["dog"])
+    assert ds.mask_categories == {3}
+    assert ds[0][1]["has_mask"].tolist() == [False, True]  # cat (id 1) lost its mask, dog kept it
+    assert ds[0][1]["masks"][0].sum() == 0 and ds[0][1]["masks"][1].sum() == 200
+    assert CocoDataset(*make_coco(), mask_categories="cat,3").mask_categories == {1, 3}  # all kept: no warning
+    with pytest.raises(DataError, match="no category named 'horse'.*it has: cat, dog"):
+        CocoDataset(*make_coco(), mask_categories=["horse"])
+    assert CocoDataset(*make_coco(), mask_categories="voc").mask_categories == {1, 3}  # cat and dog are VOC classes
+
+    def rename(data):
+        data["categories"] = [{"id": 1, "name": "circle"}, {"id": 3, "name": "star"}]
+
+    with pytest.raises(DataError, match="none of them"):
+        CocoDataset(*make_coco(rename), mask_categories="voc")
+
+
+def test_voc_names_the_20_pascal_categories_of_coco(val_sample):
+    voc = resolve_categories("voc", val_sample.categories)
+    assert len(VOC_CATEGORY_NAMES) == 20 and len(voc) == 20
+    # COCO's ids of the VOC classes, as the partially supervised benchmark (and Deep-MAC's config) lists them
+    assert voc == {1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72}
+    assert resolve_categories(["VOC", "zebra"], val_sample.categories) == voc | {24}

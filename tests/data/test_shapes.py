@@ -147,6 +147,41 @@ def test_chosen_classes_draw_other_shapes():
         area = _shape_mask(kind, 60.0, 60.0, 40.0, 0.3, 120, 120).sum()
         assert abs(area - n / 2 * 40.0**2 * np.sin(2 * np.pi / n)) < 0.01 * area, kind
     with pytest.raises(ValueError, match="distinct shapes"):
-        ShapesDataset(2, classes=("circle", "star"))
+        ShapesDataset(2, classes=("circle", "heptagon"))
     with pytest.raises(ValueError, match="distinct shapes"):
         ShapesDataset(2, classes=("circle", "circle"))
+
+
+# ------------------------------------------- six kinds, for partially supervised experiments (lesson 18)
+@pytest.mark.parametrize("kind,area", [
+    ("star", 10 * 0.5 * 15 * (0.45 * 15) * np.sin(np.pi / 5)),  # ten triangles centre-point-corner
+    ("ring", np.pi * 15**2 * (1 - 0.55**2)),
+    ("cross", 2 * (2 * np.sqrt(15**2 - 4.5**2)) * 9 - 9**2),  # two 2L x 9 bars, their 9 x 9 overlap counted once
+])
+def test_the_extra_kinds_have_their_area_and_fit_their_circle(kind, area):
+    from minimaskrcnn.data.shapes import _shape_mask
+
+    tilted = _shape_mask(kind, 20.0, 20.0, 15.0, 0.3, 40, 40)  # tilted: no edge along a row of pixel centres
+    assert abs(tilted.sum() - area) / area < 0.05
+    mask = _shape_mask(kind, 20.0, 20.0, 15.0, 0.0, 40, 40)
+    ys, xs = np.nonzero(mask)
+    assert ((xs + 0.5 - 20) ** 2 + (ys + 0.5 - 20) ** 2 <= 15**2 + 1e-9).all()
+    # what makes them unlike circles, squares and triangles: a hole, or concave corners
+    if kind == "ring":
+        assert not mask[19:21, 19:21].any() and mask[19, 20 + 10]
+    else:  # angle 0: a point (star) or a bar (cross) along +x; between them, at 0.8 R, background
+        between = np.pi / 5 if kind == "star" else np.pi / 4
+        assert mask[20, 20 + 12] and not mask[int(20 + 12 * np.sin(between)), int(20 + 12 * np.cos(between))]
+
+
+def test_six_kinds_when_asked_and_the_default_keeps_three():
+    ds = ShapesDataset(40, image_size=96, seed=0, classes=("circle", "square", "triangle", "star", "ring", "cross"),
+                       max_objects=5)
+    assert ds.categories == {1: "circle", 2: "square", 3: "triangle", 4: "star", 5: "ring", 6: "cross"}
+    assert ds.num_classes == 7
+    labels = np.concatenate([ds.sample(i).labels for i in range(len(ds))])
+    assert set(labels.tolist()) == set(range(1, 7))
+    assert ShapesDataset(2).categories == {1: "circle", 2: "square", 3: "triangle"}
+    assert ds[0][1]["has_mask"].dtype == bool and ds[0][1]["has_mask"].all()
+    with pytest.raises(ValueError, match="num_classes must be in 1..3"):
+        ShapesDataset(1, num_classes=6)  # the extra kinds are asked for by name
