@@ -89,18 +89,28 @@ class BoxHeadConfig:
 
 @dataclass(frozen=True)
 class MaskHeadConfig:
-    """RoI pooling for masks, the four-conv mask head and the predictor (or an MLP); the mask loss."""
+    """RoI pooling for masks, the mask head (four convs by default, an MLP, or Deep-MAC's deeper heads) and
+    the predictor; the mask loss; what the head trains on."""
 
-    roi_output_size: int = 14  # RoIAlign output side for the mask head; the predicted mask is twice this
+    roi_output_size: int = 14  # crop (RoIAlign output) side for the mask head; the mask is twice this (Deep-MAC: 32)
     sampling_ratio: int = 2  # RoIAlign samples per bin side
     layers: tuple[int, ...] = (256, 256, 256, 256)  # channels of the 3x3 convs; more/wider = better masks, slower
     dilation: int = 1  # dilation (and padding) of those convs
     dim_reduced: int = 256  # channels of the 2x2 transposed conv before the per-class 1x1 conv
     pooler_type: str = "roi_align"  # the RoI layer, as BoxHeadConfig.pooler_type
-    head: str = "fcn"  # "fcn": the convs above (the paper's); "mlp": fully connected layers (Table 2e)
+    # "fcn": the convs above (the paper's); "mlp": fully connected layers (Table 2e); "resnet" or
+    # "hourglass": Deep-MAC's deeper heads (mask_heads.py, lesson 18)
+    head: str = "fcn"
     mlp_dims: tuple[int, ...] = (1024, 1024)  # widths of the MLP head's hidden fc layers (head="mlp")
     loss: str = "sigmoid"  # "sigmoid": binary per pixel, on the class's mask; "softmax": over the L classes (Table 2b)
-    class_agnostic: bool = False  # True: one mask for every class (the paper: nearly as good)
+    # True: one mask for every class (the paper: nearly as good; needed to segment classes without mask labels)
+    class_agnostic: bool = False
+    # Deep-MAC (partially supervised masks, lesson 18); the defaults are Mask R-CNN's
+    head_width: int = 32  # resnet: channels of its blocks; hourglass: stem channels (stages 2-4x); more = more capacity
+    head_depth: int = 20  # resnet: residual blocks; hourglass: Deep-MAC's size 10, 20, 32, 52 or 100 (conv layers)
+    head_norm: str = "gn"  # normalisation in the resnet/hourglass heads: "gn", "bn" or "none"
+    train_rois: str = "proposals"  # the head trains on "proposals" (positive RoIs) or "gt_boxes" (Deep-MAC)
+    train_rois_per_object: int | None = None  # proposals: at most this many random positives per object (None: all)
 
 
 @dataclass(frozen=True)

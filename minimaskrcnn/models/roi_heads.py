@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from minimaskrcnn import nn
-from minimaskrcnn.backend import as_array, get_array_module
+from minimaskrcnn.backend import as_array, get_array_module, to_numpy
 from minimaskrcnn.global_batch import STREAM_ROI_SAMPLER, image_generators, note_loss_count
 from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import MaskRCNNConfig
@@ -28,6 +28,7 @@ from minimaskrcnn.models.keypoint_head import (
     keypointrcnn_inference,
     keypointrcnn_loss,
 )
+from minimaskrcnn.models.mask_heads import MASK_HEADS, build_mask_head
 from minimaskrcnn.models.poolers import MultiScaleRoIAlign
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.ops._utils import log_softmax_array, sigmoid_array, softmax_array
@@ -226,7 +227,8 @@ def fastrcnn_loss(class_logits, box_regression, labels: Sequence[np.ndarray], re
 
 
 def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
-                  gt_labels: Sequence[np.ndarray], mask_matched_idxs: Sequence[np.ndarray], loss: str = "sigmoid"):
+                  gt_labels: Sequence[np.ndarray], mask_matched_idxs: Sequence[np.ndarray], loss: str = "sigmoid",
+                  gt_has_mask: Sequence[np.ndarray] | None = None):
     """Mask loss: per-pixel BCE on the gt class's channel only, against the gt mask cropped by the RoI.
 
     Args:
@@ -239,20 +241,29 @@ def maskrcnn_loss(mask_logits, proposals: Sequence[np.ndarray], gt_masks: Sequen
         loss: "sigmoid" (the paper's), or "softmax": cross entropy over the L channels at every pixel,
             the target being the gt class inside the mask and 0 (background) outside (Table 2b, "as
             commonly used in FCN"), which makes the classes compete for every pixel.
+        gt_has_mask: optional list of (M_i,) bool, False for box-only gt instances: RoIs matched to
+            them are left out of the loss (no target, no gradient), not trained towards an empty mask.
 
     Returns:
-        scalar Tensor, the mean BCE (or cross entropy) over K * S * S pixels (the count noted for
-        data-parallel training, ``global_batch.note_loss_count``).
+        scalar Tensor, the mean BCE (or cross entropy) over K' * S * S pixels, K' the RoIs whose gt has
+        a mask (the count noted for data-parallel training, ``global_batch.note_loss_count``).
 
     Raises:
         ValueError: an unknown loss, or "softmax" with class-agnostic logits.
 
-    Records (see ``minimaskrcnn.intermediates``): "mask_targets" (K, S, S), "mask_labels" (K,).
+    Records (see ``minimaskrcnn.intermediates``): "mask_targets" (K', S, S), "mask_labels" (K',).
     """
     if loss not in MASK_LOSSES:
         raise ValueError(f"unknown mask loss {loss!r}: choose one of {MASK_LOSSES}")
     discretization_size = mask_logits.shape[-1]
     xp = get_array_module(mask_logits)
+    if gt_has_mask is not None:  # partially supervised: drop the RoIs of box-only instances
+        keep = [as_array(h).astype(bool)[idxs] for h, idxs in zip(gt_has_mask, mask_matched_idxs)]
+        rows = xp.nonzero(xp.concatenate(keep))[0] if keep else xp.zeros(0, dtype=np.int64)
+        proposals = [p[k] for p, k in zip(proposals, keep)]
+        mask_matched_idxs = [idxs[k] for idxs, k in zip(mask_matched_idxs, keep)]
+        if len(rows) < mask_logits.shape[0]:
+            mask_logits = mask_logits[rows]
     labels = [as_array(gl)[idxs] for gl, idxs in zip(gt_labels, mask_matched_idxs)]
     mask_targets = [
         project_masks_on_boxes(m, p, i, discretization_size)
@@ -307,6 +318,68 @@ def maskrcnn_inference(mask_logits: np.ndarray, labels: Sequence[np.ndarray],
     return xp.split(mask_prob, np.cumsum(boxes_per_image)[:-1].tolist(), axis=0)
 
 
+MASK_TRAIN_ROIS = ("proposals", "gt_boxes")  # what the mask head is trained on (see select_mask_training_rois)
+
+
+def select_mask_training_rois(proposals: Sequence[np.ndarray], matched_idxs: Sequence[np.ndarray],
+                              labels: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
+                              gt_has_mask: Sequence[np.ndarray | None] | None = None, source: str = "proposals",
+                              rois_per_object: int | None = None,
+                              generator: np.random.Generator | None = None) -> tuple[list, list]:
+    """The RoIs the mask head trains on, and the gt instance of each. No gradient.
+
+    ``source="proposals"`` (Mask R-CNN sec. 3, torchvision): the positive sampled RoIs (label > 0),
+    which include the gt boxes themselves since those are added to the proposals in training; with
+    ``rois_per_object=k``, at most k of them per gt instance, drawn from ``generator`` (so that the
+    head sees as many examples per step as with gt boxes). ``source="gt_boxes"`` (Deep-MAC sec. 3.1,
+    the model garden's ``use_gt_boxes_for_masks``): every gt box once, the exact crop. Either way the
+    RoIs of box-only instances (``gt_has_mask`` False) are left out: they have no mask target.
+
+    Args:
+        proposals: per image, the (K_i, 4) sampled RoIs (x1, y1, x2, y2) in input pixels.
+        matched_idxs: per image, (K_i,) int64 gt index of each RoI.
+        labels: per image, (K_i,) int64 class of each RoI (0 background).
+        gt_boxes: per image, (M_i, 4) gt boxes.
+        gt_has_mask: per image, (M_i,) bool or None (every instance has a mask).
+        source: "proposals" or "gt_boxes".
+        rois_per_object: with "proposals", the most RoIs per gt instance (None: all positives).
+        generator: draws those RoIs (required with ``rois_per_object``).
+
+    Returns:
+        (rois, matched): per image, the (K'_i, 4) mask RoIs and their (K'_i,) int64 gt indices.
+
+    Raises:
+        ValueError: an unknown source, or ``rois_per_object`` without a generator.
+    """
+    if source not in MASK_TRAIN_ROIS:
+        raise ValueError(f"unknown mask training RoIs {source!r}: choose one of {MASK_TRAIN_ROIS}")
+    if rois_per_object is not None and generator is None:
+        raise ValueError("rois_per_object needs a generator")
+    gt_has_mask = gt_has_mask if gt_has_mask is not None else [None] * len(proposals)
+    rois, matched = [], []
+    for props, idxs, lbl, boxes, has in zip(proposals, matched_idxs, labels, gt_boxes, gt_has_mask):
+        xp = get_array_module(props)
+        has = xp.ones(len(boxes), dtype=bool) if has is None else as_array(has).astype(bool)
+        if source == "gt_boxes":
+            keep = xp.nonzero(has)[0]
+            rois.append(as_array(boxes)[keep].astype(props.dtype))
+            matched.append(keep.astype(np.int64))
+            continue
+        positive = xp.nonzero((lbl > 0) & has[idxs] if len(has) else lbl > 0)[0]
+        if rois_per_object is not None and len(positive):
+            # group the positives by gt instance; keep k random ones of each (host arrays: a few indices)
+            pos, gt_of = to_numpy(positive), to_numpy(idxs)[to_numpy(positive)]
+            chosen = []
+            for g in np.unique(gt_of):
+                candidates = pos[gt_of == g]
+                take = min(rois_per_object, len(candidates))
+                chosen.append(np.sort(generator.choice(candidates, size=take, replace=False)))
+            positive = xp.asarray(np.concatenate(chosen))
+        rois.append(props[positive])
+        matched.append(idxs[positive])
+    return rois, matched
+
+
 # ------------------------------------------------------------------------------- the heads
 class RoIHeads(nn.Module):
     """Box and mask branches with their training targets and inference post-processing (torchvision's).
@@ -325,19 +398,36 @@ class RoIHeads(nn.Module):
         keypoint_roi_pool, keypoint_head, keypoint_predictor: RoIAlign 14x14, ``KeypointRCNNHeads``,
             ``KeypointRCNNPredictor`` (all None, the default: no keypoint branch).
         mask_loss: "sigmoid" (the paper's) or "softmax" over the classes (see ``maskrcnn_loss``).
+        mask_train_rois: what the mask head trains on, "proposals" (positive RoIs, Mask R-CNN) or
+            "gt_boxes" (Deep-MAC); see ``select_mask_training_rois``.
+        mask_rois_per_object: with "proposals", at most this many random positive RoIs per gt
+            instance (None: all, as torchvision).
 
-    A mask predictor with one output channel makes the masks class-agnostic.
+    A mask predictor with one output channel makes the masks class-agnostic. Box-only gt instances
+    (``target["has_mask"]`` False) take part in the box losses like any other and are left out of the
+    mask targets and the mask loss.
     """
 
     def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float, bbox_reg_weights, score_thresh: float,
                  nms_thresh: float, detections_per_img: int, mask_roi_pool=None, mask_head=None,
                  mask_predictor=None, min_size: float = 1e-2, seed: int | None = None, mask_loss: str = "sigmoid",
-                 keypoint_roi_pool=None, keypoint_head=None, keypoint_predictor=None):
+                 keypoint_roi_pool=None, keypoint_head=None, keypoint_predictor=None,
+                 mask_train_rois: str = "proposals", mask_rois_per_object: int | None = None):
         super().__init__()
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"unknown mask loss {mask_loss!r}: choose one of {MASK_LOSSES}")
+        if mask_train_rois not in MASK_TRAIN_ROIS:
+            raise ValueError(f"unknown mask_train_rois {mask_train_rois!r}: choose one of {MASK_TRAIN_ROIS}")
+        if mask_rois_per_object is not None and mask_rois_per_object < 1:
+            raise ValueError(f"mask_rois_per_object must be >= 1 or None, got {mask_rois_per_object}")
         self.mask_loss = mask_loss
+        self.mask_train_rois = mask_train_rois
+        self.mask_rois_per_object = mask_rois_per_object
+        # a generator only when it draws: models without it keep the same generators (and checkpoints)
+        self.mask_roi_generator = None
+        if mask_rois_per_object is not None and mask_train_rois == "proposals":
+            self.mask_roi_generator = np.random.default_rng(None if seed is None else [seed, 2])
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction, generator=seed)
         self.box_coder = BoxCoder(tuple(bbox_reg_weights) if bbox_reg_weights is not None else (10.0, 10.0, 5.0, 5.0))
@@ -367,8 +457,9 @@ class RoIHeads(nn.Module):
 
         Args:
             config: the whole model's configuration (``num_classes``, the FPN levels to pool from,
-                the box, mask and keypoint heads; ``config.mask_on`` False: no mask branch,
-                ``config.keypoint`` None: no keypoint branch; the sampler is seeded with ``config.seed + 1``).
+                the box, mask and keypoint heads, Deep-MAC's switches of ``config.mask`` included;
+                ``config.mask_on`` False: no mask branch, ``config.keypoint`` None: no keypoint branch;
+                the sampler is seeded with ``config.seed + 1``).
             in_channels: C, the channels of the pooled feature maps (the backbone's ``out_channels``).
             box_roi_pool, box_head, box_predictor, mask_roi_pool, mask_head, mask_predictor: parts
                 to use instead of the configured ``MultiScaleRoIAlign``, ``TwoMLPHead``,
@@ -386,8 +477,8 @@ class RoIHeads(nn.Module):
             ValueError: an unknown mask head, mask loss or pooler type.
         """
         b, m, k = config.box, config.mask, config.keypoint
-        if m.head not in ("fcn", "mlp"):
-            raise ValueError(f"unknown mask head {m.head!r}: choose 'fcn' or 'mlp'")
+        if m.head not in ("mlp", *MASK_HEADS):
+            raise ValueError(f"unknown mask head {m.head!r}: choose one of {('mlp', *MASK_HEADS)}")
         featmap_names = [str(i) for i in range(len(config.backbone.returned_layers))]
         mask_classes = 1 if m.class_agnostic else config.num_classes
         if box_roi_pool is None:
@@ -403,13 +494,15 @@ class RoIHeads(nn.Module):
         if config.mask_on and mask_head is None:
             if m.head == "mlp":
                 mask_head = MaskRCNNMLPHead(in_channels * m.roi_output_size ** 2, m.mlp_dims)
-            else:
-                mask_head = MaskRCNNHeads(in_channels, m.layers, m.dilation)
+            else:  # MaskRCNNHeads for "fcn"; Deep-MAC's deeper heads (mask_heads.py)
+                mask_head = build_mask_head(m.head, in_channels, layers=m.layers, dilation=m.dilation,
+                                            width=m.head_width, depth=m.head_depth, norm=m.head_norm)
         if config.mask_on and mask_predictor is None:
             if m.head == "mlp":
                 mask_predictor = MLPMaskPredictor(m.mlp_dims[-1], mask_classes, 2 * m.roi_output_size)
             else:
-                mask_predictor = MaskRCNNPredictor(m.layers[-1], m.dim_reduced, mask_classes)
+                head_channels = m.layers[-1] if m.head == "fcn" else mask_head.out_channels
+                mask_predictor = MaskRCNNPredictor(head_channels, m.dim_reduced, mask_classes)
         if k is not None:
             if keypoint_roi_pool is None:
                 keypoint_roi_pool = MultiScaleRoIAlign(featmap_names, k.roi_output_size, k.sampling_ratio,
@@ -418,6 +511,7 @@ class RoIHeads(nn.Module):
                 keypoint_head = KeypointRCNNHeads(in_channels, k.layers)
             if keypoint_predictor is None:
                 keypoint_predictor = KeypointRCNNPredictor(k.layers[-1], k.num_keypoints)
+        kwargs = {"mask_train_rois": m.train_rois, "mask_rois_per_object": m.train_rois_per_object, **kwargs}
         return cls(
             box_roi_pool, box_head, box_predictor, b.fg_iou_thresh, b.bg_iou_thresh, b.batch_size_per_image,
             b.positive_fraction, b.bbox_reg_weights, b.score_thresh, b.nms_thresh, b.detections_per_img,
@@ -547,7 +641,8 @@ class RoIHeads(nn.Module):
             proposals: list of N (P_i, 4) arrays from the RPN, in input pixels.
             image_shapes: (h, w) of each image (resized, before padding).
             targets: in training, dicts with "boxes" (M_i, 4), "labels" (M_i,) int64 and "masks"
-                (M_i, H, W) uint8 (and "keypoints" (M_i, NK, 3) float32), in input pixels.
+                (M_i, H, W) uint8 (and "keypoints" (M_i, NK, 3) float32), in input pixels; optionally
+                "has_mask" (M_i,) bool (box-only instances False).
 
         Returns:
             (result, losses): in eval mode, one dict per image with "boxes" (D_i, 4), "labels",
@@ -586,9 +681,10 @@ class RoIHeads(nn.Module):
 
         if self.has_mask():
             if self.training:
-                positive = [get_array_module(lbl).nonzero(lbl > 0)[0] for lbl in labels]
-                mask_proposals = [p[pos] for p, pos in zip(proposals, positive)]
-                pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positive)]
+                mask_proposals, pos_matched_idxs = select_mask_training_rois(
+                    proposals, matched_idxs, labels, [as_array(t["boxes"]) for t in targets],
+                    [t.get("has_mask") for t in targets], self.mask_train_rois, self.mask_rois_per_object,
+                    getattr(self, "mask_roi_generator", None))
             else:
                 mask_proposals = [r["boxes"] for r in result]
             record("mask_proposals", mask_proposals)

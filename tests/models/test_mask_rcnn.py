@@ -309,3 +309,24 @@ def test_float64_model(shapes):
     model = build_model("r18-shapes", box_score_thresh=0.0, seed=0).eval().double()
     out = model([images[0]])
     assert out[0]["boxes"].dtype == np.float64 and out[0]["masks"].dtype == np.float64
+
+
+@pytest.mark.parametrize("head,train_rois", [("hourglass", "gt_boxes"), ("resnet", "proposals")])
+def test_deepmac_configuration_trains_and_predicts(shapes, head, train_rois):
+    """A class-agnostic deep mask head trained on gt boxes (or one proposal per object), a box-only instance."""
+    images, targets = shapes
+    targets = [dict(t, has_mask=np.arange(len(t["labels"])) % 2 == 0) for t in targets]  # every other one box-only
+    config = get_config("r18-shapes", seed=0)
+    mask = dataclasses.replace(config.mask, head=head, head_width=8, head_depth=10 if head == "hourglass" else 2,
+                               class_agnostic=True, train_rois=train_rois, roi_output_size=16,
+                               train_rois_per_object=1 if train_rois == "proposals" else None)
+    model = build_model(dataclasses.replace(config, mask=mask)).train()
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 1
+    losses = model(images, targets)
+    assert all(np.isfinite(v.item()) for v in losses.values()) and losses["loss_mask"].item() > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and np.any(p.grad) for p in model.roi_heads.mask_head.parameters())
+    model.eval()
+    model.roi_heads.score_thresh = 0.0
+    det = model(images[:1])[0]
+    assert det["masks"].shape[1:] == (1, 128, 128) and len(det["masks"]) == len(det["boxes"]) > 0

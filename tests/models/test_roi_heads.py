@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from minimaskrcnn import Tensor, record_intermediates
+from minimaskrcnn import Tensor, gradcheck, record_intermediates
 from minimaskrcnn.models.poolers import LevelMapper, MultiScaleRoIAlign, infer_scale
 from minimaskrcnn.models.roi_heads import (
     FastRCNNPredictor,
@@ -15,6 +15,8 @@ from minimaskrcnn.models.roi_heads import (
     TwoMLPHead,
     fastrcnn_loss,
     maskrcnn_inference,
+    maskrcnn_loss,
+    select_mask_training_rois,
 )
 
 L = 4  # classes with background
@@ -220,3 +222,124 @@ def test_no_positive_rois_gives_zero_mask_loss(rng):
     _, losses = heads(_features(rng), [_boxes(rng, 20), _boxes(rng, 20)], IMAGE_SIZES, [empty, dict(empty)])
     assert losses["loss_mask"].item() == 0 and losses["loss_box_reg"].item() == 0
     sum(losses.values()).backward()
+
+
+# --------------------------------------------- box-only instances and the Deep-MAC switches (lesson 18)
+def test_mask_loss_ignores_box_only_instances_with_a_gradient_check(rng):
+    """RoIs of box-only gt instances add nothing to the mask loss and get exactly zero gradient."""
+    S, H, W = 6, 20, 24
+    gt_masks = [(rng.uniform(size=(3, H, W)) > 0.5).astype(np.uint8)]
+    gt_labels = [np.array([1, 2, 3])]
+    has_mask = [np.array([True, False, True])]
+    boxes = [np.array([[1, 1, 12, 15], [4, 2, 20, 18], [0, 0, 23, 19], [6, 5, 14, 16]], np.float64)]
+    matched = [np.array([0, 1, 2, 1])]  # RoIs 1 and 3 belong to the box-only instance 1
+    logits = Tensor(rng.standard_normal((4, L, S, S)), requires_grad=True)
+
+    loss = maskrcnn_loss(logits, boxes, gt_masks, gt_labels, matched, gt_has_mask=has_mask)
+    kept = maskrcnn_loss(Tensor(logits.numpy()[[0, 2]]), [boxes[0][[0, 2]]], gt_masks, gt_labels, [matched[0][[0, 2]]])
+    np.testing.assert_allclose(loss.item(), kept.item(), rtol=1e-12)  # the mean over the kept RoIs only
+    # a box-only instance's (all-zero or garbage) mask changes nothing
+    garbage = [gt_masks[0].copy()]
+    garbage[0][1] = 1 - garbage[0][1]
+    np.testing.assert_allclose(maskrcnn_loss(logits, boxes, garbage, gt_labels, matched, gt_has_mask=has_mask).item(),
+                               loss.item(), rtol=1e-12)
+    loss.backward()
+    assert not logits.grad[[1, 3]].any() and logits.grad[[0, 2]].any()
+    result = gradcheck(lambda x: maskrcnn_loss(x, boxes, gt_masks, gt_labels, matched, gt_has_mask=has_mask),
+                       [Tensor(rng.standard_normal((4, L, S, S)), requires_grad=True)])
+    assert result.passed, result.report()
+    # with every mask present the same call is the ordinary loss
+    all_true = [np.ones(3, bool)]
+    np.testing.assert_allclose(maskrcnn_loss(logits, boxes, gt_masks, gt_labels, matched, gt_has_mask=all_true).item(),
+                               maskrcnn_loss(logits, boxes, gt_masks, gt_labels, matched).item(), rtol=1e-12)
+
+
+def _partial_heads(**kw):
+    names = [str(i) for i in range(len(GRIDS))]
+    from minimaskrcnn.nn import init
+
+    init.manual_seed(0)
+    return RoIHeads(MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(C * 49, 16), FastRCNNPredictor(16, L), 0.5, 0.5,
+                    10_000, 1.0, None, 0.05, 0.5, 10, mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+                    mask_head=MaskRCNNHeads(C, (C,)), mask_predictor=MaskRCNNPredictor(C, C, L), seed=0, **kw).train()
+
+
+def _losses_and_grads(heads, feats, proposals, targets):
+    for p in heads.parameters():
+        p.grad = None
+    _, losses = heads(feats, proposals, IMAGE_SIZES, targets)
+    sum(losses.values()).backward()
+    grads = {n: p.grad.copy() for n, p in heads.named_parameters() if n.startswith("mask_")}
+    return {k: v.item() for k, v in losses.items()}, grads
+
+
+def test_box_only_instances_take_part_in_box_losses_and_not_in_mask_loss(rng):
+    heads = _partial_heads()
+    feats = _features(rng)
+    targets = _targets(rng)
+    proposals = [np.concatenate([_boxes(rng, 30), t["boxes"] + rng.uniform(-4, 4, (3, 4)).astype(np.float32)])
+                 for t in targets]
+
+    def variant(has_mask_1, mask_1=None, drop_1=False):
+        out = []
+        for t in targets:
+            t = {k: v.copy() for k, v in t.items()}
+            t["has_mask"] = np.array([True, has_mask_1, True])
+            if mask_1 is not None:
+                t["masks"][1] = mask_1(t["masks"][1])
+            if drop_1:
+                t = {k: v[[0, 2]] for k, v in t.items()}
+            out.append(t)
+        return out
+
+    box_only, g_box_only = _losses_and_grads(heads, feats, proposals, variant(False, lambda m: 0 * m))
+    garbage, g_garbage = _losses_and_grads(heads, feats, proposals, variant(False, lambda m: 1 - m))
+    with_mask, _ = _losses_and_grads(heads, feats, proposals, variant(True, lambda m: 1 - m))
+    dropped, _ = _losses_and_grads(heads, feats, proposals, variant(False, drop_1=True))
+    # mask loss and its gradient: the box-only instance's mask is never read
+    assert garbage["loss_mask"] == box_only["loss_mask"]
+    for name in g_box_only:
+        np.testing.assert_array_equal(g_garbage[name], g_box_only[name], err_msg=name)
+    assert with_mask["loss_mask"] != box_only["loss_mask"]  # the same mask, once it counts, changes the loss
+    # box losses: full weight, exactly as if it had a mask; different from leaving the instance out
+    for k in ("loss_classifier", "loss_box_reg"):
+        assert box_only[k] == with_mask[k], k
+        assert box_only[k] != dropped[k], k
+
+
+def test_mask_training_rois_from_gt_boxes_or_one_proposal_per_object():
+    proposals = [np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [21, 19, 31, 29], [50, 50, 60, 60],
+                           [2, 0, 12, 10]], np.float32)]
+    labels = [np.array([1, 1, 2, 2, 0, 1])]
+    matched = [np.array([0, 0, 1, 1, 0, 0])]
+    gt_boxes = [np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 0, 50, 5]], np.float32)]
+    has = [np.array([True, True, False])]
+    # torchvision's rule: every positive RoI
+    rois, idx = select_mask_training_rois(proposals, matched, labels, gt_boxes)
+    np.testing.assert_array_equal(idx[0], [0, 0, 1, 1, 0])
+    # Deep-MAC: the gt boxes that have masks, each once
+    rois, idx = select_mask_training_rois(proposals, matched, labels, gt_boxes, has, source="gt_boxes")
+    np.testing.assert_array_equal(rois[0], gt_boxes[0][:2])
+    np.testing.assert_array_equal(idx[0], [0, 1])
+    # one random positive per object: as many examples as gt boxes, drawn from each object's positives
+    gen = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        rois, idx = select_mask_training_rois(proposals, matched, labels, gt_boxes, has, rois_per_object=1,
+                                              generator=gen)
+        assert sorted(idx[0].tolist()) == [0, 1]
+        seen.add(tuple(map(tuple, rois[0][idx[0] == 0])))
+    assert len(seen) == 3  # all three positives of object 0 get drawn
+    # a box-only object's positives are left out
+    rois, idx = select_mask_training_rois(proposals, matched, labels, gt_boxes, [np.array([False, True, True])])
+    np.testing.assert_array_equal(idx[0], [1, 1])
+    with pytest.raises(ValueError, match="unknown mask training RoIs"):
+        select_mask_training_rois(proposals, matched, labels, gt_boxes, source="boxes")
+
+
+def test_class_agnostic_mask_inference_reads_the_one_channel():
+    logits = np.zeros((3, 1, 2, 2), np.float32)
+    logits[1, 0] = 5.0
+    probs = maskrcnn_inference(logits, [np.array([2, 7]), np.array([1])])
+    np.testing.assert_allclose(probs[0][1], 1 / (1 + np.exp(-5.0)), rtol=1e-6)
+    np.testing.assert_allclose(probs[1][0], 0.5)
