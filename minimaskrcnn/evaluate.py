@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm.auto import tqdm
 
 from minimaskrcnn.backend import to_numpy
-from minimaskrcnn.data.coco import CocoDataset
+from minimaskrcnn.data.coco import BoxOnlyInstancesWarning, CocoDataset, has_segmentation
 from minimaskrcnn.io import atomic_write
 from minimaskrcnn.ops.boxes import box_convert
 
@@ -345,7 +346,8 @@ def evaluate(
     """
     detections, image_ids = run_model(model, dataset, batch_size=batch_size, indices=indices, progress=progress)
     return evaluate_detections(
-        dataset.coco, detections, image_ids, dataset.label_to_category_id, iou_types, results_dir, verbose
+        dataset.coco, detections, image_ids, dataset.label_to_category_id, iou_types, results_dir, verbose,
+        box_only_ids=dataset.box_only_annotation_ids,
     )
 
 
@@ -357,6 +359,7 @@ def evaluate_detections(
     iou_types: Sequence[str] = IOU_TYPES,
     results_dir: str | os.PathLike | None = None,
     verbose: bool = True,
+    box_only_ids: Iterable[int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """COCO AP/AR of detections that have already been computed (see ``evaluate``).
 
@@ -366,6 +369,8 @@ def evaluate_detections(
         iou_types: any of "bbox", "segm", "keypoints".
         results_dir: where to save ``results_<iou_type>.json`` (optional).
         verbose: print the table.
+        box_only_ids: annotation ids to treat as box-only in "segm" besides those without a
+            segmentation (see ``segm_ground_truth``, which says once what it left out).
 
     Returns:
         {iou_type: {stat name: value}}.
@@ -375,7 +380,12 @@ def evaluate_detections(
         results = detections_to_coco_results(detections, image_ids, label_to_category_id, iou_type)
         if results_dir is not None:
             save_results(results, os.path.join(results_dir, f"results_{iou_type}.json"))
-        stats[iou_type] = coco_evaluate(coco_gt, results, iou_type, image_ids=image_ids)
+        gt = coco_gt
+        if iou_type == "segm":
+            gt, left_out = segm_ground_truth(coco_gt, box_only_ids)
+            if left_out:
+                _say_box_only(left_out)
+        stats[iou_type] = coco_evaluate(gt, results, iou_type, image_ids=image_ids)
     if verbose:
         print(format_stats_table(stats))
     return stats
@@ -386,3 +396,92 @@ def save_results(results: list[dict], path: str | os.PathLike) -> None:
     with atomic_write(path, "w") as f:
         json.dump(results, f)
 
+
+# ------------------------------------------------------------- partially supervised masks (lesson 18)
+def segm_ground_truth(coco_gt: COCO, box_only_ids: Iterable[int] | None = None) -> tuple[COCO, dict[str, Any]]:
+    """The ground truth for mask AP when some annotations have no mask: they become ignored regions.
+
+    A box-only annotation (no, a null or an empty segmentation, or an id in ``box_only_ids``) cannot
+    be a mask target; counting it as an object would make every correct detection of it a miss. It
+    becomes a crowd region covering its box (pycocotools' ignore mechanism): a detection that lies
+    mostly inside it (intersection over the detection's area >= the IoU threshold) and matches no
+    annotation with a mask is neither a true nor a false positive. Mask AP therefore counts only
+    annotations with masks; a category left with none drops out of the average (COCOeval averages
+    over categories with ground truth).
+
+    Args:
+        coco_gt: the ground truth (not modified).
+        box_only_ids: more annotation ids to treat as box-only (e.g. a data set's ``mask_categories``).
+
+    Returns:
+        (coco, left_out): ``coco_gt`` itself when every annotation has a mask, else a new COCO; and
+        {"num_annotations": n, "categories": names of the categories concerned, "without_any_mask":
+        names of those with no mask at all} ({} when nothing was left out).
+    """
+    extra = set(int(i) for i in box_only_ids) if box_only_ids is not None else set()
+    anns = coco_gt.dataset.get("annotations", [])
+    box_only = [a for a in anns if not a.get("iscrowd", 0) and (a["id"] in extra or not has_segmentation(a))]
+    if not box_only:
+        return coco_gt, {}
+    ids = {a["id"] for a in box_only}
+    new_anns = []
+    for a in anns:
+        if a["id"] in ids:
+            x, y, w, h = a["bbox"]
+            a = dict(a, iscrowd=1, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], area=float(w * h))
+        new_anns.append(a)
+    dataset = dict(coco_gt.dataset, annotations=new_anns)
+    gt = COCO()
+    gt.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+        gt.createIndex()
+    names = {c["id"]: c["name"] for c in dataset.get("categories", [])}
+    concerned = sorted({a["category_id"] for a in box_only})
+    with_mask = {a["category_id"] for a in anns if a["id"] not in ids and not a.get("iscrowd", 0)}
+    return gt, {"num_annotations": len(box_only), "categories": [names.get(c, str(c)) for c in concerned],
+                "without_any_mask": [names.get(c, str(c)) for c in concerned if c not in with_mask]}
+
+
+def _say_box_only(left_out: Mapping[str, Any]) -> None:
+    msg = (f"mask AP counts only annotations with masks: {left_out['num_annotations']} box-only annotation(s) "
+           f"({', '.join(left_out['categories'])}) are ignored regions")
+    if left_out["without_any_mask"]:
+        msg += f"; categories without any mask are left out of mask AP: {', '.join(left_out['without_any_mask'])}"
+    warnings.warn(msg, BoxOnlyInstancesWarning, stacklevel=3)
+
+
+def mask_iou_on_gt_boxes(model, dataset, indices: Sequence[int] | None = None,
+                         threshold: float = MASK_THRESHOLD) -> dict[int, list[float]]:
+    """Mask IoU of the masks a model predicts on the ground-truth boxes, per category: the mask head
+    alone, apart from detection (Deep-MAC sec. 4 evaluates its heads on gt boxes the same way).
+
+    For each instance with a mask: the model's mask for its gt box (``predict.predict_masks_for_boxes``,
+    the gt class's channel), thresholded at ``threshold``, against the gt mask; IoU over the image's pixels.
+
+    Args:
+        model: a Mask R-CNN.
+        dataset: items (image (3, H, W) float in [0, 1], target with "boxes" (M, 4) x1 y1 x2 y2 in the
+            image's pixels, "labels" (M,), "masks" (M, H, W) and optionally "has_mask" (M,)).
+        indices: the items to use (default: all).
+        threshold: probability above which a pixel is inside the predicted mask.
+
+    Returns:
+        {label: [IoU of each instance]}, the model's labels (``dataset.class_names`` names them).
+    """
+    from minimaskrcnn.predict import predict_masks_for_boxes
+
+    ious: dict[int, list[float]] = {}
+    for i in range(len(dataset)) if indices is None else indices:
+        image, target = dataset[i]
+        keep = np.asarray(target.get("has_mask", np.ones(len(target["labels"]), bool)), dtype=bool)
+        if not keep.any():
+            continue
+        gt_masks = np.asarray(target["masks"])[keep].astype(bool)
+        labels = np.asarray(target["labels"])[keep]
+        probs = predict_masks_for_boxes(model, [image], [np.asarray(target["boxes"])[keep]], [labels])[0]
+        pred = probs > threshold
+        inter = (pred & gt_masks).sum(axis=(1, 2))
+        union = (pred | gt_masks).sum(axis=(1, 2))
+        for label, a, b in zip(labels, inter, union):
+            ious.setdefault(int(label), []).append(float(a / b) if b else 1.0)
+    return ious

@@ -147,3 +147,53 @@ def predict_files(
         save_image(picture, out)
         written.append(out)
     return written
+
+
+def predict_masks_for_boxes(model, images: Sequence, boxes: Sequence,
+                            labels: Sequence | None = None) -> list[np.ndarray]:
+    """The masks a model predicts for given boxes, with no detection step (Deep-MAC's "image + boxes in,
+    masks out", the model garden's ``call_images_and_boxes``): backbone, RoIAlign on the boxes, mask head.
+
+    Used to measure the mask head alone, on ground-truth boxes, apart from detection quality.
+
+    Args:
+        model: a Mask R-CNN (run in eval mode; its mode is restored).
+        images: N images, (3, H_i, W_i) float in [0, 1].
+        boxes: N arrays (D_i, 4) float, (x1, y1, x2, y2) in the image's pixels.
+        labels: N arrays (D_i,) int64, the class whose mask channel to read (ignored by a
+            class-agnostic predictor); None reads class 1 (or the one channel).
+
+    Returns:
+        N arrays (D_i, H_i, W_i) float of mask probabilities pasted into the images (threshold at 0.5).
+    """
+    from minimaskrcnn.backend import get_array_module, to_numpy
+    from minimaskrcnn.function import no_grad
+    from minimaskrcnn.models.roi_heads import maskrcnn_inference
+    from minimaskrcnn.tensor import Tensor
+
+    heads = model.roi_heads
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            dtype = next(iter(model.parameters())).dtype
+            images = [np.asarray(to_numpy(img)).astype(dtype, copy=False) for img in images]
+            original_sizes = [tuple(int(s) for s in img.shape[-2:]) for img in images]
+            targets = [{"boxes": np.asarray(b, dtype=dtype).reshape(-1, 4)} for b in boxes]
+            image_list, targets = model.transform(images, targets)
+            xp = get_array_module(next(iter(model.parameters())).data)
+            features = model.backbone(Tensor(xp.asarray(image_list.tensors)))
+            rois = [xp.asarray(t["boxes"]) for t in targets]
+            if labels is None:
+                labels = [np.ones(len(b), dtype=np.int64) for b in rois]
+            result = [{"boxes": r, "masks": xp.zeros((0, 1, 1, 1), dtype=dtype)} for r in rois]
+            if sum(len(r) for r in rois):
+                logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, rois,
+                                                                                  image_list.image_sizes)))
+                probs = maskrcnn_inference(logits.data, [xp.asarray(np.asarray(lbl, np.int64)) for lbl in labels])
+                result = [{"boxes": r, "masks": p} for r, p in zip(rois, probs)]
+            result = model.transform.postprocess(result, image_list.image_sizes, original_sizes)
+    finally:
+        model.train(was_training)
+    return [to_numpy(r["masks"])[:, 0] if len(r["boxes"]) else np.zeros((0, *size), dtype=dtype)
+            for r, size in zip(result, original_sizes)]

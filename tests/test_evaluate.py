@@ -196,3 +196,86 @@ def test_evaluate_runs_a_model_over_a_coco_dataset(tmp_path):
     assert stats["bbox"]["AP"] == pytest.approx(1.0) and stats["segm"]["AP"] == pytest.approx(1.0)
     assert json.loads((tmp_path / "results_segm.json").read_text())[0]["segmentation"]["size"] == [H, W]
     assert "segm" in format_stats_table(stats)
+
+
+# ------------------------------------------------------------- box-only annotations (lesson 18)
+def _without_mask(gt: dict, ann_ids) -> dict:
+    gt = json.loads(json.dumps(gt))
+    for a in gt["annotations"]:
+        if a["id"] in ann_ids:
+            del a["segmentation"]
+    return gt
+
+
+def test_mask_ap_ignores_box_only_annotations_and_says_so():
+    from minimaskrcnn.data.coco import BoxOnlyInstancesWarning
+
+    full = _coco(_gt_json())
+    dets, ids = _perfect_detections(full)  # masks for every object, the box-only one included
+    partial = _coco(_without_mask(_gt_json(), {2}))  # image 1's "seven" has a box and no mask
+    with pytest.warns(BoxOnlyInstancesWarning, match=r"1 box-only annotation\(s\) \(seven\) are ignored regions"):
+        stats = evaluate_detections(partial, dets, ids, verbose=False)
+    # its detection is neither a hit nor a false positive; the other "seven" still counts
+    assert stats["segm"]["AP"] == pytest.approx(1.0) and stats["bbox"]["AP"] == pytest.approx(1.0)
+    # a false positive of "seven" away from every box still costs mask AP
+    fp = [dict(d) for d in dets]
+    fp[0] = {k: np.concatenate([v, extra]) for (k, v), extra in zip(fp[0].items(), (
+        np.array([[60, 45, 78, 62]], np.float32), np.array([7]), np.array([0.95], np.float32),
+        np.pad(np.ones((1, 1, 17, 18), np.float32), ((0, 0), (0, 0), (45, 2), (60, 2)))))}
+    with pytest.warns(BoxOnlyInstancesWarning):
+        assert evaluate_detections(partial, fp, ids, iou_types=("segm",), verbose=False)["segm"]["AP"] < 0.9
+
+
+def test_a_category_without_any_mask_drops_out_of_mask_ap():
+    from minimaskrcnn.data.coco import BoxOnlyInstancesWarning
+    from minimaskrcnn.evaluate import segm_ground_truth
+
+    full = _coco(_gt_json())
+    dets, ids = _perfect_detections(full)
+    partial = _coco(_without_mask(_gt_json(), {2, 3}))  # both "seven"s
+    gt, left_out = segm_ground_truth(partial)
+    assert left_out == {"num_annotations": 2, "categories": ["seven"], "without_any_mask": ["seven"]}
+    assert all(a["iscrowd"] == 1 for a in gt.loadAnns([2, 3])) and partial.loadAnns([2])[0]["iscrowd"] == 0
+    assert segm_ground_truth(full) == (full, {})
+    # "seven" as box-only by id, as a data set's mask_categories gives them
+    assert segm_ground_truth(full, box_only_ids=[2, 3])[1]["without_any_mask"] == ["seven"]
+    with pytest.warns(BoxOnlyInstancesWarning, match="categories without any mask are left out of mask AP: seven"):
+        stats = evaluate_detections(partial, dets, ids, iou_types=("segm",), verbose=False)
+    assert stats["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_mask_iou_on_gt_boxes(monkeypatch):
+    """Per-instance IoU of the masks predicted on the gt boxes: 1 for the gt mask, hand-computed for a shifted one."""
+    from minimaskrcnn import predict
+    from minimaskrcnn.evaluate import mask_iou_on_gt_boxes
+
+    masks = np.zeros((2, 10, 12), np.uint8)
+    masks[0, 2:6, 2:6] = 1  # 16 pixels
+    masks[1, 5:9, 6:11] = 1  # 20 pixels
+    target = {"boxes": np.array([[2, 2, 6, 6], [6, 5, 11, 9]], np.float32), "labels": np.array([1, 2]),
+              "masks": masks, "has_mask": np.array([True, True])}
+    dataset = [(np.zeros((3, 10, 12), np.float32), target),
+               (np.zeros((3, 10, 12), np.float32), dict(target, has_mask=np.array([False, True])))]
+
+    def oracle(model, images, boxes, labels=None):
+        keep = len(boxes[0])
+        probs = np.stack([masks[0], np.roll(masks[1], 1, axis=1)])[-keep:].astype(np.float32)  # object 2 one px right
+        return [probs * 0.9]
+
+    monkeypatch.setattr(predict, "predict_masks_for_boxes", oracle)
+    ious = mask_iou_on_gt_boxes(None, dataset)
+    assert ious[1] == [1.0]  # the box-only instance of image 2 is not measured
+    np.testing.assert_allclose(ious[2], [16 / 24, 16 / 24])  # 4x5 shifted by one column: 16 shared of 24
+
+
+def test_predicted_masks_for_the_detections_boxes_are_the_detections_masks():
+    from minimaskrcnn.data import ShapesDataset
+    from minimaskrcnn.models import build_model
+    from minimaskrcnn.predict import predict_masks_for_boxes
+
+    model = build_model("r18-shapes", box_score_thresh=0.0, seed=0).eval()
+    image, _ = ShapesDataset(1, image_size=128, seed=0)[0]
+    det = model([image])[0]
+    masks = predict_masks_for_boxes(model, [image], [det["boxes"][:5]], [det["labels"][:5]])[0]
+    assert masks.shape == (5, 128, 128)
+    np.testing.assert_allclose(masks, det["masks"][:5, 0], atol=1e-5)
