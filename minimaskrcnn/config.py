@@ -127,6 +127,11 @@ class TrainConfig:
     min_keypoints_per_image: int | None = field(default=None, metadata={
         "group": "data", "help": "keypoint data: train only on images with at least this many labelled keypoints "
                                  "(torchvision's keypoint training uses 10)"})
+    mask_categories: str | None = field(default=None, metadata={
+        "group": "data", "metavar": "NAMES",
+        "help": "train masks only for these categories (comma-separated names or ids; 'voc': COCO's 20 PASCAL VOC "
+                "categories); the other categories' instances are box-only: they train the RPN and box head, "
+                "not the mask head (partially supervised, lesson 18)"})
 
     # --- optimisation (SGD with momentum, linear warm-up, then steps of the learning rate)
     steps: int = field(default=1500, metadata={

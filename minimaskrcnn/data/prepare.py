@@ -104,7 +104,8 @@ def prepare_datasets(config: TrainConfig) -> tuple[CocoDataset, CocoDataset, lis
         raise ValueError(f"unknown dataset {config.dataset!r}: expected one of {DATASETS}")
     train_ds = CocoDataset(train_ann, train_img, contiguous_labels=config.contiguous_labels,
                            exif_transpose=config.exif_transpose,
-                           min_keypoints_per_image=config.min_keypoints_per_image)
+                           min_keypoints_per_image=config.min_keypoints_per_image,
+                           mask_categories=config.mask_categories)
     # the validation set is labelled as the training set, whatever ids or order its own file has
     val_ds = CocoDataset(val_ann, val_img, label_map=train_ds.label_map, exif_transpose=config.exif_transpose)
     relabel_datasets(config, train_ds, val_ds)

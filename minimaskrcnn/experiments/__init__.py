@@ -1,4 +1,5 @@
-"""Experiments: the ablation runner (``runner``) and the studies built on it (``table2``, lesson 17).
+"""Experiments: the ablation runner (``runner``) and the studies built on it (``table2``, lesson 17);
+``deepmac`` (lesson 18) runs its 2x2 study itself: ``python -m minimaskrcnn.experiments.deepmac``.
 
 ``STUDIES`` names the studies ``minimaskrcnn ablate`` can run: each maps to a factory
 ``make_study(quick, overrides, data_dir, log) -> Study`` (see ``table2.make_study``).

@@ -190,7 +190,9 @@ def replace_torchvision_kwargs(config: MaskRCNNConfig, **kwargs: Any) -> MaskRCN
         config: the configuration to start from.
         **kwargs: any of ``TORCHVISION_KWARGS``; ``rpn_anchor_generator`` (an ``AnchorGenerator``,
             whose sizes and aspect ratios are taken); ``num_classes``; ``seed``; a whole stage by
-            name. ``None`` values mean "keep the default", as in torchvision (``bbox_reg_weights=None``).
+            name; or one field of a stage as ``"stage.field"`` (``**{"mask.head": "hourglass"}``,
+            what ``minimaskrcnn train --model-arg mask.head=hourglass`` gives). ``None`` values mean
+            "keep the default", as in torchvision (``bbox_reg_weights=None``).
 
     Raises:
         TypeError: for an argument we do not know (torchvision's module arguments such as
@@ -216,6 +218,11 @@ def replace_torchvision_kwargs(config: MaskRCNNConfig, **kwargs: Any) -> MaskRCN
         elif key in ("num_classes", "seed") or key in _STAGES:
             if value is not None or key == "seed":
                 top[key] = value
+        elif "." in key and key.split(".", 1)[0] in _STAGES:
+            stage, name = key.split(".", 1)
+            if name not in {f.name for f in dataclasses.fields(getattr(config, stage))}:
+                raise TypeError(f"unknown model argument {key!r}: the {stage} stage has no field {name!r}")
+            stages[stage][name] = tuple(value) if isinstance(value, list) else value
         else:
             raise TypeError(f"unknown model argument {key!r}")
     for name, changes in stages.items():

@@ -56,6 +56,10 @@ def test_torchvision_keyword_arguments_map_onto_stages():
     assert cfg.backbone.trainable_layers == 5
     assert cfg.anchors.sizes[0] == (8,) and cfg.anchors.aspect_ratios[0] == (1.0,)
     assert MaskRCNNConfig().with_overrides(num_classes=3).num_classes == 3
+    dotted = get_config("r18-shapes", **{"mask.head": "hourglass", "mask.layers": [8, 8], "rpn.nms_thresh": 0.6})
+    assert dotted.mask.head == "hourglass" and dotted.mask.layers == (8, 8) and dotted.rpn.nms_thresh == 0.6
+    with pytest.raises(TypeError, match="no field 'heads'"):
+        get_config("r18-shapes", **{"mask.heads": "hourglass"})
     with pytest.raises(TypeError, match="rpn_head"):
         get_config("maskrcnn_resnet50_fpn", rpn_head=object())
 
