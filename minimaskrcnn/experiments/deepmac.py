@@ -246,6 +246,22 @@ def run_arm(arm: str, seed: int, setup: Setup, work_dir: str, reuse: bool = True
     return row
 
 
+def trained_model(arm: str, seed: int, setup: Setup, work_dir: str):
+    """The trained model of one run, from its checkpoint (``run_arm`` trains it first if it is not there).
+
+    Returns:
+        (model in eval mode, the run's metrics dict, the validation data set).
+    """
+    from minimaskrcnn.data import CocoDataset
+    from minimaskrcnn.predict import load_model
+
+    row = run_arm(arm, seed, setup, work_dir)
+    files = make_data(setup, os.path.join(work_dir, "data"))
+    config = train_config(setup, arm, seed, work_dir, files)
+    model, _ = load_model(os.path.join(config.run_dir, "checkpoint.npz"))
+    return model.eval(), row, CocoDataset(files["val_annotations"], files["val_images"])
+
+
 # ------------------------------------------------------------------------------ the study
 def summarize(rows: Sequence[dict], metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per arm: the seeds and, per metric, the values, their mean and sample standard deviation (ddof 1)."""
@@ -263,7 +279,7 @@ def summarize(rows: Sequence[dict], metrics: Sequence[str]) -> dict[str, dict[st
 
 
 def run_study(setup: Setup, seeds: Sequence[int], arms: Sequence[str], work_dir: str, out: str | None,
-              command: str, log: Callable[[str], None] = print) -> dict:
+              command: str, log: Callable[[str], None] = lambda line: print(line, flush=True)) -> dict:
     """Every arm with every seed (seed-major, so that a partial study already compares all arms), then
     the results file ``{"command", "setup", "arms": {arm: {"seeds", METRICS...}}}`` written to ``out``."""
     rows = []
@@ -317,6 +333,20 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def import_everything() -> None:
+    """Import every minimaskrcnn module now, so that a study of an hour or more runs one version of the
+    code even if the files change meanwhile (the library imports some modules lazily, at first use)."""
+    import importlib
+    import pkgutil
+
+    import minimaskrcnn
+
+    for info in pkgutil.walk_packages(minimaskrcnn.__path__, "minimaskrcnn."):
+        if info.name.endswith(("__main__", ".cuda")) or ".data.sample" in info.name:
+            continue  # __main__ would run the command line; CUDA kernels load only with the cuda backend
+        importlib.import_module(info.name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m minimaskrcnn.experiments.deepmac", description=__doc__,
@@ -336,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown arm(s) {unknown}: choose from {list(ARMS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    import_everything()
     command = shlex.join(["python", "-m", "minimaskrcnn.experiments.deepmac", *argv])
     results = run_study(setup, seeds, arms, args.work_dir, args.out, command)
     print(format_table(results))
