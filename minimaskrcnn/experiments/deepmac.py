@@ -78,6 +78,7 @@ class Setup:
     batch_size: int = 4
     lr: float = 0.02
     warmup_steps: int = 100
+    clip_grad_norm: float | None = 10.0  # clip the gradient norm (typically 2-9 here): rare spikes made NaNs
     crop_size: int = 14  # mask-head input crop (RoIAlign output) for every arm; masks are 2x
     hourglass_depth: int = 20  # Deep-MAC's Hourglass-20 (two halvings)
     hourglass_width: int = 16  # its stem channels; stages of 32, 32, 48
@@ -134,7 +135,8 @@ def train_config(setup: Setup, arm: str, seed: int, work_dir: str, files: dict[s
         model=setup.model, name=f"{arm}-seed{seed}", output_dir=os.path.join(work_dir, "runs"),
         min_size=setup.image_size, max_size=setup.image_size, model_kwargs=model_kwargs, dataset="coco",
         mask_categories=",".join(setup.seen), **files, steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr,
-        warmup_steps=setup.warmup_steps, seed=seed, log_every=max(1, min(50, setup.steps)), val_every=0,
+        warmup_steps=setup.warmup_steps, clip_grad_norm=setup.clip_grad_norm, seed=seed,
+        log_every=max(1, min(50, setup.steps)), val_every=0,
         checkpoint_every=0, val_iou_types=("bbox",), val_loss_images=0, progress=False,
     )
 
@@ -211,7 +213,7 @@ def run_arm(arm: str, seed: int, setup: Setup, work_dir: str, reuse: bool = True
         {"arm", "seed", the METRICS and OTHER_METRICS, "gt_box_mask_IoU_per_category", "train_seconds",
         "eval_seconds", "setup"}.
     """
-    from minimaskrcnn.train import Trainer
+    from minimaskrcnn.train import NonFiniteLossError, Trainer
 
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}: choose from {sorted(ARMS)}")
@@ -227,9 +229,16 @@ def run_arm(arm: str, seed: int, setup: Setup, work_dir: str, reuse: bool = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the box-only note, once per run: known here
         start = time.perf_counter()
-        with _count_mask_examples(counter):
-            trainer = Trainer(config)
-            trainer.fit()
+        trainer = Trainer(config)
+        try:
+            with _count_mask_examples(counter):
+                trainer.fit()
+        except NonFiniteLossError as e:  # a diverged run is a result too: kept, reported, left out of the means
+            row = {"arm": arm, "seed": seed, "failed": str(e), **dict.fromkeys(METRICS + OTHER_METRICS),
+                   "gt_box_mask_IoU_per_category": {}, "train_seconds": round(time.perf_counter() - start, 1),
+                   "eval_seconds": 0.0, "setup": setup.to_dict()}
+            _write_json(row, metrics_path)
+            return row
         train_seconds = time.perf_counter() - start
         categories = trainer.val_dataset.categories
         by_name = {name: cid for cid, name in categories.items()}
@@ -238,12 +247,19 @@ def run_arm(arm: str, seed: int, setup: Setup, work_dir: str, reuse: bool = True
                                [by_name[n] for n in setup.unseen])
     row = {"arm": arm, "seed": seed, **metrics, "mask_examples_per_step": counter[0] / setup.steps,
            "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
-           "setup": setup.to_dict()}
-    tmp = metrics_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(row, f, indent=1)
-    os.replace(tmp, metrics_path)
+           "setup": json.loads(json.dumps(setup.to_dict()))}
+    _write_json(row, metrics_path)
     return row
+
+
+def _write_json(obj: Any, path: str) -> None:
+    """Write JSON atomically (a temporary file, then a rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def trained_model(arm: str, seed: int, setup: Setup, work_dir: str):
@@ -288,6 +304,9 @@ def run_study(setup: Setup, seeds: Sequence[int], arms: Sequence[str], work_dir:
         for arm in arms:
             row = run_arm(arm, seed, setup, work_dir)
             rows.append(row)
+            if row.get("failed"):
+                log(f"{arm:20s} seed {seed}: FAILED ({row['failed'][:120]}...)")
+                continue
             log(f"{arm:20s} seed {seed}: unseen mask AP {row['unseen_mask_AP']:.3f}, unseen IoU on gt boxes "
                 f"{row['unseen_gt_box_mask_IoU'] or float('nan'):.3f}, seen mask AP {row['seen_mask_AP']:.3f} "
                 f"({row['train_seconds']:.0f} s + {row['eval_seconds']:.0f} s)")
@@ -305,17 +324,14 @@ def run_study(setup: Setup, seeds: Sequence[int], arms: Sequence[str], work_dir:
                 arm: {c: _mean([r["gt_box_mask_IoU_per_category"].get(c) for r in rows if r["arm"] == arm])
                       for c in setup.seen + setup.unseen}
                 for arm in arms},
+            "failed_runs": [{"arm": r["arm"], "seed": r["seed"], "error": r["failed"]}
+                            for r in rows if r.get("failed")],
             "deepmac_reference": DEEPMAC_REFERENCE,
         },
         "arms": summarize(rows, METRICS),
     }
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, out)
+        _write_json(results, out)
     return results
 
 
