@@ -42,3 +42,20 @@ def test_unknown_arm_is_refused(capsys):
     with pytest.raises(SystemExit):
         deepmac.main(["--arms", "gtbox_unet"])
     assert "unknown arm" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_reported_and_left_out_of_the_means(tmp_path, monkeypatch):
+    from minimaskrcnn import train
+
+    def diverge(self, *args, **kwargs):
+        raise train.NonFiniteLossError(3, {"loss": float("nan")}, None, None, None, None)
+
+    monkeypatch.setattr(train.Trainer, "fit", diverge)
+    setup = deepmac.QUICK_SETUP
+    results = deepmac.run_study(setup, [0], ["gtbox_fcn"], str(tmp_path), str(tmp_path / "r.json"), "cmd",
+                                log=lambda line: None)
+    assert results["setup"]["failed_runs"][0]["arm"] == "gtbox_fcn"
+    assert "non-finite loss at step 3" in results["setup"]["failed_runs"][0]["error"]
+    entry = results["arms"]["gtbox_fcn"]["unseen_mask_AP"]
+    assert entry == {"mean": None, "std": None, "values": [None]}
+    assert "gtbox_fcn" in deepmac.format_table(results)
