@@ -178,24 +178,21 @@ def _ap(coco_gt, results: list[dict], iou_type: str, category_ids: Sequence[int]
 
 def evaluate_run(model, val_dataset, seen_ids: Sequence[int], unseen_ids: Sequence[int]) -> dict[str, Any]:
     """Mask and box AP on the seen and on the unseen classes, and the mean mask IoU on gt boxes of each."""
-    from minimaskrcnn.evaluate import (
-        detections_to_coco_results,
-        label_to_category_id_of,
-        mask_iou_on_gt_boxes,
-        run_model,
-    )
+    from minimaskrcnn.evaluate import detections_to_coco_results, mask_iou_on_gt_boxes, run_model
 
     detections, image_ids = run_model(model, val_dataset)
-    to_cat = label_to_category_id_of(val_dataset)
+    to_cat = val_dataset.label_to_category_id
     out: dict[str, Any] = {}
     for iou_type, name in (("segm", "mask_AP"), ("bbox", "box_AP")):
         results = detections_to_coco_results(detections, image_ids, to_cat, iou_type)
         out[f"seen_{name}"] = _ap(val_dataset.coco, results, iou_type, seen_ids)
         out[f"unseen_{name}"] = _ap(val_dataset.coco, results, iou_type, unseen_ids)
-    ious = mask_iou_on_gt_boxes(model, val_dataset)
-    out["seen_gt_box_mask_IoU"] = _mean([v for c in seen_ids for v in ious.get(c, [])])
-    out["unseen_gt_box_mask_IoU"] = _mean([v for c in unseen_ids for v in ious.get(c, [])])
-    out["gt_box_mask_IoU_per_category"] = {val_dataset.categories[c]: _mean(v) for c, v in sorted(ious.items())}
+    ious = mask_iou_on_gt_boxes(model, val_dataset)  # by label
+    label_of = val_dataset.category_id_to_label
+    out["seen_gt_box_mask_IoU"] = _mean([v for c in seen_ids for v in ious.get(label_of[c], [])])
+    out["unseen_gt_box_mask_IoU"] = _mean([v for c in unseen_ids for v in ious.get(label_of[c], [])])
+    names = val_dataset.class_names
+    out["gt_box_mask_IoU_per_category"] = {names[label]: _mean(v) for label, v in sorted(ious.items())}
     return out
 
 
@@ -213,7 +210,8 @@ def run_arm(arm: str, seed: int, setup: Setup, work_dir: str, reuse: bool = True
         {"arm", "seed", the METRICS and OTHER_METRICS, "gt_box_mask_IoU_per_category", "train_seconds",
         "eval_seconds", "setup"}.
     """
-    from minimaskrcnn.train import NonFiniteLossError, Trainer
+    from minimaskrcnn.errors import NonFiniteLossError
+    from minimaskrcnn.train import Trainer
 
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}: choose from {sorted(ARMS)}")
@@ -253,13 +251,12 @@ def run_arm(arm: str, seed: int, setup: Setup, work_dir: str, reuse: bool = True
 
 
 def _write_json(obj: Any, path: str) -> None:
-    """Write JSON atomically (a temporary file, then a rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Write JSON atomically (``io.atomic_write``: a temporary file, then a rename)."""
+    from minimaskrcnn.io import atomic_write
+
+    with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def trained_model(arm: str, seed: int, setup: Setup, work_dir: str):
@@ -268,8 +265,8 @@ def trained_model(arm: str, seed: int, setup: Setup, work_dir: str):
     Returns:
         (model in eval mode, the run's metrics dict, the validation data set).
     """
+    from minimaskrcnn.checkpoint import load_model
     from minimaskrcnn.data import CocoDataset
-    from minimaskrcnn.predict import load_model
 
     row = run_arm(arm, seed, setup, work_dir)
     files = make_data(setup, os.path.join(work_dir, "data"))
