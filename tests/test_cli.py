@@ -322,3 +322,22 @@ def test_resume_keeps_the_saved_configuration_but_the_options_given(tmp_path, ca
     assert config.lr == 0.005 and config.image_size == 64 and config.val_iou_types == ("bbox",)  # kept
     assert config.progress  # the progress bar is a matter of the command line at hand
     assert "done: step 2" in capsys.readouterr().out
+
+
+def test_train_with_mask_categories_on_the_coco_sample(tmp_path, capsys):
+    """--mask-categories voc end to end: the non-VOC instances of the COCO sample train boxes only."""
+    from minimaskrcnn.data.coco import BoxOnlyInstancesWarning
+
+    argv = ["train", "--dataset", "coco-sample", "--model", "r18-coco-tiny", "--mask-categories", "voc",
+            "--min-size", "96", "--max-size", "128", "--steps", "2", "--batch-size", "1", "--train-max-images", "2",
+            "--val-max-images", "1", "--val-loss-images", "0", "--output-dir", str(tmp_path), "--name", "voc",
+            "--no-progress"]
+    with pytest.warns(BoxOnlyInstancesWarning, match=r"instances are box-only .*outside mask_categories \(person"):
+        code, out, _ = _run(argv, capsys)
+    assert code == 0 and "mask AP" in out
+    config = json.loads((tmp_path / "voc" / "config.json").read_text())
+    assert config["mask_categories"] == "voc"
+    # a category the data set does not have: one line, exit code 2, nothing trained
+    code, _, err = _run(argv[:6] + ["unicorn"] + argv[7:-3] + ["--name", "bad", "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "no category named 'unicorn'", "instances_train2017.json")
+    assert not (tmp_path / "bad" / "checkpoint.npz").exists()
