@@ -26,11 +26,12 @@
 # 2. **A class-agnostic mask head.** Mask R-CNN predicts one mask per class and trains only the channel
 #    of the RoI's class; the channel of an unseen class would never receive a gradient. With one channel
 #    for all classes, whatever the head learns on seen classes is what it draws for unseen ones.
-# 3. **Deep-MAC's two findings** (§3-§5 of the paper). (a) Train the mask head on crops of the
-#    *ground-truth boxes* rather than of the positive proposals (Mask R-CNN's default). (b) Then the
-#    head's *architecture* matters a great deal for unseen classes, although it barely matters for seen
-#    ones: deep encoder-decoder heads (an hourglass, Newell et al. 2016) generalise far better than the
-#    four convs. In the authors' Mask R-CNN (ResNet-50-FPN, COCO VOC → non-VOC, class-agnostic head on
+# 3. **Deep-MAC's two findings** (its abstract). (a) Train the mask head on crops of the
+#    *ground-truth boxes* rather than of the positive proposals (Mask R-CNN's default, proposals and gt
+#    boxes): this "dramatically improves its performance on novel classes". (b) Then the head's
+#    *architecture* matters a great deal for unseen classes, although many architectures perform about
+#    the same when every class has masks: deep heads (ResNets, hourglass encoder-decoders, Newell et al.
+#    2016) generalise far better than the usual 2-4 convs. In the authors' Mask R-CNN (ResNet-50-FPN, COCO VOC → non-VOC, class-agnostic head on
 #    ground-truth boxes; TF model garden, `deepmac_maskrcnn`): **25.9** mask mAP with the default head on
 #    14×14 crops, **33.1** with an Hourglass-52 head on 32×32 crops.
 #
@@ -72,6 +73,7 @@ from minimaskrcnn.ops.masks import project_masks_on_boxes
 from minimaskrcnn.predict import predict_masks_for_boxes
 
 plt.rcParams["figure.dpi"] = 80
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's note, in a notebook without widgets
 rng = np.random.default_rng(0)
 SETUP = deepmac.QUICK_SETUP if QUICK else deepmac.Setup()
 # the study's folder (python -m minimaskrcnn.experiments.deepmac, run from the repository's root): its
@@ -96,7 +98,10 @@ print(caught[0].message if caught else "no box-only instance")
 val = CocoDataset(files["val_annotations"], files["val_images"])
 print("categories:", train.categories, " with masks:", sorted(train.mask_categories))
 
-i = next(k for k in range(len(train)) if (~train[k][1]["has_mask"]).any() and train[k][1]["has_mask"].any())
+has_masks = [train[k][1]["has_mask"] for k in range(len(train))]
+# an image with a box-only instance and two with masks (the quick mode's few images may have none)
+i = next((k for k, h in enumerate(has_masks) if (~h).sum() >= 1 and h.sum() >= 2),
+         next((k for k, h in enumerate(has_masks) if (~h).any() and h.any()), 0))
 image, target = train[i]
 for key in ("boxes", "labels", "has_mask", "masks"):
     log(key, target[key])
@@ -104,12 +109,20 @@ print("pixels per mask:", target["masks"].sum(axis=(1, 2)), " (box-only instance
 
 # %%
 names = train.class_names
-fig, ax = plt.subplots(1, 2, figsize=(9, 4.6))
+
+
+def big(a, f=3):
+    """Nearest-neighbour upsampling of the last two axes, so that 96-px images read at notebook width."""
+    return np.repeat(np.repeat(a, f, axis=-2), f, axis=-1)
+
+
+fig, ax = plt.subplots(1, 2, figsize=(10, 5))
 ax[0].imshow(visualize.to_uint8_image(image))
 ax[0].set_title("a training image", fontsize=10)
 has = target["has_mask"]
-drawn = visualize.draw_masks(image, target["masks"][has], colors=[visualize.color_for(int(c)) for c in target["labels"][has]])
-drawn = visualize.draw_boxes(drawn, target["boxes"], colors=[visualize.color_for(int(c)) for c in target["labels"]],
+colors_i = [visualize.color_for(int(c)) for c in target["labels"]]
+drawn = visualize.draw_masks(big(image), big(target["masks"][has]), colors=[c for c, h in zip(colors_i, has) if h])
+drawn = visualize.draw_boxes(drawn, 3 * target["boxes"], colors=colors_i,
                              texts=[f"{names[c]}{'' if h else ' (box only)'}" for c, h in zip(target["labels"], has)])
 ax[1].imshow(drawn)
 ax[1].set_title("its labels: every box, masks of seen classes only", fontsize=10)
@@ -175,20 +188,23 @@ def positive_proposals(box, n, rng, min_iou=0.5):
 image, target = train[i]
 crops, titles = [], []
 for m, (box, label) in enumerate(zip(target["boxes"], target["labels"])):
+    if not target["has_mask"][m]:
+        continue  # a box-only instance has no mask target: it is never cropped for the mask head
     props = positive_proposals(box, 4, rng)
     boxes_m = np.concatenate([box[None], props])
     crops.append(project_masks_on_boxes(target["masks"], boxes_m, np.full(5, m), 28))
     titles += [f"{names[label]}: gt box"] + [f"proposal, IoU {box_ops.box_iou(p[None], box[None])[0, 0]:.2f}" for p in props]
 fig = visualize.show_masks(np.concatenate(crops), titles=titles, cols=5, size=1.8)
-fig.suptitle("mask targets (28×28) of each object's gt box (left) and of positive proposals; a box-only object's "
-             "target is empty: it is never used", fontsize=9)
+fig.suptitle("mask targets (28×28) of each seen object's gt box (left) and of four positive proposals",
+             fontsize=10, y=1.03)
 plt.show()
 
 # %% [markdown]
 # The library's `select_mask_training_rois` picks them: `source="proposals"` (every positive RoI, as
 # torchvision, or at most `rois_per_object` random ones per object) or `source="gt_boxes"` (each gt box
 # once); either way without the box-only instances. The experiment gives both arms **the same number of
-# examples per step**: one crop per object with a mask, its gt box or one random positive proposal.
+# examples per step**: one crop per object with a mask, its gt box or one random positive proposal
+# (drawn among all its positives, which include its gt box, as in Mask R-CNN).
 
 # %%
 props = [np.concatenate([positive_proposals(b, 3, rng) for b in target["boxes"]] + [target["boxes"]])]
@@ -240,7 +256,7 @@ log("hourglass output", heads["hourglass"](x))
 # %%
 small = HourglassMaskHead(4, width=4, channels=(4, 6), blocks=(1, 1)).double()  # one halving
 level = small.hourglass
-z = mm.Tensor(rng.standard_normal((2, 4, 7, 7)), requires_grad=True)
+z = mm.Tensor(np.random.default_rng(3).standard_normal((2, 4, 7, 7)), requires_grad=True)
 
 
 def my_level(z):
@@ -252,7 +268,8 @@ def my_level(z):
 
 log("by hand", my_level(z))
 assert np.allclose(my_level(z).numpy(), level(z).numpy(), rtol=0, atol=1e-12)
-result = gradcheck(lambda z_, w_: small(z_), [z, small.hourglass.down[0].conv.weight])
+# ReLU kinks and group norm's division make central differences a little noisier: tolerance 1e-5
+result = gradcheck(lambda z_, w_: small(z_), [z, small.hourglass.down[0].conv.weight], tol=1e-5)
 print(result.report())
 assert result.passed
 assert isinstance(level.skip[0], ResidualBlock)
@@ -331,17 +348,42 @@ for key in ("unseen_gt_box_mask_IoU", "unseen_mask_AP", "seen_mask_AP"):
         print(f"   {a:20s} - {b:20s} {d:+6.1f} points (2 x std {noise:4.1f}): {verdict}")
 ref = s["deepmac_reference"]["unseen_mask_AP"]
 print(f"\nDeep-MAC (COCO VOC -> non-VOC, gt-box crops): hourglass - fcn = {ref['gtbox_hourglass'] - ref['gtbox_fcn']:+.1f} "
-      "points of mask mAP; proposals better than gt boxes on unseen classes: never, by the paper's account")
+      "points of mask mAP; gt-box crops instead of proposals: 'dramatically' better on novel classes (its abstract)")
 
 # %% [markdown]
-# READING
+# ### Reading (the stored results: 3 seeds × 4 arms, 600 steps each)
+#
+# * **Seen classes, masks on gt boxes:** training on gt-box crops gives clearly better masks with both
+#   heads (IoU about 81 against 77): the head is trained on exactly the crops this metric gives it.
+# * **Unseen classes, masks on gt boxes (the mask head alone):** gt-box crops are at most slightly
+#   better (+1.1 points with the four convs, +0.6 with the hourglass), within twice the seed-to-seed
+#   spread. Not every kind agrees (the per-kind means in `setup["gt_box_mask_IoU_per_category"]`):
+#   stars and crosses gain 3-6 points, rings lose 4-5. Deep-MAC's first finding is at best faint here.
+# * **Head architecture:** the hourglass is *worse* than the four convs on the unseen classes (−1.6
+#   and −2.2 points of IoU, beyond the spread) and equal on the seen ones. Deep-MAC found the opposite,
+#   and large: +7.2 points of mask mAP for its Hourglass-52 over the default head (33.1 vs 25.9). In the
+#   pictures of section 6 every head rounds the stars' and crosses' concave corners into blobs, and the
+#   gt-box-trained hourglass fills the rings' holes most.
+# * **Unseen mask AP** (detected boxes; box AP is 25-26 on the unseen classes in every arm) ranks the
+#   arms proposals_fcn > gtbox_fcn ≈ proposals_hourglass > gtbox_hourglass (clearly only for gt-box
+#   against proposal crops with the four convs, and fcn against hourglass on gt boxes): heads trained on
+#   exact gt crops lose some AP on detected boxes, which are looser (exercise 3).
+#
+# So this miniature does **not** reproduce Deep-MAC's effect. It differs from the paper in ways that
+# may matter, none of them tested here: 600 steps from scratch instead of 70k steps from an
+# ImageNet-pretrained ResNet-50; a small Hourglass-20 (stem 16) on 14×14 crops instead of an
+# Hourglass-52 (width 64) on 32×32; 3 seen classes instead of 20; and flat-coloured synthetic shapes,
+# which a local colour rule segments whatever their shape, where COCO's unseen classes are real objects.
+# The switches for a longer study are in `deepmac.Setup` (`crop_size=32`, `hourglass_depth=52`,
+# `steps`, ...).
 
 # %% [markdown]
 # ## 6. See it: masks of the unseen classes, from each arm
 #
 # Each of the four seed-0 models is loaded from its checkpoint (trained now if the study's folder is not
 # there) and asked for the masks of the **ground-truth boxes** of stars, rings and crosses in held-out
-# images: the mask head alone, on the same crops for every arm.
+# images: the mask head alone, on the same crops for every arm. Each column is one object, cut out of
+# its image with a margin; below it the true mask and each arm's mask (probability > 0.5), with its IoU.
 
 # %%
 models = {}
@@ -355,36 +397,53 @@ for arm in deepmac.ARMS:
 
 # %%
 unseen_ids = [c for c, n in val.categories.items() if n in SETUP.unseen]
-picks = [k for k in range(len(val)) if np.isin(val[k][1]["labels"], unseen_ids).any()][:6]
-fig, axes = plt.subplots(len(models) + 1, len(picks), figsize=(2.2 * len(picks), 2.3 * (len(models) + 1)),
-                         squeeze=False)
-for col, k in enumerate(picks):
+objects = []  # (image index, instance index): the larger unseen objects, two of each kind
+for c in unseen_ids:
+    found = [(k, m) for k in range(len(val)) for m, lbl in enumerate(val[k][1]["labels"])
+             if lbl == c and val[k][1]["masks"][m].sum() >= 300]
+    objects += found[:2]
+predicted = {}  # (image index, arm) -> masks of the image's boxes
+for k in sorted({k for k, _ in objects}):
     image, target = val[k]
-    unseen = np.isin(target["labels"], unseen_ids)
-    colors_k = [visualize.color_for(int(c)) for c in target["labels"][unseen]]
-    axes[0, col].imshow(visualize.draw_masks(image, target["masks"][unseen], colors=colors_k))
-    axes[0, col].set_title(", ".join(val.categories[int(c)] for c in target["labels"][unseen]), fontsize=8)
-    for row_i, (arm, model) in enumerate(models.items(), start=1):
-        probs = predict_masks_for_boxes(model, [image], [target["boxes"][unseen]], [target["labels"][unseen]])[0]
-        axes[row_i, col].imshow(visualize.draw_masks(image, probs, colors=colors_k))
-        if col == 0:
-            axes[row_i, col].set_ylabel(arm, fontsize=8)
+    for arm, model in models.items():
+        predicted[k, arm] = predict_masks_for_boxes(model, [image], [target["boxes"]], [target["labels"]])[0] > 0.5
+
+rows = ["image", "ground truth"] + list(models)
+fig, axes = plt.subplots(len(rows), len(objects), figsize=(1.7 * len(objects), 1.8 * len(rows)), squeeze=False)
+for col, (k, m) in enumerate(objects):
+    image, target = val[k]
+    x1, y1, x2, y2 = target["boxes"][m]
+    pad = 0.15 * max(x2 - x1, y2 - y1)
+    ys = slice(max(int(y1 - pad), 0), int(y2 + pad) + 1)
+    xs = slice(max(int(x1 - pad), 0), int(x2 + pad) + 1)
+    gt = target["masks"][m].astype(bool)
+    axes[0, col].imshow(visualize.to_uint8_image(image)[ys, xs])
+    axes[0, col].set_title(val.categories[int(target["labels"][m])], fontsize=9)
+    axes[1, col].imshow(gt[ys, xs], cmap="gray", vmin=0, vmax=1)
+    for r, arm in enumerate(models, start=2):
+        pred = predicted[k, arm][m]
+        axes[r, col].imshow(pred[ys, xs], cmap="gray", vmin=0, vmax=1)
+        axes[r, col].set_title(f"IoU {(pred & gt).sum() / max((pred | gt).sum(), 1):.2f}", fontsize=8)
+for r, name in enumerate(rows):
+    axes[r, 0].set_ylabel(name.replace("_", "\n"), fontsize=8)
 for a in axes.flat:
     a.set_xticks([]), a.set_yticks([])
-axes[0, 0].set_ylabel("ground truth", fontsize=8)
-fig.suptitle("unseen classes: masks predicted on their ground-truth boxes (top row: the true masks)", fontsize=10)
+fig.suptitle("unseen classes: masks predicted on their ground-truth boxes, seed 0 of each arm", fontsize=10)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# And what a user gets: the detections (score ≥ 0.5) of each model on one held-out image, masks included.
+# And what a user gets: the detections (score ≥ 0.3; the small models are not confident) of each model
+# on one held-out image, masks included.
 
 # %%
-k = picks[0]
+k = objects[0][0]
 image, _ = val[k]
 fig, axes = plt.subplots(1, len(models), figsize=(3.3 * len(models), 3.5))
 for ax, (arm, model) in zip(axes, models.items()):
-    ax.imshow(visualize.draw_detections(image, model([image])[0], val.class_names, score_threshold=0.5))
+    det = model([image])[0]
+    det = {key: big(v) if key == "masks" else (3 * v if key == "boxes" else v) for key, v in det.items()}
+    ax.imshow(visualize.draw_detections(big(image), det, val.class_names, score_threshold=0.3))
     ax.set_title(arm, fontsize=9)
     ax.axis("off")
 plt.tight_layout()
@@ -413,11 +472,11 @@ with exercise(1, "18_deepmac"):
         assert np.array_equal(np.asarray(idx_k), mi[0]) and np.allclose(np.asarray(boxes_k), r[0])
 
 # %% [markdown]
-# **Exercise 2 (break it on purpose).** Treat the box-only star of section 2 as if its all-zero mask were
-# a label: compute the mask loss over all four RoIs with their targets from `gt_masks` (the star's
-# channel is all zeros there if you zero it), and the gradient it gives the logits of RoI 1. Set
-# `zero_mask_grad_mean` to the mean of that gradient over RoI 1's pixels. Its sign says which way
-# gradient descent pushes the star's mask: positive means towards "background everywhere".
+# **Exercise 2 (break it on purpose).** Treat the box-only star of section 2 as if an all-zero mask were
+# its label: copy `gt_masks`, set the star's mask (index 1) to zeros, compute `maskrcnn_loss` over all
+# four RoIs *without* `gt_has_mask`, backpropagate, and set `zero_mask_grad_mean` to the mean gradient
+# on RoI 1's logits. Its sign says which way gradient descent pushes the star's mask: positive means
+# towards "background everywhere".
 
 # %% tags=exercise-2
 zero_mask_grad_mean = None
@@ -480,6 +539,10 @@ with exercise(4, "18_deepmac"):
 #   loss; a zero mask in their place would teach "background".
 # * To segment classes without mask labels the head must be class-agnostic; Deep-MAC trains it on
 #   gt-box crops and makes it deep (an hourglass), and reports a large gain on COCO's non-VOC classes.
-# * The miniature's answer is in section 5, read with its seed-to-seed spread. The library's switches:
-#   `MaskHeadConfig(head=..., class_agnostic=True, train_rois="gt_boxes", roi_output_size=32)`, or
-#   `minimaskrcnn train --mask-categories voc --model-arg mask.head=hourglass ...`.
+# * In this miniature (section 5, read with its seed-to-seed spread) neither finding reproduced:
+#   gt-box crops helped the seen classes' masks clearly and the unseen ones at most slightly, and the
+#   hourglass head was worse than the four convs on unseen classes. A miniature can miss an effect that
+#   needs scale; it cannot confirm one.
+# * The library's switches: `MaskHeadConfig(head="hourglass", class_agnostic=True, train_rois="gt_boxes",
+#   roi_output_size=32)`, or on the command line `minimaskrcnn train --mask-categories voc --model-arg
+#   mask.class_agnostic=true --model-arg mask.train_rois=gt_boxes --model-arg mask.head=hourglass ...`.
