@@ -331,13 +331,14 @@ def test_train_with_mask_categories_on_the_coco_sample(tmp_path, capsys):
     argv = ["train", "--dataset", "coco-sample", "--model", "r18-coco-tiny", "--mask-categories", "voc",
             "--min-size", "96", "--max-size", "128", "--steps", "2", "--batch-size", "1", "--train-max-images", "2",
             "--val-max-images", "1", "--val-loss-images", "0", "--output-dir", str(tmp_path), "--name", "voc",
-            "--no-progress"]
+            "--model-arg", "mask.class_agnostic=true", "--model-arg", "mask.train_rois=gt_boxes", "--no-progress"]
     with pytest.warns(BoxOnlyInstancesWarning, match=r"instances are box-only .*outside mask_categories \(person"):
         code, out, _ = _run(argv, capsys)
     assert code == 0 and "mask AP" in out
     config = json.loads((tmp_path / "voc" / "config.json").read_text())
     assert config["mask_categories"] == "voc"
+    assert config["model_kwargs"] == {"mask.class_agnostic": True, "mask.train_rois": "gt_boxes"}
     # a category the data set does not have: one line, exit code 2, nothing trained
-    code, _, err = _run(argv[:6] + ["unicorn"] + argv[7:-3] + ["--name", "bad", "--no-progress"], capsys)
+    code, _, err = _run(argv[:6] + ["unicorn"] + argv[7:-7] + ["--name", "bad", "--no-progress"], capsys)
     _assert_one_line_error(code, err, "no category named 'unicorn'", "instances_train2017.json")
     assert not (tmp_path / "bad" / "checkpoint.npz").exists()
