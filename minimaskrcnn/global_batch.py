@@ -31,6 +31,7 @@ import numpy as np
 STREAM_RPN_SAMPLER = 1  # the RPN's choice of positive and negative anchors
 STREAM_ROI_SAMPLER = 2  # the RoI heads' choice of foreground and background RoIs
 STREAM_RESIZE = 3  # the training resize's choice of min_size (multi-scale training)
+STREAM_MASK_ROI_SAMPLER = 4  # the mask head's choice of positive RoIs per object (Deep-MAC runs, rois_per_object)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from minimaskrcnn.global_batch import (
     note_loss_count,
     padded_batch_shape,
 )
+from minimaskrcnn.intermediates import record_intermediates
 from minimaskrcnn.models import build_model
 from minimaskrcnn.models.mask_rcnn import LOSS_NAMES
 from minimaskrcnn.ops.matcher import BalancedPositiveNegativeSampler
@@ -204,3 +205,55 @@ def check_parts_sum_to_the_whole(model, images, targets, loss_names, dtype):
     for k in LOSS_NAMES:
         combined = sum(v[k] * c[k] for v, c in part_values) / global_counts[k]
         assert combined == pytest.approx(whole_values[k], rel=tol)
+
+
+
+# ------------------------------------------------- box-only instances (Deep-MAC): the mask loss's count
+@pytest.mark.parametrize("train_rois", ["gt_boxes", "proposals"])
+def test_mask_loss_with_box_only_instances_notes_the_masked_count_and_parts_sum_to_the_whole(train_rois):
+    """The mask loss is a mean over the pixels of the RoIs whose instance has a mask: that count is noted,
+    so a part holding only box-only instances weighs nothing and the parts' gradients sum to the whole's
+    (with "proposals", one random positive per object, drawn from the image's keyed generator)."""
+    size = 8  # mask RoIAlign output: masks of 2 x 8 = 16 pixels a side
+    kwargs = {**TINY, "mask.class_agnostic": True, "mask.train_rois": train_rois, "mask.roi_output_size": size,
+              "mask.train_rois_per_object": 1 if train_rois == "proposals" else None}
+    model = build_model("r18-shapes", **kwargs).train().to_dtype(np.float64)
+    images, targets = shapes_batch(4)
+    # image 0: every instance box-only; image 1: every other one; images 2 and 3: all but the last (if 2+)
+    m = [len(t["labels"]) for t in targets]
+    has = [np.zeros(m[0], bool), np.arange(m[1]) % 2 == 0] + [np.arange(k) < max(k - 1, 1) for k in m[2:]]
+    assert all(h.any() for h in has[1:]) and not all(h.all() for h in has)
+    targets = [dict(t, has_mask=h) for t, h in zip(targets, has)]
+    sizes = [img.shape[-2:] for img in images]
+
+    with record_intermediates() as rec:
+        losses, counts = _losses_and_grads(model, images, targets, 0, 5, range(4), sizes)
+    if train_rois == "gt_boxes":  # every instance with a mask, once
+        instances = sum(int(h.sum()) for h in has)
+    else:  # one RoI per instance with a mask among the sampled positive RoIs
+        instances = sum(len(np.unique(idx[(lbl > 0) & h[idx]]))
+                        for idx, lbl, h in zip(rec["roi_matched_idxs"], rec["roi_labels"], has))
+    assert instances > 0 and len(rec["mask_proposals"][0]) == 0  # nothing cropped from the box-only image
+    assert counts["loss_mask"] == instances * (2 * size) ** 2 == rec["mask_targets"].size
+    model.zero_grad()
+    sum(losses.values()).backward()
+    whole = _grads(model)
+
+    # a part holding only image 0 (all box-only) and one holding the rest, as two ranks would
+    parts = [_losses_and_grads(model, images[s], targets[s], 0, 5, range(4)[s], sizes)
+             for s in (slice(0, 1), slice(1, 4))]
+    assert parts[0][1]["loss_mask"] == 0 and parts[0][0]["loss_mask"].item() == 0
+    global_counts = {k: sum(c[k] for _, c in parts) for k in LOSS_NAMES}
+    assert global_counts == counts
+    summed = {}
+    for part_losses, part_counts in parts:
+        weights = loss_weights(part_counts, global_counts)
+        model.zero_grad()
+        sum(v * weights[k] for k, v in part_losses.items()).backward()
+        for n, g in _grads(model).items():
+            summed[n] = summed.get(n, 0) + g
+    assert summed.keys() == whole.keys()
+    assert any(n.startswith("roi_heads.mask_head.") for n in whole)
+    for n in whole:
+        scale = max(np.abs(whole[n]).max(), 1e-12)
+        assert np.abs(summed[n] - whole[n]).max() / scale < 1e-10, n

@@ -19,7 +19,7 @@ import numpy as np
 
 from minimaskrcnn import nn
 from minimaskrcnn.backend import as_array, get_array_module, to_numpy
-from minimaskrcnn.global_batch import STREAM_ROI_SAMPLER, image_generators, note_loss_count
+from minimaskrcnn.global_batch import STREAM_MASK_ROI_SAMPLER, STREAM_ROI_SAMPLER, image_generators, note_loss_count
 from minimaskrcnn.intermediates import record
 from minimaskrcnn.models.configs import MaskRCNNConfig
 from minimaskrcnn.models.keypoint_head import (
@@ -325,15 +325,18 @@ def select_mask_training_rois(proposals: Sequence[np.ndarray], matched_idxs: Seq
                               labels: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
                               gt_has_mask: Sequence[np.ndarray | None] | None = None, source: str = "proposals",
                               rois_per_object: int | None = None,
-                              generator: np.random.Generator | None = None) -> tuple[list, list]:
+                              generator: np.random.Generator | Sequence[np.random.Generator] | None = None,
+                              ) -> tuple[list, list]:
     """The RoIs the mask head trains on, and the gt instance of each. No gradient.
 
     ``source="proposals"`` (Mask R-CNN sec. 3, torchvision): the positive sampled RoIs (label > 0),
     which include the gt boxes themselves since those are added to the proposals in training; with
     ``rois_per_object=k``, at most k of them per gt instance, drawn from ``generator`` (so that the
-    head sees as many examples per step as with gt boxes). ``source="gt_boxes"`` (Deep-MAC sec. 3.1,
-    the model garden's ``use_gt_boxes_for_masks``): every gt box once, the exact crop. Either way the
-    RoIs of box-only instances (``gt_has_mask`` False) are left out: they have no mask target.
+    head sees as many examples per step as with gt boxes; one generator per image in data-parallel
+    training, ``global_batch.image_generators``, so that an image draws the same on any process).
+    ``source="gt_boxes"`` (Deep-MAC sec. 3.1, the model garden's ``use_gt_boxes_for_masks``): every
+    gt box once, the exact crop. Either way the RoIs of box-only instances (``gt_has_mask`` False)
+    are left out: they have no mask target.
 
     Args:
         proposals: per image, the (K_i, 4) sampled RoIs (x1, y1, x2, y2) in input pixels.
@@ -343,7 +346,8 @@ def select_mask_training_rois(proposals: Sequence[np.ndarray], matched_idxs: Seq
         gt_has_mask: per image, (M_i,) bool or None (every instance has a mask).
         source: "proposals" or "gt_boxes".
         rois_per_object: with "proposals", the most RoIs per gt instance (None: all positives).
-        generator: draws those RoIs (required with ``rois_per_object``).
+        generator: draws those RoIs (required with ``rois_per_object``): one for all images, or a
+            sequence of one per image.
 
     Returns:
         (rois, matched): per image, the (K'_i, 4) mask RoIs and their (K'_i,) int64 gt indices.
@@ -355,9 +359,15 @@ def select_mask_training_rois(proposals: Sequence[np.ndarray], matched_idxs: Seq
         raise ValueError(f"unknown mask training RoIs {source!r}: choose one of {MASK_TRAIN_ROIS}")
     if rois_per_object is not None and generator is None:
         raise ValueError("rois_per_object needs a generator")
+    if isinstance(generator, np.random.Generator) or generator is None:
+        generators = [generator] * len(proposals)
+    else:
+        generators = list(generator)
+        if len(generators) != len(proposals):
+            raise ValueError(f"{len(generators)} generators for {len(proposals)} images")
     gt_has_mask = gt_has_mask if gt_has_mask is not None else [None] * len(proposals)
     rois, matched = [], []
-    for props, idxs, lbl, boxes, has in zip(proposals, matched_idxs, labels, gt_boxes, gt_has_mask):
+    for props, idxs, lbl, boxes, has, gen in zip(proposals, matched_idxs, labels, gt_boxes, gt_has_mask, generators):
         xp = get_array_module(props)
         has = xp.ones(len(boxes), dtype=bool) if has is None else as_array(has).astype(bool)
         if source == "gt_boxes":
@@ -373,7 +383,7 @@ def select_mask_training_rois(proposals: Sequence[np.ndarray], matched_idxs: Seq
             for g in np.unique(gt_of):
                 candidates = pos[gt_of == g]
                 take = min(rois_per_object, len(candidates))
-                chosen.append(np.sort(generator.choice(candidates, size=take, replace=False)))
+                chosen.append(np.sort(gen.choice(candidates, size=take, replace=False)))
             positive = xp.asarray(np.concatenate(chosen))
         rois.append(props[positive])
         matched.append(idxs[positive])
@@ -631,6 +641,13 @@ class RoIHeads(nn.Module):
             all_labels.append(labels[keep].astype(np.int64))
         return all_boxes, all_scores, all_labels
 
+    def _mask_roi_generators(self, num_images: int):
+        """What draws the per-object mask RoIs: inside a ``global_batch`` block one keyed generator per
+        image (the same draws on any process), else the model's own generator (None if it draws none)."""
+        if self.mask_roi_generator is None:
+            return None
+        return image_generators(num_images, STREAM_MASK_ROI_SAMPLER) or self.mask_roi_generator
+
     # ------------------------------------------------------------------------- forward
     def forward(self, features: dict, proposals: Sequence[np.ndarray], image_shapes: Sequence[tuple[int, int]],
                 targets: Sequence[dict] | None = None) -> tuple[list, dict]:
@@ -684,7 +701,7 @@ class RoIHeads(nn.Module):
                 mask_proposals, pos_matched_idxs = select_mask_training_rois(
                     proposals, matched_idxs, labels, [as_array(t["boxes"]) for t in targets],
                     [t.get("has_mask") for t in targets], self.mask_train_rois, self.mask_rois_per_object,
-                    getattr(self, "mask_roi_generator", None))
+                    self._mask_roi_generators(len(proposals)))
             else:
                 mask_proposals = [r["boxes"] for r in result]
             record("mask_proposals", mask_proposals)
