@@ -446,7 +446,7 @@ class CocoDataset:
             if self.keypoint_names is None:
                 raise AnnotationError(self.annotation_file, "min_keypoints_per_image given, but no category "
                                       "names keypoints")
-            ids = [i for i in ids if sum(_num_labelled(a) for a, _ in self._objects[i]) >= min_keypoints_per_image]
+            ids = [i for i in ids if sum(_num_labelled(a) for a, _, _ in self._objects[i]) >= min_keypoints_per_image]
             if not ids:
                 raise AnnotationError(self.annotation_file,
                                       f"no image has {min_keypoints_per_image} labelled keypoints")
@@ -563,7 +563,7 @@ class CocoDataset:
         }
         if self.keypoint_names is not None:
             keypoints = np.zeros((len(objects), len(self.keypoint_names), 3), dtype=np.float32)
-            for k, (a, _) in enumerate(objects):
+            for k, (a, _, _) in enumerate(objects):
                 if "keypoints" in a:
                     keypoints[k] = np.asarray(a["keypoints"], dtype=np.float32).reshape(-1, 3)
             target["keypoints"] = keypoints
