@@ -52,7 +52,7 @@ def _greedy(stats: dict, candidates: list[int], count: int, covered: set, prefer
     """Pick ``count`` ids from candidates, each time the one adding the most uncovered categories."""
     chosen, pool = [], list(candidates)
     while pool and len(chosen) < count:
-        def score(i):
+        def score(i, covered=covered):
             s = stats[i]
             return (-len(s["cats"] - covered), -s["num"] if prefer_many else 0, s["size"], i)
 
@@ -145,7 +145,8 @@ def main(argv=None) -> None:
         covered: set = set()
         overfit = []
         if split == "train2017":
-            easy = [i for i in small if not stats[i]["crowd"] and 2 <= stats[i]["num"] <= 8 and stats[i]["min_area"] >= 2000]
+            easy = [i for i in small
+                    if not stats[i]["crowd"] and 2 <= stats[i]["num"] <= 8 and stats[i]["min_area"] >= 2000]
             overfit = _greedy(stats, easy, NUM_OVERFIT, covered, prefer_many=True)
             if len(overfit) < NUM_OVERFIT:
                 raise SystemExit(f"only {len(overfit)} images qualify for the overfit set")

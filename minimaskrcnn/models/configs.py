@@ -19,14 +19,17 @@ class BackboneConfig:
     """ResNet (or ResNeXt) body and FPN; without the FPN, the body's one returned stage (C4 or C5)."""
 
     depth: int = 50  # ResNet depth: 18/34 basic blocks, 26/50/101/152 bottlenecks; deeper = more capacity, slower
-    width_multiplier: float = 1.0  # scales every ResNet width (64 in conv1); raising it adds capacity at ~quadratic cost
+    # scales every ResNet width (64 in conv1); raising it adds capacity at ~quadratic cost
+    width_multiplier: float = 1.0
     groups: int = 1  # ResNeXt cardinality (groups of every 3x3 conv; 32 in resnext50_32x4d); 1 is ResNet
     width_per_group: int = 64  # ResNeXt channels per group at full width (4 in resnext50_32x4d); 64 is ResNet
-    norm: str = "frozen_bn"  # "frozen_bn" (fixed statistics, for pretrained weights), "bn" (batch statistics) or "gn" (GroupNorm)
+    # "frozen_bn" (fixed statistics, for pretrained weights), "bn" (batch statistics) or "gn" (GroupNorm)
+    norm: str = "frozen_bn"
     norm_eps: float = 1e-5  # eps added to the variance; torchvision's COCO_V1 weights want 0.0 with "frozen_bn"
     gn_groups: int = 32  # GroupNorm groups (capped at the channel count); more groups = more local statistics
     trainable_layers: int = 3  # stages trained from the top (layer4 first); 5 also trains conv1/bn1, 0 freezes the body
-    returned_layers: tuple[int, ...] = (1, 2, 3, 4)  # ResNet stages fed to the FPN; dropping 1 removes the stride-4 level
+    # ResNet stages fed to the FPN; dropping 1 removes the stride-4 level
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4)
     fpn_channels: int = 256  # channels of every FPN level; more = richer features for RPN and heads, slower
     fpn: bool = True  # False: no FPN, the single returned stage is the feature map (C4: returned_layers=(3,), C5: (4,))
 
@@ -35,7 +38,8 @@ class BackboneConfig:
 class TransformConfig:
     """Input normalisation, resizing and batching."""
 
-    min_size: int | tuple[int, ...] = 800  # short side after resizing (a tuple: random choice in training); larger = small objects visible, slower
+    # short side after resizing (a tuple: random choice in training); larger = small objects visible, slower
+    min_size: int | tuple[int, ...] = 800
     max_size: int = 1333  # cap on the long side; larger allows bigger inputs for elongated images
     image_mean: tuple[float, ...] = IMAGENET_MEAN  # subtracted per channel
     image_std: tuple[float, ...] = IMAGENET_STD  # divided per channel
@@ -46,8 +50,10 @@ class TransformConfig:
 class AnchorConfig:
     """The anchors tiled over each FPN level."""
 
-    sizes: tuple[tuple[int, ...], ...] = ((32,), (64,), (128,), (256,), (512,))  # anchor side per level; raise for larger objects
-    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),) * 5  # height / width per level; more ratios = more anchors per cell
+    # anchor side per level; raise for larger objects
+    sizes: tuple[tuple[int, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    # height / width per level; more ratios = more anchors per cell
+    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),) * 5
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ class RPNConfig:
     pre_nms_top_n_test: int = 1000  # the same at inference
     post_nms_top_n_train: int = 2000  # proposals kept per image after NMS in training; more = more RoIs to sample from
     post_nms_top_n_test: int = 1000  # proposals handed to the box head at inference; more = better recall, slower heads
-    nms_thresh: float = 0.7  # IoU above which a lower-scored proposal is dropped; higher keeps more overlapping proposals
+    # IoU above which a lower-scored proposal is dropped; higher keeps more overlapping proposals
+    nms_thresh: float = 0.7
     fg_iou_thresh: float = 0.7  # IoU with a gt box from which an anchor is positive; higher = fewer, better positives
     bg_iou_thresh: float = 0.3  # IoU below which an anchor is negative; higher = more negatives
     batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses
@@ -238,10 +245,12 @@ def _small(num_classes: int, min_size: int, max_size: int, width: float, fpn_cha
     """A small from-scratch configuration: ResNet-18 with GroupNorm, small anchors, few proposals."""
     return MaskRCNNConfig(
         num_classes=num_classes,
-        backbone=BackboneConfig(depth=18, width_multiplier=width, norm="gn", gn_groups=8, trainable_layers=5, fpn_channels=fpn_channels),
+        backbone=BackboneConfig(depth=18, width_multiplier=width, norm="gn", gn_groups=8, trainable_layers=5,
+                                fpn_channels=fpn_channels),
         transform=TransformConfig(min_size=min_size, max_size=max_size),
         anchors=AnchorConfig(sizes=((16,), (32,), (64,), (128,), (256,))),
-        rpn=RPNConfig(pre_nms_top_n_train=300, pre_nms_top_n_test=200, post_nms_top_n_train=100, post_nms_top_n_test=50, batch_size_per_image=128),
+        rpn=RPNConfig(pre_nms_top_n_train=300, pre_nms_top_n_test=200, post_nms_top_n_train=100,
+                      post_nms_top_n_test=50, batch_size_per_image=128),
         box=BoxHeadConfig(representation_size=256, batch_size_per_image=64, detections_per_img=50),
         mask=MaskHeadConfig(layers=(fpn_channels,) * 4, dim_reduced=fpn_channels),
     )
