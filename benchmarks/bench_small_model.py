@@ -122,7 +122,8 @@ def main() -> None:
 
     import torch
 
-    from minimaskrcnn.train import TrainConfig, Trainer, limit_threads
+    from minimaskrcnn.backend import limit_threads
+    from minimaskrcnn.train import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     config = TrainConfig(progress=False, val_every=0, checkpoint_every=0, data_dir=args.data_dir,

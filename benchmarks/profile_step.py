@@ -324,7 +324,7 @@ def main() -> None:
                         help="r18-shapes: start from a training checkpoint (late steps have more positive RoIs, "
                              "so a larger mask head batch)")
     args = parser.parse_args()
-    from minimaskrcnn.train import limit_threads
+    from minimaskrcnn.backend import limit_threads
 
     limit_threads(args.threads, args.threads)
     np.seterr(all="ignore")

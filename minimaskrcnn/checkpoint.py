@@ -16,10 +16,13 @@ from minimaskrcnn import io as mio
 from minimaskrcnn.config import TrainConfig
 from minimaskrcnn.errors import CheckpointError
 
-__all__ = ["CHECKPOINT_NAME", "build_model_from_config", "checkpoint_file", "config_from_checkpoint_extra",
-           "load_keypoint_info", "load_model", "load_training_config"]
+__all__ = ["CHECKPOINT_NAME", "TRAINING_STATE_KEYS", "build_model_from_config", "checkpoint_file",
+           "config_from_checkpoint_extra", "load_keypoint_info", "load_model", "load_training_config",
+           "load_training_state"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
+# what a training checkpoint's ``extra`` must hold for a run to resume from it (``Trainer.state_extra``)
+TRAINING_STATE_KEYS = ("step", "scheduler", "loader", "generators")
 
 
 def checkpoint_file(path: str | os.PathLike) -> str:
@@ -86,6 +89,37 @@ def load_training_config(checkpoint: str | os.PathLike) -> TrainConfig:
     """
     path = checkpoint_file(checkpoint)
     return config_from_checkpoint_extra(mio.load_checkpoint(path).extra or {}, path)
+
+
+def load_training_state(ckpt: mio.Checkpoint, path: str, model, optimizer, num_classes: int) -> dict[str, Any]:
+    """Load a training checkpoint's weights and optimizer state into a run's model and optimizer.
+
+    Args:
+        ckpt: the checkpoint as ``io.load_checkpoint`` read it.
+        path: its file, for the messages.
+        model, optimizer: the run's, built as the checkpoint's run built them.
+        num_classes: the run's number of classes L (background included).
+
+    Returns:
+        the checkpoint's ``extra`` (step, schedule, data order, generator states...), for the trainer
+        to restore the rest.
+
+    Raises:
+        CheckpointError: not a training checkpoint (no step, schedule, loader or generator states), saved
+            for another number of classes, or its tensors do not fit the model and optimizer.
+    """
+    extra = ckpt.extra or {}
+    for key in TRAINING_STATE_KEYS:
+        if key not in extra:
+            raise CheckpointError(path, f"not a training checkpoint (no {key!r})")
+    if int(extra.get("num_classes", num_classes)) != num_classes:
+        raise CheckpointError(path, f"has {extra['num_classes']} classes, the data set {num_classes}")
+    try:
+        model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(path, f"does not fit this model and optimizer: {e}") from None
+    return extra
 
 
 def load_model(checkpoint: str | os.PathLike, backend: str | None = None, *, min_size: int | None = None,

@@ -22,13 +22,22 @@ import os
 import sys
 import time
 import traceback
+import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
 
-from minimaskrcnn.backend import cupy_or_none, get_array_module, is_cupy
+from minimaskrcnn.backend import (
+    cupy_or_none,
+    get_array_module,
+    get_backend,
+    is_cupy,
+    limit_threads,
+    reuse_freed_memory,
+    set_backend,
+)
 
 # Horovod's default fusion threshold: gradients are packed into buffers of up to this many bytes
 DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
@@ -249,6 +258,27 @@ def select_gpu(comm: Communicator) -> int | None:
     return device
 
 
+def setup_process(comm: Communicator, backend: str | None = None, threads: int | None = None,
+                  blas_threads: int | None = None) -> None:
+    """Prepare this process of a training run, before its model is built.
+
+    Sets the array backend (``backend.set_backend``, when ``backend`` is given); in a job of several
+    processes on the "cuda" backend, gives this rank its GPU (``select_gpu``); limits the kernel and
+    BLAS threads to this process's share of the machine (``threads_per_process``,
+    ``backend.limit_threads``); and lets large arrays take freed memory back instead of fresh pages
+    (``backend.reuse_freed_memory``).
+
+    Raises:
+        ValueError: an unknown backend name (``backend.set_backend``).
+    """
+    if backend is not None:
+        set_backend(backend)
+    if comm.size > 1 and get_backend() == "cuda":
+        select_gpu(comm)  # one GPU per rank of this machine
+    limit_threads(threads_per_process(comm, threads), blas_threads)
+    reuse_freed_memory()
+
+
 def check_no_batch_statistics(model) -> None:
     """Refuse a model that normalises with batch statistics in training (``nn.BatchNorm2d``).
 
@@ -335,6 +365,39 @@ def loss_weights(local_counts: Mapping[str, int], global_counts: Mapping[str, in
     the gradients gives the gradient of the whole batch's loss.
     """
     return {k: (local_counts.get(k, 0) / g if g > 0 else 0.0) for k, g in global_counts.items()}
+
+
+def global_losses(comm: Communicator, loss_dict: Mapping[str, Any], loss_counts: Mapping[str, int], num_images: int,
+                  warned: set[str] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+    """This rank's losses rescaled to the counts of the whole batch, and the whole batch's values.
+
+    Each loss is a mean over this rank's count n of its terms; the whole batch's is the sum over
+    ranks of loss * n / G (G the global count, ``global_loss_stats``), so this rank backpropagates
+    loss * n / G (``loss_weights``) and the summed gradients are those of the whole batch. A loss
+    that noted no count (``global_batch.note_loss_count``) is taken per image, with a warning (on
+    rank 0, once per name: ``warned`` keeps the names already warned about).
+
+    Args:
+        loss_dict: {name: scalar Tensor} of this rank's share of the batch (the model's losses).
+        loss_counts: {name: this rank's count}, as the losses noted them (``GlobalBatch.loss_counts``).
+        num_images: the images this rank holds.
+
+    Returns:
+        ({name: the loss Tensor times its weight}, to be summed and backpropagated;
+        {"loss": the total, each name: its value}: the whole batch's, floats, the same on every rank).
+    """
+    warned = set() if warned is None else warned
+    local_values = {k: float(v.item()) for k, v in loss_dict.items()}
+    unnoted = sorted(set(loss_dict) - set(loss_counts) - warned)
+    if unnoted and comm.is_root:
+        warnings.warn(f"losses {unnoted} noted no count (global_batch.note_loss_count): averaged over the "
+                      "images of each process, so this run is not exactly the one-process run", stacklevel=2)
+    warned.update(unnoted)
+    counts = {k: loss_counts.get(k, num_images) for k in loss_dict}  # a loss that noted no count: per image
+    global_values, global_counts = global_loss_stats(comm, local_values, counts, num_images)
+    weights = loss_weights(counts, global_counts)
+    weighted = {k: v * weights[k] for k, v in loss_dict.items()}
+    return weighted, {"loss": sum(global_values.values()), **global_values}
 
 
 # ------------------------------------------------------------------------- fused gradients

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Union
 
 from minimaskrcnn.function import AnomalyError
@@ -88,3 +88,42 @@ class NonFiniteLossError(AnomalyError):
         self.losses = dict(losses)
         self.checkpoint = checkpoint
         self.checkpoint_step = checkpoint_step
+
+
+def find_nonfinite_op(model, images: list, targets: list[dict], batch_key: tuple | None = None,
+                      zero_grad: Callable[[], None] | None = None) -> tuple[str | None, str | None]:
+    """Re-run a training step's forward and backward in anomaly mode to find the op that made the first NaN/Inf.
+
+    The trainer calls it when a step's loss or gradient norm is not finite, after restoring the
+    random generators to their state before that step, so that the re-run samples as the failed
+    pass did; the pair it returns goes into ``NonFiniteLossError``.
+
+    Args:
+        model: the model in training mode (``model(images, targets)`` -> {name: loss}).
+        images, targets: the failed step's batch ((3, H, W) images and their target dicts).
+        batch_key: the step's ``global_batch`` arguments (seed, step, image indices, image sizes),
+            so that the random draws are keyed as in the failed pass.
+        zero_grad: called before the backward pass (the optimizer's ``zero_grad``).
+
+    Returns:
+        (op, where): the op's name and where it was created (``function.AnomalyError``), or
+        (None, None) when the re-run met no NaN/Inf.
+    """
+    import contextlib
+
+    import numpy as np
+
+    from minimaskrcnn.function import detect_anomaly
+    from minimaskrcnn.global_batch import global_batch
+    from minimaskrcnn.ops.loss import sum_losses
+
+    batch = global_batch(*batch_key) if batch_key is not None else contextlib.nullcontext()
+    try:
+        with detect_anomaly(), np.errstate(all="ignore"), batch:
+            loss = sum_losses(model(images, targets))
+            if zero_grad is not None:
+                zero_grad()
+            loss.backward()
+    except AnomalyError as e:
+        return e.op, e.where
+    return None, None

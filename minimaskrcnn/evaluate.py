@@ -12,6 +12,7 @@ import io
 import json
 import os
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -314,6 +315,51 @@ def run_model(
         if was_training:
             model.train()
     return detections, image_ids
+
+
+def validation_losses(model, dataset, indices: Sequence[int], batch_size: int = 1,
+                      generators: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Mean losses of ``model`` over the items ``indices`` of a data set, without changing anything.
+
+    The model runs in training mode (the losses need it), without gradients; the random generators
+    (Python's, NumPy's global and ``generators``, see ``rng``) and the model's buffers (e.g. batch-norm
+    statistics) are restored afterwards, so that a training run validating on the way goes on as if
+    it had not. The trainer's validation losses (``Trainer.validate``'s "val_*" losses).
+
+    Args:
+        model: a Mask R-CNN in the torchvision convention (``model(images, targets)`` -> {name: loss}).
+        dataset: items ``(image (3, H, W) float32 in [0, 1], target dict)`` with the training targets.
+        indices: which items (in batches of ``batch_size`` images).
+        generators: {name: generator} the model and data pipeline own (``rng.find_generators``).
+
+    Returns:
+        {"loss": the total, each loss name: its value}, means over the images (float); {} without indices.
+    """
+    from minimaskrcnn.function import no_grad
+    from minimaskrcnn.ops.loss import sum_losses
+    from minimaskrcnn.rng import get_rng_state, set_rng_state
+
+    n = len(indices)
+    if n <= 0:
+        return {}
+    owned = dict(generators or {})
+    sums: dict[str, float] = defaultdict(float)
+    with no_grad():
+        states = get_rng_state(owned)
+        buffers = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+        try:
+            model.train()
+            bs = max(1, batch_size)
+            for start in range(0, n, bs):
+                batch = [dataset[i] for i in indices[start : min(n, start + bs)]]
+                loss_dict = model([b[0] for b in batch], [b[1] for b in batch])
+                sums["loss"] += float(sum_losses(loss_dict).item()) * len(batch)
+                for k, v in loss_dict.items():
+                    sums[k] += float(v.item()) * len(batch)
+        finally:
+            model.load_state_dict(buffers)
+            set_rng_state(states, owned)
+    return {k: v / n for k, v in sums.items()}
 
 
 def evaluate(

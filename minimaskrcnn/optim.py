@@ -319,6 +319,21 @@ class WarmupMultiStepLR(LRScheduler):
 
 
 # ------------------------------------------------------------------------------ clipping
+def grad_norm(parameters: Iterable) -> float:
+    """The 2-norm of all gradients together (parameters without a ``.grad`` are skipped), as a float.
+
+    Each gradient's sum of squares stays on its device and one number comes to the host at the end
+    (one sync per step on a GPU instead of one per parameter, docs/GPU.md). The squares are summed in
+    float64: float32 overflows at |g| > 1.8e19 and would report a finite gradient as Inf.
+
+    Returns:
+        the norm, or NaN when a gradient holds NaN/Inf (the trainer's non-finite check).
+    """
+    grads = (p.grad.astype(np.float64) for p in parameters if p.grad is not None)
+    total = float(sum(((g * g).sum() for g in grads), 0.0))
+    return math.sqrt(total) if math.isfinite(total) else float("nan")
+
+
 def clip_grad_norm_(parameters: Iterable | Tensor, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False) -> float:
     """Scale gradients in place so that their total norm is at most ``max_norm`` (``torch.nn.utils``).

@@ -31,6 +31,7 @@ __all__ = [
     "read_starting_weights",
     "read_weights",
     "resolve_config",
+    "resolve_run",
 ]
 
 # torchvision's MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (box AP 37.9, mask AP 34.6 on COCO val2017) and
@@ -300,6 +301,37 @@ def resolve_config(config, weights: Weights | None, categories: Mapping[int, str
             changes["class_names"] = tuple(fit.class_names[1:])
             changes["contiguous_labels"] = fit.contiguous
     return dataclasses.replace(config, **changes)
+
+
+def resolve_run(config, weights: Weights | None, train_dataset, val_dataset,
+                class_names: list[str]) -> tuple[Any, list[str]]:
+    """``resolve_config`` for a fresh run's data sets, which are relabelled as the result says.
+
+    COCO data sets (``CocoDataset``, both) give their categories and are relabelled in place
+    (``data.prepare.relabel_datasets``: the file's classes, or contiguous labels); other data sets
+    are compared by ``class_names`` and keep their labels.
+
+    Args:
+        config: the run's ``TrainConfig`` with ``weights`` and/or ``backbone_weights``.
+        weights: its ``--weights`` file as ``read_starting_weights`` read it (or None).
+        train_dataset, val_dataset: the run's data sets (``data.prepare.DetectionDataset``).
+        class_names: the training set's class names by label, as prepared.
+
+    Returns:
+        (the resolved ``TrainConfig`` (a copy), the class names by label after relabelling).
+
+    Raises:
+        AnnotationError: a non-integer category id, or a category that is not one of the model's classes.
+    """
+    from minimaskrcnn.data.coco import CocoDataset
+    from minimaskrcnn.data.prepare import relabel_datasets
+
+    coco = isinstance(train_dataset, CocoDataset) and isinstance(val_dataset, CocoDataset)
+    config = resolve_config(config, weights, train_dataset.categories if coco else None, class_names)
+    if coco:
+        relabel_datasets(config, train_dataset, val_dataset)
+        class_names = list(train_dataset.class_names)
+    return config, class_names
 
 
 def load_pretrained(model: Any, class_names: list[str], weights: Weights | None, backbone: Weights | None,

@@ -16,7 +16,8 @@ import numpy as np
 
 from minimaskrcnn.errors import CheckpointError
 
-__all__ = ["find_generators", "generator_state", "get_rng_state", "set_generator_state", "set_rng_state"]
+__all__ = ["find_generators", "find_run_generators", "generator_state", "get_rng_state", "set_generator_state",
+           "set_rng_state"]
 
 
 def find_generators(root: Any, prefix: str = "") -> dict[str, Any]:
@@ -45,6 +46,19 @@ def find_generators(root: Any, prefix: str = "") -> dict[str, Any]:
         elif type(obj).__module__.startswith("minimaskrcnn") and hasattr(obj, "__dict__"):
             stack.extend((f"{path}.{k}" if path else k, v) for k, v in vars(obj).items())
     return dict(sorted(found.items()))
+
+
+def find_run_generators(model: Any, loader: Any) -> dict[str, Any]:
+    """{path: generator} of a training run: the model's ("model.*") and the data loader's ("loader.*").
+
+    The loader's data set is left out: its thousands of annotation records hold no generator and
+    the walk is not free.
+    """
+    gens = find_generators(model, "model")
+    for name, value in vars(loader).items():
+        if name != "dataset":
+            gens.update(find_generators(value, f"loader.{name}"))
+    return gens
 
 
 def generator_state(g) -> dict:

@@ -8,8 +8,9 @@ momentum, schedule, data order and every random generator, ``rng``), so that a r
 on exactly as if it had never stopped. A NaN loss stops the run, re-runs the step in anomaly mode to
 name the op that made the first NaN, and leaves the last good checkpoint untouched.
 
-The rest lives in its own room: the configuration in ``config``, the data sets in ``data.prepare``,
-building the model and reading checkpoints back in ``checkpoint``, thread limits in ``backend``.
+The rest lives in its own room: the configuration in ``config``; data sets and their checks in ``data.prepare``;
+starting weights in ``pretrained``; building the model and restoring checkpoints in ``checkpoint``; validation
+losses and COCO AP in ``evaluate``; process setup and loss rescaling in ``distributed``; NaN diagnosis in ``errors``.
 
 Data-parallel training (``mpiexec -n N minimaskrcnn train``): each of the N processes holds a replica
 and ``batch_size / N`` images of each batch; the losses are rescaled to the global counts and the
@@ -25,8 +26,6 @@ import math
 import os
 import random
 import time
-import warnings
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,18 +33,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minimaskrcnn import distributed, optim
-from minimaskrcnn.backend import get_backend, limit_threads, reuse_freed_memory, set_backend
-from minimaskrcnn.checkpoint import CHECKPOINT_NAME, build_model_from_config
+from minimaskrcnn.checkpoint import CHECKPOINT_NAME, build_model_from_config, load_training_state
 from minimaskrcnn.config import CONFIG_NAME, TrainConfig
 from minimaskrcnn.data import DataLoader
 from minimaskrcnn.data.coco import CocoDataset
-from minimaskrcnn.data.prepare import DetectionDataset, prepare_datasets
-from minimaskrcnn.errors import CheckpointError, DataError, NonFiniteLossError
-from minimaskrcnn.evaluate import evaluate, iou_types_of
-from minimaskrcnn.function import AnomalyError, detect_anomaly, no_grad
+from minimaskrcnn.data.prepare import DetectionDataset, check_keypoints, prepare_datasets
+from minimaskrcnn.errors import DataError, NonFiniteLossError, find_nonfinite_op
+from minimaskrcnn.evaluate import evaluate, iou_types_of, validation_losses
+from minimaskrcnn.function import AnomalyError, detect_anomaly
 from minimaskrcnn.global_batch import global_batch
 from minimaskrcnn.io import atomic_write, load_checkpoint, save_checkpoint
-from minimaskrcnn.rng import find_generators, get_rng_state, set_rng_state
+from minimaskrcnn.ops.loss import sum_losses
+from minimaskrcnn.pretrained import load_pretrained, read_starting_weights, resolve_run
+from minimaskrcnn.rng import find_run_generators, get_rng_state, set_rng_state
 from minimaskrcnn.runlog import LossMeter, RunLog
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "Trainer", "train"]
@@ -84,22 +84,14 @@ class Trainer:
         self.is_root = self.comm.is_root  # rank 0 writes the files of the run
         if self.comm.size > 1:
             distributed.check_batch_split(config.batch_size, self.comm.size)
-        if config.backend is not None:
-            set_backend(config.backend)
-        if self.comm.size > 1 and get_backend() == "cuda":
-            distributed.select_gpu(self.comm)  # one GPU per rank of this machine
-        limit_threads(distributed.threads_per_process(self.comm, config.threads), config.blas_threads)
-        reuse_freed_memory()  # large arrays take freed memory back instead of fresh pages (backend.py)
+        distributed.setup_process(self.comm, config.backend, config.threads, config.blas_threads)  # backend, threads
         self.run_dir = config.run_dir
         self.checkpoint_path = os.path.join(self.run_dir, CHECKPOINT_NAME)
         self.log = RunLog(self.run_dir)
 
         # 0. starting weights, read first so that a bad file fails before the data are prepared
         starting = model is None and not resume and bool(config.weights or config.backbone_weights)
-        if starting:
-            from minimaskrcnn.pretrained import read_starting_weights
-
-            weights, backbone = read_starting_weights(config)
+        weights, backbone = read_starting_weights(config) if starting else (None, None)
 
         # 1. data (rank 0 first: it may generate the shapes data the others then read)
         if datasets is None:
@@ -111,15 +103,9 @@ class Trainer:
         # 1b. starting weights decide the labels and a few model settings, written into the configuration
         self.weights_reports: list = []
         if starting:
-            from minimaskrcnn.data.prepare import relabel_datasets
-            from minimaskrcnn.pretrained import resolve_config
-
-            coco = isinstance(self.train_dataset, CocoDataset) and isinstance(self.val_dataset, CocoDataset)
-            config = resolve_config(config, weights, self.train_dataset.categories if coco else None, self.class_names)
+            config, self.class_names = resolve_run(config, weights, self.train_dataset, self.val_dataset,
+                                                   self.class_names)
             self.config = config
-            if coco:
-                relabel_datasets(config, self.train_dataset, self.val_dataset)
-                self.class_names = list(self.train_dataset.class_names)
         self.num_classes = len(self.class_names)
         self.train_indices = list(range(len(self.train_dataset)))[: config.train_max_images]
         self.val_indices = list(range(len(self.val_dataset)))[: config.val_max_images]
@@ -133,11 +119,9 @@ class Trainer:
         np.random.seed(config.seed % 2**32)
         self.model = model if model is not None else build_model_from_config(config, self.num_classes)
         if starting:
-            from minimaskrcnn.pretrained import load_pretrained
-
             self.weights_reports = load_pretrained(self.model, self.class_names, weights, backbone,
                                                    remake_predictors=config.remake_predictors)
-        self._check_keypoints()
+        check_keypoints(self.model, self.train_dataset, config.model)
         if self.comm.size > 1:
             distributed.check_no_batch_statistics(self.model)
             distributed.broadcast_state_(self.comm, self.model)  # every replica starts from rank 0's weights
@@ -174,25 +158,6 @@ class Trainer:
             with atomic_write(os.path.join(self.run_dir, CONFIG_NAME), "w") as f:
                 json.dump(self.config.to_dict(), f, indent=2)
 
-    def _check_keypoints(self) -> None:
-        """A keypoint head needs data with as many keypoints as it predicts.
-
-        Raises:
-            DataError: the model has a keypoint head and the training data has no keypoints, or
-                another number of them.
-        """
-        heads = self.model.roi_heads
-        if not heads.has_keypoint():
-            return
-        names = self.train_dataset.keypoint_names
-        source = getattr(self.train_dataset, "annotation_file", None)  # CocoDataset names its file
-        if not names:
-            raise DataError(source, f"model {self.config.model!r} predicts keypoints but the training data has none "
-                                    "(no category names keypoints): use --dataset figures, or a person_keypoints file")
-        if len(names) != heads.keypoint_predictor.out_channels:
-            raise DataError(source, f"the data has {len(names)} keypoints per object but model {self.config.model!r} "
-                                    f"predicts {heads.keypoint_predictor.out_channels}")
-
     @property
     def history(self) -> list[dict]:
         """The rows of the run log (training and validation), as in log.jsonl."""
@@ -217,11 +182,7 @@ class Trainer:
     def _owned_generators(self) -> dict:
         """{path: generator} of the model and the loader, found once (the walk is not free)."""
         if self._generators is None:
-            gens = find_generators(self.model, "model")
-            for name, value in vars(self.loader).items():
-                if name != "dataset":  # its thousands of annotation records hold no generator
-                    gens.update(find_generators(value, f"loader.{name}"))
-            self._generators = gens
+            self._generators = find_run_generators(self.model, self.loader)
         return self._generators
 
     def state_extra(self) -> dict:
@@ -260,17 +221,7 @@ class Trainer:
             ckpt = load_checkpoint(path)
         else:
             ckpt = self.comm.bcast(load_checkpoint(path) if self.is_root else None)
-        extra = ckpt.extra or {}
-        for key in ("step", "scheduler", "loader", "generators"):
-            if key not in extra:
-                raise CheckpointError(path, f"not a training checkpoint (no {key!r})")
-        if int(extra.get("num_classes", self.num_classes)) != self.num_classes:
-            raise CheckpointError(path, f"has {extra['num_classes']} classes, the data set {self.num_classes}")
-        try:
-            self.model.load_state_dict(ckpt.model_state)
-            self.optimizer.load_state_dict(ckpt.optimizer_state)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise CheckpointError(path, f"does not fit this model and optimizer: {e}") from None
+        extra = load_training_state(ckpt, path, self.model, self.optimizer, self.num_classes)
         self.scheduler.load_state_dict(extra["scheduler"])
         self.loader.load_state_dict(extra["loader"])
         self.set_generator_states(extra["generators"])
@@ -314,11 +265,13 @@ class Trainer:
                 with global_batch(*self._batch_key) as batch:
                     loss_dict = self.model(images, targets) if images else {}
                 if comm.size == 1:
-                    loss = _sum_losses(loss_dict)
+                    loss = sum_losses(loss_dict)
                     values = {k: float(v.item()) for k, v in loss_dict.items()}
                     values = {"loss": float(loss.item()), **values}
-                else:
-                    loss, values = self._global_loss(loss_dict, batch.loss_counts, len(images))
+                else:  # each loss rescaled to the whole batch's count; the whole batch's values
+                    weighted, values = distributed.global_losses(comm, loss_dict, batch.loss_counts, len(images),
+                                                                 self._warned_counts)
+                    loss = sum_losses(weighted)
                 if not math.isfinite(values["loss"]):
                     self._fail(images, targets, states_before, values)
                 self.optimizer.zero_grad()
@@ -331,7 +284,7 @@ class Trainer:
         # the gradients of all processes summed, in a few fused buffers (nothing to do alone)
         distributed.allreduce_gradients_(comm, self.params)
         with np.errstate(all="ignore"):
-            grad_norm = self._grad_norm()
+            grad_norm = optim.grad_norm(self.params)  # one sync per step on a GPU
         if not math.isfinite(grad_norm):
             self._fail(images, targets, states_before, values, detail="gradient norm is NaN/Inf")
         if self.config.clip_grad_norm is not None:
@@ -342,48 +295,12 @@ class Trainer:
         values["grad_norm"] = grad_norm
         return values
 
-    def _global_loss(self, loss_dict: Mapping[str, Any], counts: Mapping[str, int], num_images: int):
-        """This process's losses rescaled to the counts of the whole batch, and the whole batch's values.
-
-        Each loss is a mean over this process's count n of its terms; the whole batch's is the sum
-        over processes of loss * n / G (G the global count), so this process backpropagates
-        loss * n / G and the summed gradients are those of the whole batch (``distributed``).
-
-        Returns:
-            (the Tensor to backpropagate, or None without images; {"loss", each loss}: the whole batch's).
-        """
-        local_values = {k: float(v.item()) for k, v in loss_dict.items()}
-        unnoted = sorted(set(loss_dict) - set(counts) - self._warned_counts)
-        if unnoted and self.is_root:
-            warnings.warn(f"losses {unnoted} noted no count (global_batch.note_loss_count): averaged over the "
-                          "images of each process, so this run is not exactly the one-process run", stacklevel=2)
-        self._warned_counts.update(unnoted)
-        counts = {k: counts.get(k, num_images) for k in loss_dict}  # a loss that noted no count: per image
-        global_values, global_counts = distributed.global_loss_stats(self.comm, local_values, counts, num_images)
-        weights = distributed.loss_weights(counts, global_counts)
-        loss = _sum_losses({k: v * weights[k] for k, v in loss_dict.items()}) if loss_dict else None
-        return loss, {"loss": sum(global_values.values()), **global_values}
-
-    def _grad_norm(self) -> float:
-        # each parameter's sum of squares stays on its device; one copy to the host at the end
-        # (one sync per step on a GPU instead of one per parameter)
-        # squares in float64: float32 overflows at |g| > 1.8e19 and would report a finite gradient as Inf
-        grads = (p.grad.astype(np.float64) for p in self.params if p.grad is not None)
-        total = float(sum(((g * g).sum() for g in grads), 0.0))
-        return math.sqrt(total) if math.isfinite(total) else float("nan")
-
     def _fail(self, images, targets, states_before, values, detail: str = "") -> None:
-        """Re-run the failed step in anomaly mode to name the op, then raise NonFiniteLossError."""
+        """Re-run the failed step in anomaly mode to name the op (``errors.find_nonfinite_op``), then raise."""
         op = where = None
         if states_before is not None and images:
             self.set_generator_states(states_before)  # the same sampling as the failed pass
-            try:
-                with detect_anomaly(), np.errstate(all="ignore"), global_batch(*self._batch_key):
-                    loss = _sum_losses(self.model(images, targets))
-                    self.optimizer.zero_grad()
-                    loss.backward()
-            except AnomalyError as e:
-                op, where = e.op, e.where
+            op, where = find_nonfinite_op(self.model, images, targets, self._batch_key, self.optimizer.zero_grad)
         raise self._error(values, op, where, detail)
 
     def _error(self, values, op, where, detail: str = "") -> NonFiniteLossError:
@@ -391,38 +308,12 @@ class Trainer:
         return NonFiniteLossError(self.step + 1, values, op, where, ckpt, self.last_checkpoint_step, detail)
 
     # ------------------------------------------------------------------------------ validation
-    @no_grad()
-    def validation_losses(self) -> dict[str, float]:
-        """Mean losses over up to ``val_loss_images`` validation images (no update, no side effect).
-
-        The model runs in training mode (losses need it); the random generators and the model's
-        buffers (e.g. batch-norm statistics) are restored afterwards so that validating does not
-        change the training run.
-        """
-        n = min(self.config.val_loss_images, len(self.val_indices))
-        if n <= 0:
-            return {}
-        states = self.generator_states()
-        buffers = {k: np.array(v, copy=True) for k, v in self.model.state_dict().items()}
-        sums: dict[str, float] = defaultdict(float)
-        try:
-            self.model.train()
-            bs = max(1, self.config.batch_size)
-            for start in range(0, n, bs):
-                batch = [self.val_dataset[i] for i in self.val_indices[start : min(n, start + bs)]]
-                loss_dict = self.model([b[0] for b in batch], [b[1] for b in batch])
-                sums["loss"] += float(_sum_losses(loss_dict).item()) * len(batch)
-                for k, v in loss_dict.items():
-                    sums[k] += float(v.item()) * len(batch)
-        finally:
-            self.model.load_state_dict(buffers)
-            self.set_generator_states(states)
-        return {k: v / n for k, v in sums.items()}
-
     def validate(self, verbose: bool = False) -> dict[str, Any]:
         """Validation losses and COCO AP on the validation set; logged as a "val_*" row."""
         row: dict[str, Any] = {"step": self.step}
-        row.update({f"val_{k}": v for k, v in self.validation_losses().items()})
+        indices = self.val_indices[: max(0, self.config.val_loss_images)]  # the losses change nothing
+        val = validation_losses(self.model, self.val_dataset, indices, self.config.batch_size, self._owned_generators())
+        row.update({f"val_{k}": v for k, v in val.items()})
         iou_types = self.config.val_iou_types or iou_types_of(self.model)
         stats = evaluate(self.model, self.val_dataset, iou_types=iou_types,
                          indices=self.val_indices, verbose=verbose,
@@ -506,9 +397,3 @@ def train(config: TrainConfig | None = None, resume: bool | str | None = False, 
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     return Trainer(config, resume=resume).fit()
 
-
-def _sum_losses(loss_dict: Mapping[str, Any]):
-    total = None
-    for v in loss_dict.values():
-        total = v if total is None else total + v
-    return total

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from minimaskrcnn.config import TrainConfig
 
 __all__ = ["DATASETS", "DEFAULT_FIGURES_DIR", "DEFAULT_SHAPES_DIR", "FIGURES_TRAIN_SEED", "FIGURES_VAL_SEED",
-           "SHAPES_TRAIN_SEED", "SHAPES_VAL_SEED", "DetectionDataset", "ensure_figures_data", "ensure_shapes_data",
-           "model_label_map", "prepare_datasets", "relabel_datasets"]
+           "SHAPES_TRAIN_SEED", "SHAPES_VAL_SEED", "DetectionDataset", "check_keypoints", "ensure_figures_data",
+           "ensure_shapes_data", "model_label_map", "prepare_datasets", "relabel_datasets"]
 
 DATASETS = ("shapes", "figures", "coco-sample", "coco-overfit", "coco")
 DEFAULT_SHAPES_DIR = os.path.join("runs", "data", "shapes")
@@ -131,6 +131,31 @@ def relabel_datasets(config: TrainConfig, train_ds: CocoDataset, val_ds: CocoDat
         return
     train_ds.set_label_map(label_map)
     val_ds.set_label_map(label_map)
+
+
+def check_keypoints(model, dataset: DetectionDataset, model_name: str | None = None) -> None:
+    """A keypoint head needs data with as many keypoints (NK) as it predicts; nothing to check without one.
+
+    Args:
+        model: a built Mask R-CNN (its ``roi_heads`` say whether it has a keypoint branch).
+        dataset: the training data set (``keypoint_names``: its NK names, or None).
+        model_name: the model's configuration name, for the message (``TrainConfig.model``).
+
+    Raises:
+        DataError: the model has a keypoint head and the data has no keypoints, or another number
+            of them (naming the annotation file of a CocoDataset).
+    """
+    heads = model.roi_heads
+    if not heads.has_keypoint():
+        return
+    names = dataset.keypoint_names
+    source = getattr(dataset, "annotation_file", None)  # CocoDataset names its file
+    if not names:
+        raise DataError(source, f"model {model_name!r} predicts keypoints but the training data has none "
+                                "(no category names keypoints): use --dataset figures, or a person_keypoints file")
+    if len(names) != heads.keypoint_predictor.out_channels:
+        raise DataError(source, f"the data has {len(names)} keypoints per object but model {model_name!r} "
+                                f"predicts {heads.keypoint_predictor.out_channels}")
 
 
 def model_label_map(dataset: CocoDataset, class_names: Sequence[str]) -> LabelMap:

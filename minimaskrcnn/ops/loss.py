@@ -289,3 +289,18 @@ def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, reducti
     if tuple(target.shape) != tuple(input.shape):
         raise ValueError(f"Target size ({tuple(target.shape)}) must be the same as input size ({tuple(input.shape)})")
     return BinaryCrossEntropyWithLogits.apply(input, target, weight, pos_weight, reduction=reduction)
+
+
+def sum_losses(loss_dict) -> Tensor | None:
+    """The total loss: the sum of a model's named losses, as torchvision's ``train_one_epoch`` sums them.
+
+    Args:
+        loss_dict: {name: scalar Tensor}, e.g. the five losses ``MaskRCNN(images, targets)`` returns.
+
+    Returns:
+        Their sum in the dict's order (a composition of additions, differentiable), or None for an empty dict.
+    """
+    total = None
+    for v in loss_dict.values():
+        total = v if total is None else total + v
+    return total
