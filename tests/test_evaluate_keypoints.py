@@ -82,3 +82,15 @@ def test_no_detection_gives_zero_where_there_is_ground_truth():
     assert stats["AP"] == 0.0 and set(stats) == set(KEYPOINT_STAT_NAMES)
     table = format_stats_table({"bbox": coco_evaluate(ds.coco, [], "bbox"), "keypoints": stats})
     assert "OKS=0.50:0.95" in table and "keypoints" in table and "bbox" in table
+
+
+def test_evaluate_runs_a_keypoint_model_on_stick_figures():
+    """evaluate() takes the figures data set as it takes a CocoDataset (lesson 15's validation path)."""
+    from minimaskrcnn.evaluate import evaluate
+    from minimaskrcnn.models import build_model
+
+    model = build_model("r18-figures-kp", num_classes=2)
+    model.eval()
+    stats = evaluate(model, FiguresDataset(2, seed=5), iou_types=("bbox", "keypoints"), verbose=False)
+    assert set(stats) == {"bbox", "keypoints"}
+    assert all(0.0 <= stats[t]["AP"] <= 1.0 or stats[t]["AP"] == -1.0 for t in stats)

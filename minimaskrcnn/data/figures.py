@@ -259,7 +259,8 @@ class FiguresDataset:
     image_id int (= index + 1), area (M,) float32 (visible pixels), iscrowd (M,) int64 zeros.
     Attributes ``keypoint_names``, ``skeleton`` (1-based pairs), ``keypoint_sigmas`` describe the
     keypoints; ``coco`` is a pycocotools COCO of the whole set (built on first use) and
-    ``label_to_category_id`` its category of each label, for evaluation.
+    ``label_to_category_id`` its category of each label, for evaluation; ``box_only_annotation_ids`` is
+    empty (every figure has a mask).
     """
 
     def __init__(self, num_images: int, image_size: int | tuple[int, int] = 128, seed: int = 0,
@@ -279,6 +280,7 @@ class FiguresDataset:
         self.skeleton = [list(pair) for pair in FIGURE_SKELETON]
         self.keypoint_sigmas = np.array(FIGURE_SIGMAS)
         self.ids = list(range(1, num_images + 1))
+        self.box_only_annotation_ids: set[int] = set()  # every figure has its mask (evaluate reads this)
         self._coco = None
 
     def __len__(self) -> int:
