@@ -86,6 +86,8 @@ def summarise(runs: list[dict]) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="run only these (two processes, one per variant, each with its own --results)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-train", type=int, default=1000)
@@ -106,7 +108,7 @@ def main(argv=None) -> None:
     commit = _git_commit()  # the code every run of this invocation uses
     for seed in args.seeds:
         for variant, model in VARIANTS.items():
-            if any(r["model"] == model and r["seed"] == seed for r in data["runs"]):
+            if variant not in args.variants or any(r["model"] == model and r["seed"] == seed for r in data["runs"]):
                 continue
             result = run_one(model, seed, args)
             result.update(command=command, commit=commit, machine=platform.machine(),
