@@ -20,7 +20,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars, also in notebooks (tqdm.auto warns there without ipywidgets)
 
 from minimaskrcnn.backend import to_numpy
 from minimaskrcnn.data.coco import BoxOnlyInstancesWarning, CocoDataset, has_segmentation

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars, also in notebooks (tqdm.auto warns there without ipywidgets)
 
 from minimaskrcnn import distributed, optim
 from minimaskrcnn.checkpoint import CHECKPOINT_NAME, build_model_from_config, load_training_state
