@@ -29,7 +29,7 @@ EXIT_BAD_INPUT = 2
 
 MAIN_EXAMPLES = """\
 examples:
-  minimaskrcnn train                                  # shapes data, r18-shapes, ~10 min on 2 cores
+  minimaskrcnn train                                  # shapes data, r18-shapes, ~8 min on 2 cores
   minimaskrcnn evaluate runs/r18-shapes               # COCO AP of that run on its validation set
   minimaskrcnn predict runs/r18-shapes photo.jpg -o out/
   minimaskrcnn predict maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth photo.jpg   # torchvision's COCO weights
