@@ -4,7 +4,7 @@ Each image holds 1-4 circles, squares and triangles of random size, colour and r
 gradient; later shapes occlude earlier ones, and every mask is the *visible* part of its shape. The
 class is the shape, never the colour. Everything follows from the seed: ``(seed, index)`` picks one
 image, so the same seed gives the same bytes. ``classes`` draws other shapes too (pentagons and
-hexagons, which look alike, for the ablations of lesson 17; a five-pointed star, a ring and a cross,
+hexagons, which look alike, for studies that need look-alike classes; a five-pointed star, a ring and a cross,
 unlike the first three, for the partially supervised experiments of lesson 18). Lesson: lessons/
 (training on shapes).
 """

@@ -2,7 +2,8 @@
 
 A study (``Study``) is a list of ``Run``s and two functions, ``train`` and ``evaluate``. A run is a
 *variant* (trained, evaluated, reported) or a *trunk* (only trained: variants name it as their
-``parent`` and start from its weights, so that what they share is trained once per seed). A run
+``parent`` and start from its weights, so that what they share is trained once per seed, or once for
+every seed when the trunk is ``shared``, as the paper's models all start from one pretrained backbone). A run
 ``same_as`` another is the same configuration under a second name (the paper's baseline appears in
 several of its tables): it is reported, never trained again.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 RESULT_NAME = "result.json"  # in <out_dir>/seed_<s>/<run>/: what a finished run produced
+SHARED_SEED = 0  # the seed a shared trunk is trained with
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Run:
     Attributes:
         name: the run's name (a variant's name in the results).
         parent: the run whose trained weights this one starts from (trained first, once per seed).
+        shared: a trunk trained once, with seed ``SHARED_SEED``, for every seed's variants (kept in
+            ``<out_dir>/shared/<name>/``); the seeds then vary only what the variants train.
         report: True for a variant (evaluated and reported), False for a trunk (only trained).
         same_as: another run of the same configuration: its results are reported under this name
             too, and nothing is trained for it.
@@ -44,6 +48,7 @@ class Run:
     name: str
     parent: str | None = None
     report: bool = True
+    shared: bool = False
     same_as: str | None = None
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -109,6 +114,8 @@ def check_runs(runs: Sequence[Run]) -> None:
                 raise ValueError(f"run {r.name!r}: same_as must name a variant that is trained, got {r.same_as!r}")
             if r.parent is not None:
                 raise ValueError(f"run {r.name!r}: an alias (same_as) has no parent of its own")
+        if r.shared and (r.report or r.parent is not None):
+            raise ValueError(f"run {r.name!r}: only a trunk without a parent can be shared")
     for r in runs:  # no cycles: follow parents
         seen = {r.name}
         p = r.parent
@@ -308,9 +315,9 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
         f.write("\n")
 
 
-def run_dir_of(out_dir: str | os.PathLike, seed: int, run: str) -> str:
-    """Where the run ``run`` of seed ``seed`` keeps its files."""
-    return os.path.join(os.fspath(out_dir), f"seed_{seed}", run)
+def run_dir_of(out_dir: str | os.PathLike, seed: int, run: str, shared: bool = False) -> str:
+    """Where the run ``run`` of seed ``seed`` keeps its files (a shared trunk: ``<out_dir>/shared/<run>``)."""
+    return os.path.join(os.fspath(out_dir), "shared" if shared else f"seed_{seed}", run)
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -326,6 +333,9 @@ def run_study(study: Study, seeds: Sequence[int], out_dir: str | os.PathLike, co
         only: run just these variants (and the trunks they need).
         log: called with one line per finished run.
 
+    Raises:
+        ValueError: a finished run on disk was made with another ``study.setup()`` (other settings).
+
     Returns:
         the ``StudyResults`` of the variants that were asked for (aliases included), in the
         study's order; ``setup`` holds the study's ``setup()`` plus "seeds", "train_seconds" (the
@@ -338,27 +348,40 @@ def run_study(study: Study, seeds: Sequence[int], out_dir: str | os.PathLike, co
     start = time.perf_counter()
     train_seconds = 0.0
     measured: dict[str, dict[int, dict[str, float]]] = {}
+    by_name = {r.name: r for r in study.runs}
+    study_setup = json.loads(json.dumps(study.setup()))  # as it reads back from a result file
+    counted: set[str] = set()  # the shared runs whose time is counted (once, not once per seed)
     for seed in seeds:
         for run in order:
-            run_dir = run_dir_of(out_dir, seed, run.name)
+            run_dir = run_dir_of(out_dir, seed, run.name, run.shared)
             result_path = os.path.join(run_dir, RESULT_NAME)
             if os.path.isfile(result_path):
                 with open(result_path) as f:
                     result = json.load(f)
-                train_seconds += float(result.get("seconds", 0.0))
+                if result.get("setup") != study_setup:
+                    raise ValueError(f"{result_path} was made with other settings of study {study.name!r} than "
+                                     "these: give another output folder, or delete it to train again")
+                if run.name not in counted:
+                    train_seconds += float(result.get("seconds", 0.0))
+                if run.shared:
+                    counted.add(run.name)
             else:
                 t = time.perf_counter()
-                parent_dir = run_dir_of(out_dir, seed, run.parent) if run.parent is not None else None
+                parent = by_name[run.parent] if run.parent is not None else None
+                parent_dir = run_dir_of(out_dir, seed, parent.name, parent.shared) if parent is not None else None
                 os.makedirs(run_dir, exist_ok=True)
-                study.train(run, seed, run_dir, parent_dir)
+                study.train(run, SHARED_SEED if run.shared else seed, run_dir, parent_dir)
                 metrics = study.evaluate(run, seed, run_dir) if run.report else {}
                 missing = [m for m in study.metrics if m not in metrics] if run.report else []
                 if missing:
                     raise ValueError(f"study {study.name!r}: evaluate gave no {missing} for run {run.name!r}")
-                result = {"run": run.name, "seed": seed, "metrics": {m: float(metrics[m]) for m in metrics},
-                          "seconds": time.perf_counter() - t}
+                result = {"run": run.name, "seed": SHARED_SEED if run.shared else seed,
+                          "metrics": {m: float(metrics[m]) for m in metrics}, "seconds": time.perf_counter() - t,
+                          "setup": study_setup}
                 write_json_atomic(result_path, result)
                 train_seconds += result["seconds"]
+                if run.shared:
+                    counted.add(run.name)
                 shown = ", ".join(f"{m} {100 * result['metrics'][m]:.1f}" for m in study.metrics
                                   if m in result["metrics"])
                 log(f"[seed {seed}] {run.name}: {result['seconds']:.0f} s" + (f", {shown}" if shown else ""))

@@ -1,25 +1,26 @@
 """Mask R-CNN's Table 2 in miniature: the backbones, mask losses and RoI layers the paper compared.
 
-The study of lesson 17 (``minimaskrcnn ablate table2``; not run in full yet: about 13 CPU-hours at the
-default settings, measured per run in a pilot). It trains, for every seed, on synthetic shapes
-designed so that the paper's effects can show:
+The study of lesson 17 (``minimaskrcnn ablate table2``; its results, three seeds, are
+``lessons/results/table2.json``). It trains on synthetic shapes designed so that the paper's effects
+can show:
 
-- *data*: 160-px images holding 2-5 shapes of 40-96 px (circles, triangles, squares and hexagons:
-  hexagons and circles look alike, so that a per-pixel softmax has classes to confuse), occluding
-  each other, so that a mask depends on the image, not only on the box. At stride 32 such an object
-  covers 1-3 feature cells, so RoIPool's rounding of its box (up to 16 px per side) is a large
-  fraction of it; at stride 16 half as large.
-- *trunks* (shared, trained once per seed): a small bottleneck ResNet (depth 26, a quarter of the
-  width) and its ResNeXt (32x4d) with FPN, trained end to end as Faster R-CNNs (no mask branch).
-  They stand in for the paper's ImageNet-pretrained backbones, and are neutral between the
-  variants: no RoI layer, mask head or mask loss under test shaped them.
-- *variants*: each variant starts from its trunk and trains end to end, as the paper trains every
-  model from its pretrained backbone: the FPN variants take all of the trunk (a Faster R-CNN of
-  the same architecture) and add their mask branch; the C4 and C5 variants take the trunk's body
-  (C4's res5 starts from the trunk's fifth stage, as the paper's C4 from the pretrained res5) and
-  train new RPN and RoI heads. A seed gives every variant the same trunk, initial weights and data
-  order, so two variants are compared seed by seed. Variants that are one configuration in the
-  paper (its R50-C4 baseline appears in four tables, its R50-FPN in two) are one run here.
+- *data*: 128-px images holding 1-3 shapes of 32-72 px (circles, triangles and squares, as the
+  default shapes), occluding each other, so that a mask depends on the image, not only on the box.
+  At stride 32 such an object covers 1-2.25 feature cells, so RoIPool's rounding of its box (up to
+  16 px per side) is a large fraction of it; at stride 16 half as large.
+- *trunks* (trained once, with ``runner.SHARED_SEED``, for every seed): a small bottleneck ResNet
+  (depth 26, a quarter of the width) and its ResNeXt (32x4d), each with FPN, trained end to end as
+  Faster R-CNNs (no mask branch). They stand in for the paper's ImageNet-pretrained backbones (the
+  paper starts all its models from one pretrained network per backbone), and are neutral between
+  the variants: no RoI layer, mask head or mask loss under test shaped them.
+- *variants*: every variant takes its trunk's body (stem to res5; C4's res5, which is its RoI head,
+  starts from the trunk's res5, as the paper's C4 head starts from the pretrained res5) and trains
+  a new detector on it, end to end: FPN or not, RPN, box and mask heads started afresh, all for the
+  same number of steps (``trainable_layers`` can freeze the body's first stages instead). A seed
+  gives every variant the same initial weights and data order, so two variants are compared seed
+  by seed; the seeds vary the variants' training, not the trunks (as rerunning the paper's
+  fine-tuning would). Variants that are one configuration in the paper (its R50-C4 baseline
+  appears in four tables, its R50-FPN in two) are one run here.
 
 ``Table2Study`` is a ``runner.Study``; ``Table2Settings`` holds every size and schedule (``quick()``
 is the tiny version CI and the lesson's quick mode run).
@@ -86,10 +87,10 @@ class Table2Settings:
     """
 
     # --- data (shapes, see the module docstring)
-    image_size: int = 160  # side of the square images; the models see them at this size
-    classes: tuple[str, ...] = ("circle", "triangle", "square", "hexagon")  # labels 1..4
-    object_size: tuple[float, float] = (40.0, 96.0)  # diameter range of the shapes, pixels
-    objects_per_image: tuple[int, int] = (2, 5)  # shapes tried per image (occluded ones may drop out)
+    image_size: int = 128  # side of the square images; the models see them at this size
+    classes: tuple[str, ...] = ("circle", "triangle", "square")  # labels 1..3 (the default shapes)
+    object_size: tuple[float, float] = (32.0, 72.0)  # diameter range of the shapes, pixels
+    objects_per_image: tuple[int, int] = (1, 3)  # shapes tried per image (occluded ones may drop out)
     num_train_images: int = 1000  # training images (more: less overfitting)
     num_val_images: int = 200  # held-out images: more = less AP noise, slower evaluation
     data_seed: int = 2017  # train images use this seed, held-out ones data_seed + 1
@@ -101,12 +102,13 @@ class Table2Settings:
     representation_size: int = 256  # box head fc width, and the MLP mask head's ("1024" in the paper)
     rois_per_image: int = 16  # RoIs sampled per image for the heads' losses (a quarter foreground at most)
     # --- schedule (SGD, warm-up, steps of 10x at 70% and 90%)
-    trunk_steps: int = 1000  # Faster R-CNN steps of each trunk
-    head_steps: int = 500  # steps of each variant, from its trunk
+    trunk_steps: int = 1500  # Faster R-CNN steps of each trunk
+    head_steps: int = 400  # steps of each variant on its trunk's body
     batch_size: int = 4  # images per step
     lr: float = 0.02  # peak learning rate
     warmup_steps: int = 100
     clip_grad_norm: float | None = 10.0  # every run clips the gradient norm (guards from-scratch starts)
+    trainable_layers: int = 5  # body stages a variant trains, from the top (5: all, end to end; 1: res5 only)
 
     @classmethod
     def quick(cls) -> Table2Settings:
@@ -120,7 +122,8 @@ class Table2Settings:
 
 
 def model_config(settings: Table2Settings, arch: str, body: str = "r", pooler: str = "roi_align", head: str = "fcn",
-                 loss: str = "sigmoid", class_agnostic: bool = False, mask_on: bool = True, seed: int = 0):
+                 loss: str = "sigmoid", class_agnostic: bool = False, mask_on: bool = True, seed: int = 0,
+                 trainable_layers: int = 5):
     """The ``MaskRCNNConfig`` of one model of the study.
 
     Args:
@@ -134,6 +137,8 @@ def model_config(settings: Table2Settings, arch: str, body: str = "r", pooler: s
         class_agnostic: one mask for every class.
         mask_on: False for a Faster R-CNN (the trunks).
         seed: the model's sampler seed.
+        trainable_layers: body stages trained, from the top (torchvision's ``trainable_backbone_layers``:
+            5 trains all, 1 only res5; C4's res5 is part of its RoI head and always trains).
 
     Raises:
         ValueError: an unknown arch or body.
@@ -154,7 +159,7 @@ def model_config(settings: Table2Settings, arch: str, body: str = "r", pooler: s
     groups, width_per_group = (32, 4) if body == "x" else (1, 64)
     returned = {"fpn": (1, 2, 3, 4), "c4": (3,), "c5": (4,)}[arch]
     backbone = BackboneConfig(depth=s.depth, width_multiplier=s.width, groups=groups, width_per_group=width_per_group,
-                              norm="gn", gn_groups=8, trainable_layers=5, returned_layers=returned,
+                              norm="gn", gn_groups=8, trainable_layers=trainable_layers, returned_layers=returned,
                               fpn_channels=s.fpn_channels, fpn=arch == "fpn")
     if arch == "fpn":
         anchors = AnchorConfig(sizes=((32,), (64,), (128,), (256,), (512,)))
@@ -176,8 +181,10 @@ def _runs() -> tuple[Run, ...]:
     c4, fpn, c5 = {"arch": "c4"}, {"arch": "fpn"}, {"arch": "c5"}
     d = DESCRIPTIONS
     return (
-        Run("trunk_r", report=False, description="ResNet-FPN Faster R-CNN", options={"arch": "fpn", "body": "r"}),
-        Run("trunk_x", report=False, description="ResNeXt-FPN Faster R-CNN", options={"arch": "fpn", "body": "x"}),
+        Run("trunk_r", report=False, shared=True, description="ResNet-FPN Faster R-CNN",
+            options={"arch": "fpn", "body": "r"}),
+        Run("trunk_x", report=False, shared=True, description="ResNeXt-FPN Faster R-CNN",
+            options={"arch": "fpn", "body": "x"}),
         Run("c5_roipool", "trunk_r", description=d["c5_roipool"], options={**c5, "pooler": "roi_pool"}),
         Run("c5_roialign", "trunk_r", description=d["c5_roialign"], options={**c5, "pooler": "roi_align"}),
         Run("c4_roipool", "trunk_r", description=d["c4_roipool"], options={**c4, "pooler": "roi_pool"}),
@@ -229,13 +236,14 @@ class Table2Study:
         return {
             "study": "Mask R-CNN (He et al. 2017) Table 2 in miniature, on synthetic shapes",
             "settings": self.settings.to_dict(),
-            "protocol": (f"per seed: ResNet-{self.settings.depth}-FPN and ResNeXt-{self.settings.depth}-FPN "
+            "protocol": (f"once for every seed: ResNet-{self.settings.depth}-FPN and ResNeXt-{self.settings.depth}-FPN "
                          f"(32x4d) trunks of width {self.settings.width} trained end to end as Faster R-CNNs for "
-                         f"{self.settings.trunk_steps} steps; each variant starts from its trunk and trains end "
-                         f"to end for {self.settings.head_steps} steps (FPN variants: all of the trunk plus a new "
-                         "mask branch; C4/C5: the trunk's body, C4's res5 from the trunk's layer4, new RPN and "
-                         "RoI heads); the same seed gives every variant the same trunk, initial weights and "
-                         "data order"),
+                         f"{self.settings.trunk_steps} steps; each variant takes its trunk's body (C4's res5 head "
+                         "from the trunk's layer4) and "
+                         f"trains a new detector on it (FPN or not, RPN, box and mask heads) for "
+                         f"{self.settings.head_steps} steps, the body's top {self.settings.trainable_layers} "
+                         "stage(s) trained (5: all); the same seed gives every variant the same initial weights "
+                         "and data order"),
             "metrics": "COCO AP on the held-out images (pycocotools), fractions; the paper's figures are points",
             "same_runs": {r.name: r.same_as for r in self.runs if r.same_as},
         }
@@ -275,7 +283,9 @@ class Table2Study:
     def config_of(self, run: Run, seed: int):
         """The run's ``MaskRCNNConfig`` (a trunk is a Faster R-CNN: no mask branch)."""
         o = dict(run.options)
-        return model_config(self.settings, o.pop("arch"), mask_on=run.report, seed=seed, **o)
+        trainable = self.settings.trainable_layers if run.report else 5
+        return model_config(self.settings, o.pop("arch"), mask_on=run.report, seed=seed, trainable_layers=trainable,
+                            **o)
 
     def build(self, run: Run, seed: int, parent_dir: str | None):
         """The run's model, with its trunk's weights loaded where the run shares them.
@@ -294,13 +304,11 @@ class Table2Study:
             return model, ("",)
         trunk = load_checkpoint(os.path.join(parent_dir, "checkpoint.npz")).model_state
         own = model.state_dict()
-        if run.options["arch"] == "fpn":  # the same architecture: all of the Faster R-CNN (the mask branch is new)
-            shared = {k: v for k, v in trunk.items() if k in own}
-        else:  # the trunk's body up to C4 (C5); C4's res5 starts from the trunk's layer4; RPN and heads are new
-            shared = {k: v for k, v in trunk.items() if k.startswith("backbone.body.") and k in own}
-            if run.options["arch"] == "c4":
-                shared.update({"roi_heads.res5." + k[len("backbone.body.layer4."):]: v for k, v in trunk.items()
-                               if k.startswith("backbone.body.layer4.")})
+        # the trunk's body (up to C4 or C5); C4's res5 head starts from the trunk's layer4; the rest is new
+        shared = {k: v for k, v in trunk.items() if k.startswith("backbone.body.") and k in own}
+        if run.options["arch"] == "c4":
+            shared.update({"roi_heads.res5." + k[len("backbone.body.layer4."):]: v for k, v in trunk.items()
+                           if k.startswith("backbone.body.layer4.")})
         result = model.load_state_dict(shared, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"{run.name}: trunk weights without a place in the model: {result.unexpected_keys[:5]}")

@@ -85,6 +85,30 @@ def test_run_study_trains_each_run_once_per_seed_and_resumes(tmp_path):
     assert again.variants == results.variants
 
 
+def test_runs_made_with_other_settings_are_refused(tmp_path):
+    study = FakeStudy()
+    run_study(study, [0], tmp_path, log=lambda s: None)
+    study.setup = lambda: {"data": "other"}
+    with pytest.raises(ValueError, match="other settings"):
+        run_study(study, [0], tmp_path, log=lambda s: None)
+    assert len(study.trained) == 4  # nothing trained on top of the old runs
+
+
+def test_a_shared_trunk_is_trained_once_for_every_seed(tmp_path):
+    study = FakeStudy()
+    study.runs = (Run("trunk", report=False, shared=True, options={"offset": 0.1}),) + study.runs[1:]
+    results = run_study(study, [0, 1, 2], tmp_path, log=lambda s: None)
+    assert study.trained.count((0, "trunk")) == 1 and len(study.trained) == 1 + 3 * 3
+    assert (tmp_path / "shared" / "trunk" / "result.json").is_file() and not (tmp_path / "seed_1" / "trunk").exists()
+    # every seed's variants start from the one trunk (0.1, trained with seed 0)
+    assert results.variants["better"]["mask_AP"] == pytest.approx([0.4, 0.401, 0.402])
+    seconds = results.setup["train_seconds"]
+    again = run_study(study, [0, 1, 2], tmp_path, log=lambda s: None)  # counted once, not once per seed
+    assert len(study.trained) == 10 and again.setup["train_seconds"] == pytest.approx(seconds, abs=0.2)
+    with pytest.raises(ValueError, match="shared"):
+        training_order([Run("t", report=False), Run("a", parent="t", shared=True)])
+
+
 def test_compare_pairs_seeds_and_states_the_verdict(tmp_path):
     results = run_study(FakeStudy(), [0, 1, 2], tmp_path, log=lambda s: None)
     c = results.compare(FakeStudy.comparisons[0])

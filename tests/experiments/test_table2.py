@@ -1,5 +1,6 @@
 """The Table 2 study: its runs and configurations, the trunk sharing (what a variant loads from its
 trunk and what it trains), the tiny version end to end, and ``minimaskrcnn ablate``."""
+import dataclasses
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from minimaskrcnn.experiments.table2 import (
     settings_with,
 )
 from minimaskrcnn.io import load_checkpoint
+from minimaskrcnn.models import MaskRCNN
 
 ISSUE_NAMES = ("c5_roipool", "c5_roialign", "c4_roipool", "c4_roiwarp", "c4_roialign_max", "c4_roialign_avg",
                "sigmoid", "softmax", "class_specific", "class_agnostic", "mlp_head", "fcn_head", "r_fpn", "x_fpn",
@@ -33,13 +35,14 @@ def test_runs_variants_and_comparisons():
     assert {n for n, r in by_name.items() if r.same_as == "c4_roialign_avg"} == {"sigmoid", "class_specific", "r_c4"}
     assert by_name["r_fpn"].same_as == "fcn_head"
     assert by_name["x_fpn"].parent == "trunk_x" and by_name["c5_roipool"].parent == "trunk_r"
+    assert by_name["trunk_r"].shared and by_name["trunk_x"].shared  # one pretrained trunk for every seed
 
 
 def test_model_configurations_differ_only_where_the_variant_says():
     s = Table2Settings()
     base = model_config(s, "c4")
     assert base.roi_heads == "res5" and base.backbone.returned_layers == (3,) and not base.backbone.fpn
-    assert base.box.roi_output_size == 14 and base.num_classes == len(s.classes) + 1 == 5
+    assert base.box.roi_output_size == 14 and base.num_classes == len(s.classes) + 1 == 4
     c5 = model_config(s, "c5", pooler="roi_pool")
     assert c5.backbone.returned_layers == (4,) and c5.box.pooler_type == c5.mask.pooler_type == "roi_pool"
     assert model_config(s, "c4", loss="softmax").mask.loss == "softmax"
@@ -69,17 +72,18 @@ def test_tiny_study_starts_each_variant_from_its_trunk(tmp_path):
     assert results.variants["r_c4"] == results.variants["c4_roialign_avg"]
     assert all(0 <= v[m][0] <= 1 for v in results.variants.values() for m in study.metrics)
 
-    trunk_dir = tmp_path / "runs" / "seed_0" / "trunk_r"
+    trunk_dir = tmp_path / "runs" / "shared" / "trunk_r"
     trunk = load_checkpoint(trunk_dir / "checkpoint.npz").model_state
     assert not any(k.startswith("roi_heads.mask") for k in trunk)  # the trunk is a Faster R-CNN
     runs = {r.name: r for r in RUNS}
-    # FPN: all of the trunk, plus a new mask branch
+    # FPN: the trunk's body; FPN, RPN and heads new (as C4's and C5's), everything trained
     fpn, trained = study.build(runs["fcn_head"], 0, str(trunk_dir))
     own = fpn.state_dict()
     assert trained == ("",) and all(p.requires_grad for p in fpn.parameters())
-    for k in ("backbone.body.conv1.weight", "backbone.fpn.layer_blocks.0.0.weight", "rpn.head.conv.0.0.weight",
-              "roi_heads.box_head.fc6.weight"):
+    for k in ("backbone.body.conv1.weight", "backbone.body.layer4.1.conv3.weight"):
         np.testing.assert_array_equal(own[k], trunk[k])
+    for k in ("backbone.fpn.layer_blocks.0.0.weight", "rpn.head.conv.0.0.weight", "roi_heads.box_head.fc6.weight"):
+        assert not np.array_equal(own[k], trunk[k])
     assert "roi_heads.mask_predictor.mask_fcn_logits.weight" in own
     # C4: the trunk's body up to C4 and its layer4 as res5; its own RPN (12 anchors a cell, not 3)
     c4, _ = study.build(runs["c4_roialign_avg"], 0, str(trunk_dir))
@@ -97,6 +101,18 @@ def test_tiny_study_starts_each_variant_from_its_trunk(tmp_path):
                               trunk["backbone.body.layer4.0.conv1.weight"])
 
 
+def test_trainable_layers_freeze_the_first_stages(tmp_path):
+    study = Table2Study(dataclasses.replace(Table2Settings.quick(), trainable_layers=1), data_dir=tmp_path / "d",
+                        log=lambda s: None)
+    runs = {r.name: r for r in RUNS}
+    c5 = MaskRCNN.from_config(study.config_of(runs["c5_roialign"], 0))
+    frozen = {n for n, p in c5.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("backbone.body.") and ".layer4." not in "." + n[14:] for n in frozen)
+    assert all(p.requires_grad for n, p in c5.named_parameters() if n.startswith("backbone.body.layer4."))
+    trunk = MaskRCNN.from_config(study.config_of(runs["trunk_r"], 0))  # trunks always train everything
+    assert all(p.requires_grad for p in trunk.parameters())
+
+
 def test_ablate_command_writes_results_and_refuses_bad_input(tmp_path, capsys):
     argv = ["ablate", "table2", "--quick", "--seeds", "0", "--only", "c5_roipool", "--out", str(tmp_path)]
     assert main(argv) == 0
@@ -110,6 +126,9 @@ def test_ablate_command_writes_results_and_refuses_bad_input(tmp_path, capsys):
         code = main(["ablate", "table2", "--quick", "--out", str(tmp_path)] + bad)
         err = capsys.readouterr().err
         assert code == EXIT_BAD_INPUT and err.startswith("error: ") and needle in err and "Traceback" not in err
+    code = main(argv + ["--set", "head_steps=3"])  # the finished run was made with other settings
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and "other settings" in err and "Traceback" not in err
     assert "table2" in STUDIES
 
 
