@@ -230,9 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     from minimaskrcnn.experiments import STUDIES
 
     p = sub.add_parser("ablate", help="train the variants of a study for several seeds and tabulate them",
-                       description="An ablation study: every variant of the study trained for each seed (shared "
-                                   "trunks trained once per seed), then mean and standard deviation over the "
-                                   "seeds with the paper's figures beside.",
+                       description="An ablation study: every variant of the study trained for each seed (trunks "
+                                   "trained once per seed, or once for every seed where the study shares them), then "
+                                   "mean and standard deviation over the seeds with the paper's figures beside.",
                        epilog=ABLATE_EXAMPLES, formatter_class=_Formatter)
     p.add_argument("study", choices=sorted(STUDIES), help="the study (table2: Mask R-CNN's Table 2, lesson 17)")
     p.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="comma-separated seeds, e.g. 0,1,2")
