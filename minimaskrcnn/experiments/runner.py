@@ -361,10 +361,6 @@ def run_study(study: Study, seeds: Sequence[int], out_dir: str | os.PathLike, co
                 if result.get("setup") != study_setup:
                     raise ValueError(f"{result_path} was made with other settings of study {study.name!r} than "
                                      "these: give another output folder, or delete it to train again")
-                if run.name not in counted:
-                    train_seconds += float(result.get("seconds", 0.0))
-                if run.shared:
-                    counted.add(run.name)
             else:
                 t = time.perf_counter()
                 parent = by_name[run.parent] if run.parent is not None else None
@@ -379,12 +375,13 @@ def run_study(study: Study, seeds: Sequence[int], out_dir: str | os.PathLike, co
                           "metrics": {m: float(metrics[m]) for m in metrics}, "seconds": time.perf_counter() - t,
                           "setup": study_setup}
                 write_json_atomic(result_path, result)
-                train_seconds += result["seconds"]
-                if run.shared:
-                    counted.add(run.name)
                 shown = ", ".join(f"{m} {100 * result['metrics'][m]:.1f}" for m in study.metrics
                                   if m in result["metrics"])
                 log(f"[seed {seed}] {run.name}: {result['seconds']:.0f} s" + (f", {shown}" if shown else ""))
+            if run.name not in counted:
+                train_seconds += float(result.get("seconds", 0.0))
+            if run.shared:
+                counted.add(run.name)
             if run.report:
                 measured.setdefault(run.name, {})[seed] = result["metrics"]
     variants: dict[str, dict[str, list]] = {}
@@ -395,7 +392,7 @@ def run_study(study: Study, seeds: Sequence[int], out_dir: str | os.PathLike, co
         variants[run.name] = {"seeds": list(source)}
         for m in study.metrics:
             variants[run.name][m] = [source[s][m] for s in source]
-    setup = dict(study.setup())
+    setup = dict(study_setup)
     setup.update({"seeds": list(seeds), "train_seconds": round(train_seconds, 1),
                   "wall_seconds": round(time.perf_counter() - start, 1)})
     return StudyResults(study.name, command, setup, variants, list(study.metrics))

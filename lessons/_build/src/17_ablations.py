@@ -402,6 +402,10 @@ val_set = pictures_study.datasets()[1]
 val_images = [val_set[i] for i in range(3 if QUICK else len(val_set))]
 
 
+run_of = {r.name: r.same_as or r.name for r in RUNS}  # a variant's trained run (aliases share one)
+best_masks_of = {}  # run name -> best_masks(its model), each run evaluated once
+
+
 def best_masks(model):
     """Per ground-truth object of ``val_images``: (image index, gt mask, best IoU, the best mask or None)."""
     rows = []
@@ -420,7 +424,10 @@ def best_masks(model):
 
 def compare_masks(a, b, title):
     """The distribution of best mask IoUs of models a and b, and the four objects where they differ most."""
-    rows = {name: best_masks(pictures_study.load_model(name, 0, pictures_dir)) for name in (a, b)}
+    for name in (a, b):
+        if run_of[name] not in best_masks_of:
+            best_masks_of[run_of[name]] = best_masks(pictures_study.load_model(name, 0, pictures_dir))
+    rows = {name: best_masks_of[run_of[name]] for name in (a, b)}
     ious = {name: np.array([r[2] for r in rows[name]]) for name in (a, b)}
     fig = plt.figure(figsize=(13, 3.6))
     grid = fig.add_gridspec(1, 5, width_ratios=[1.5, 1, 1, 1, 1])
