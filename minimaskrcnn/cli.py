@@ -5,9 +5,10 @@ shapes data, trains the small "r18-shapes" model on the CPU and writes a progres
 curves and a checkpoint into runs/r18-shapes/. Bad input ends with one line ``error: ...`` on
 stderr and exit code 2, never a traceback.
 
-``mpiexec -n N minimaskrcnn train ...`` (or ``python -m mpi4py -m minimaskrcnn train ...``) trains
-data-parallel on N processes (``distributed``); rank 0 prints and writes, and a rank that fails
-ends the whole job with its error.
+``minimaskrcnn train`` runs data-parallel on the CPU, one process per core where the batch splits
+evenly (``--processes N``; ``local_parallel``); ``mpiexec -n N minimaskrcnn train ...`` (or
+``python -m mpi4py -m minimaskrcnn train ...``) trains on N MPI processes (``distributed``). Either
+way rank 0 prints and writes, and a process that fails ends the whole run with its error.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ EXIT_BAD_INPUT = 2
 
 MAIN_EXAMPLES = """\
 examples:
-  minimaskrcnn train                                  # shapes data, r18-shapes, ~8 min on 2 cores
+  minimaskrcnn train                                  # shapes data, r18-shapes, ~5 min on 2 cores
   minimaskrcnn evaluate runs/r18-shapes               # COCO AP of that run on its validation set
   minimaskrcnn predict runs/r18-shapes photo.jpg -o out/
   minimaskrcnn predict maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth photo.jpg   # torchvision's COCO weights
@@ -63,7 +64,8 @@ examples:
   minimaskrcnn train --dataset coco --train-annotations ann/train.json --train-images img/ \\
       --val-annotations ann/val.json --val-images img_val/
   minimaskrcnn train --backend numpy --detect-anomaly # readable kernels, NaN hunting
-  mpiexec -n 2 minimaskrcnn train --batch-size 4      # data-parallel: 2 processes of 2 images each
+  minimaskrcnn train --processes 1                    # one process (default: one per core, here 2)
+  mpiexec -n 2 minimaskrcnn train --batch-size 4      # data-parallel over MPI: 2 processes of 2 images
   minimaskrcnn train --model r18-figures-kp --dataset figures --num-train-images 1000 \\
       --num-val-images 200 --steps 600 --val-every 0     # Keypoint R-CNN on stick figures (lesson 15)
   minimaskrcnn train --model maskrcnn_resnet50_fpn --weights maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth \\
@@ -411,10 +413,10 @@ def _help_and_fail(parser: argparse.ArgumentParser) -> int:
 
 
 # ------------------------------------------------------------------------------------ commands
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
+    """The run ``minimaskrcnn train`` was asked for: (TrainConfig, resume: False or a checkpoint path)."""
     from minimaskrcnn.checkpoint import CHECKPOINT_NAME, checkpoint_file, load_training_config
     from minimaskrcnn.config import TrainConfig
-    from minimaskrcnn.train import Trainer
 
     given = config_overrides(args, TrainConfig)
     config = TrainConfig(**given)
@@ -423,6 +425,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         # the run's saved configuration holds, except for what was given on the command line
         resume = checkpoint_file(resume) if isinstance(resume, str) else os.path.join(config.run_dir, CHECKPOINT_NAME)
         config = dataclasses.replace(load_training_config(resume), **{**given, "progress": config.progress})
+    return config, resume
+
+
+def _local_processes(args: argparse.Namespace) -> int:
+    """How many processes ``minimaskrcnn train`` runs on this machine: ``--processes`` (or a resumed
+    run's), else ``local_parallel.default_processes``; 1 when the run's settings cannot be read (the
+    run then reports why).
+
+    Raises:
+        ValueError: fewer than 1 process asked for.
+    """
+    from minimaskrcnn.local_parallel import default_processes
+
+    if args.processes is not None and args.processes < 1:
+        raise ValueError(f"--processes {args.processes}: at least 1")
+    try:
+        config, _ = _train_config(args)
+    except Exception:
+        return 1 if args.processes is None else int(args.processes)
+    return int(config.processes) if config.processes is not None else default_processes(config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from minimaskrcnn.train import Trainer
+
+    config, resume = _train_config(args)
     trainer = Trainer(config, resume=resume)
     if not trainer.is_root:  # rank 0 speaks for the job
         trainer.fit()
@@ -631,22 +659,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # under mpiexec, a failing rank must end every rank (the others would wait for it forever)
         comm = distributed.init() if args.command == "train" else distributed.Communicator()
-    except distributed.DistributedError as e:
+        if args.command == "train" and comm.size == 1:  # not under mpiexec: one process per core
+            processes = _local_processes(args)
+            if processes > 1:
+                from minimaskrcnn import local_parallel
+
+                comm = distributed._world = local_parallel.launch(processes, argv)
+        elif args.command == "train" and args.processes not in (None, comm.size):
+            raise distributed.DistributedError(f"--processes {args.processes} under mpiexec, which started "
+                                               f"{comm.size}: give mpiexec -n the number instead")
+    except (distributed.DistributedError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     rank = f"[rank {comm.rank} of {comm.size}] " if comm.size > 1 else ""
-    with distributed.abort_on_error(comm):
-        try:
-            code = int(args.func(args) or 0)
-        except _expected_errors() as e:
-            print(f"error: {rank}{one_line(e)}", file=sys.stderr)
-            code = EXIT_BAD_INPUT
-        except KeyboardInterrupt:
-            print(f"error: {rank}interrupted (resume with --resume from the last checkpoint)", file=sys.stderr)
-            code = 130
-        if code != 0 and comm.size > 1:
-            comm.abort(code)
-        return code
+    launched = comm.is_root and hasattr(comm, "finish")  # local processes started here (local_parallel)
+    try:
+        with distributed.abort_on_error(comm):
+            try:
+                code = int(args.func(args) or 0)
+            except _expected_errors() as e:
+                print(f"error: {rank}{one_line(e)}", file=sys.stderr)
+                code = EXIT_BAD_INPUT
+            except KeyboardInterrupt:  # Ctrl-C reaches every process: rank 0 speaks for them
+                if comm.is_root:
+                    print("error: interrupted (resume with --resume from the last checkpoint)", file=sys.stderr)
+                code = 130
+            if code != 0 and comm.size > 1:
+                comm.abort(code)
+            if launched:  # wait for the workers to end
+                code = code or comm.finish()
+            return code
+    finally:
+        if launched:
+            distributed._world = None  # a later call in this process starts afresh
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -421,17 +421,39 @@ def evaluate_detections(
     Returns:
         {iou_type: {stat name: value}}.
     """
+    results = {t: detections_to_coco_results(detections, image_ids, label_to_category_id, t) for t in iou_types}
+    return evaluate_results(coco_gt, results, image_ids, results_dir, verbose, box_only_ids)
+
+
+def evaluate_results(
+    coco_gt: COCO,
+    results: Mapping[str, list[dict]],
+    image_ids: Sequence[int],
+    results_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+    box_only_ids: Iterable[int] | None = None,
+) -> dict[str, dict[str, float]]:
+    """COCO AP/AR of COCO results lists (see ``evaluate_detections``, which makes them).
+
+    Args:
+        results: {iou_type: the results list of that type} (``detections_to_coco_results``), e.g.
+            gathered from the processes of a data-parallel run, each of which ran part of the images.
+        image_ids: every image evaluated, those without any detection included.
+        results_dir, verbose, box_only_ids: as in ``evaluate_detections``.
+
+    Returns:
+        {iou_type: {stat name: value}}.
+    """
     stats: dict[str, dict[str, float]] = {}
-    for iou_type in iou_types:
-        results = detections_to_coco_results(detections, image_ids, label_to_category_id, iou_type)
+    for iou_type, type_results in results.items():
         if results_dir is not None:
-            save_results(results, os.path.join(results_dir, f"results_{iou_type}.json"))
+            save_results(type_results, os.path.join(results_dir, f"results_{iou_type}.json"))
         gt = coco_gt
         if iou_type == "segm":
             gt, left_out = segm_ground_truth(coco_gt, box_only_ids)
             if left_out:
                 _say_box_only(left_out)
-        stats[iou_type] = coco_evaluate(gt, results, iou_type, image_ids=image_ids)
+        stats[iou_type] = coco_evaluate(gt, type_results, iou_type, image_ids=image_ids)
     if verbose:
         print(format_stats_table(stats))
     return stats

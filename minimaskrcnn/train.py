@@ -26,6 +26,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +40,13 @@ from minimaskrcnn.data import DataLoader
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.prepare import DetectionDataset, check_keypoints, prepare_datasets
 from minimaskrcnn.errors import DataError, NonFiniteLossError, find_nonfinite_op
-from minimaskrcnn.evaluate import evaluate, iou_types_of, validation_losses
+from minimaskrcnn.evaluate import (
+    detections_to_coco_results,
+    evaluate_results,
+    iou_types_of,
+    run_model,
+    validation_losses,
+)
 from minimaskrcnn.function import AnomalyError, detect_anomaly
 from minimaskrcnn.global_batch import global_batch
 from minimaskrcnn.io import atomic_write, load_checkpoint, save_checkpoint
@@ -84,6 +91,10 @@ class Trainer:
         self.is_root = self.comm.is_root  # rank 0 writes the files of the run
         if self.comm.size > 1:
             distributed.check_batch_split(config.batch_size, self.comm.size)
+        if config.processes not in (None, self.comm.size) and self.comm.is_root:
+            warnings.warn(f"processes={config.processes} is read by `minimaskrcnn train`, which starts them; this "
+                          f"Trainer runs in {self.comm.size} process(es) (local_parallel.launch starts more)",
+                          stacklevel=2)
         distributed.setup_process(self.comm, config.backend, config.threads, config.blas_threads)  # backend, threads
         self.run_dir = config.run_dir
         self.checkpoint_path = os.path.join(self.run_dir, CHECKPOINT_NAME)
@@ -309,15 +320,33 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ validation
     def validate(self, verbose: bool = False) -> dict[str, Any]:
-        """Validation losses and COCO AP on the validation set; logged as a "val_*" row."""
+        """Validation losses and COCO AP on the validation set; logged as a "val_*" row (returned).
+
+        In a data-parallel run every process calls it: each runs the model over its share of the
+        validation images, and rank 0 scores all the results (the numbers of one process) and
+        computes the losses; the others return {}.
+        """
+        comm = self.comm
+        iou_types = self.config.val_iou_types or iou_types_of(self.model)
+        share = self.val_indices[comm.rank :: comm.size]
+        detections, image_ids = run_model(self.model, self.val_dataset, indices=share)
+        label_map = self.val_dataset.label_to_category_id
+        results = {t: detections_to_coco_results(detections, image_ids, label_map, t) for t in iou_types}
+        parts = comm.allgather((image_ids, results)) if comm.size > 1 else [(image_ids, results)]
+        if not comm.is_root:
+            return {}
+        # the results in the order of one process: image k of val_indices was rank k % size's (k // size)-th
+        image_ids = [parts[k % comm.size][0][k // comm.size] for k in range(len(self.val_indices))]
+        position = {image_id: k for k, image_id in enumerate(image_ids)}
+        results = {t: sorted((r for _, res in parts for r in res[t]), key=lambda r: position[r["image_id"]])
+                   for t in iou_types}  # a stable sort: each image's results keep their order
+
         row: dict[str, Any] = {"step": self.step}
         indices = self.val_indices[: max(0, self.config.val_loss_images)]  # the losses change nothing
         val = validation_losses(self.model, self.val_dataset, indices, self.config.batch_size, self._owned_generators())
         row.update({f"val_{k}": v for k, v in val.items()})
-        iou_types = self.config.val_iou_types or iou_types_of(self.model)
-        stats = evaluate(self.model, self.val_dataset, iou_types=iou_types,
-                         indices=self.val_indices, verbose=verbose,
-                         results_dir=self.run_dir)
+        stats = evaluate_results(self.val_dataset.coco, results, image_ids, results_dir=self.run_dir,
+                                 verbose=verbose, box_only_ids=self.val_dataset.box_only_annotation_ids)
         for iou_type, numbers in stats.items():
             for k in ("AP", "AP50", "AP75"):
                 row[f"val_{iou_type}_{k}"] = numbers[k]
@@ -360,8 +389,8 @@ class Trainer:
                     callback(self, values)
                 if (cfg.val_every and self.step % cfg.val_every == 0) or self.step == cfg.steps:
                     bar.clear()
-                    if self.is_root:  # the others wait (without spinning) until rank 0 has validated
-                        self.validate()
+                    self.validate()  # every process runs the model on its share of the images
+                    if self.is_root:  # the others wait (without spinning) until rank 0 has scored and plotted
                         self.log.plot()
                     self.comm.barrier()
                     meter.restart_clock()  # the speed leaves validation out

@@ -13,6 +13,9 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and shutil.which("nvidia-smi") is No
 # (Must be set before NumPy and Numba start their pools, hence before the imports below.)
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# `minimaskrcnn train` run by a test stays one process unless the test asks for more (--processes):
+# its default, one process per core (local_parallel.default_processes), is tested where it matters.
+os.environ.setdefault("MINIMASKRCNN_PROCESSES", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
