@@ -435,8 +435,11 @@ def _local_processes(args: argparse.Namespace) -> int:
 
     Raises:
         ValueError: fewer than 1 process asked for.
+        DistributedError: more than one asked for, but the batch does not split evenly over them or
+            the model normalises with batch statistics (said once, before any process starts).
     """
-    from minimaskrcnn.local_parallel import default_processes
+    from minimaskrcnn import distributed
+    from minimaskrcnn.local_parallel import default_processes, uses_batch_statistics
 
     if args.processes is not None and args.processes < 1:
         raise ValueError(f"--processes {args.processes}: at least 1")
@@ -444,18 +447,32 @@ def _local_processes(args: argparse.Namespace) -> int:
         config, _ = _train_config(args)
     except Exception:
         return 1 if args.processes is None else int(args.processes)
-    return int(config.processes) if config.processes is not None else default_processes(config)
+    processes = int(config.processes) if config.processes is not None else default_processes(config)
+    if processes > 1:
+        distributed.check_batch_split(config.batch_size, processes)
+        if uses_batch_statistics(config):
+            raise distributed.DistributedError(
+                f"{processes} processes: the model normalises with batch statistics (norm 'bn'), which differ when "
+                "each process sees part of the batch; use --processes 1, or GroupNorm ('gn')")
+    return processes
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minimaskrcnn.checkpoint import model_config
+    from minimaskrcnn.errors import DataError
     from minimaskrcnn.train import Trainer
 
     config, resume = _train_config(args)
+    try:  # a bad --model-arg is bad input: one line, before any data are prepared
+        model_config(config, num_classes=2)
+    except (KeyError, TypeError) as e:
+        raise DataError(None, f"--model-arg: {one_line(e)}") from None
     trainer = Trainer(config, resume=resume)
     if not trainer.is_root:  # rank 0 speaks for the job
         trainer.fit()
         return 0
-    ranks = f", {trainer.comm.size} processes of {config.batch_size // trainer.comm.size} images per step" \
+    per_process = config.batch_size // trainer.comm.size
+    ranks = f", {trainer.comm.size} processes of {per_process} image{'s' * (per_process != 1)} per step" \
         if trainer.comm.size > 1 else ""
     print(f"run folder: {trainer.run_dir}  ({len(trainer.train_indices)} training images, "
           f"{len(trainer.val_indices)} validation images, {trainer.num_classes - 1} classes{ranks})", file=sys.stderr)
@@ -677,6 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with distributed.abort_on_error(comm):
             try:
                 code = int(args.func(args) or 0)
+                if launched and code == 0:  # wait for the workers to end
+                    code = comm.finish()
             except _expected_errors() as e:
                 print(f"error: {rank}{one_line(e)}", file=sys.stderr)
                 code = EXIT_BAD_INPUT
@@ -686,8 +705,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code = 130
             if code != 0 and comm.size > 1:
                 comm.abort(code)
-            if launched:  # wait for the workers to end
-                code = code or comm.finish()
             return code
     finally:
         if launched:

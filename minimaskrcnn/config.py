@@ -138,7 +138,7 @@ class TrainConfig:
         "group": "optimisation", "help": "optimizer steps (iterations) in the whole run"})
     batch_size: int = field(default=4, metadata={
         "group": "optimisation",
-        "help": "images per step (under mpiexec: the global batch, split evenly over the processes)"})
+        "help": "images per step: the global batch, split evenly over the processes (--processes, mpiexec)"})
     lr: float = field(default=0.02, metadata={
         "group": "optimisation", "help": "peak learning rate (after warm-up)"})
     momentum: float = field(default=0.9, metadata={
@@ -176,11 +176,12 @@ class TrainConfig:
     backend: str | None = field(default=None, metadata={
         "group": "run", "choices": BACKENDS, "help": "kernels to run (default: keep the current one, numba)"})
     processes: int | None = field(default=None, metadata={
-        "group": "run", "help": "data-parallel processes on this machine, each with batch-size/N images of every "
-                                "step and its gradients summed (read by `minimaskrcnn train`; under mpiexec, "
-                                "mpiexec's -n). Default: one per core when the batch splits evenly over them, "
-                                "on the CPU, for models without batch norm (2 on 2 cores: 1.6x faster); "
-                                "MINIMASKRCNN_PROCESSES overrides the default (local_parallel.py)"})
+        "group": "run", "help": "data-parallel processes on this machine: each takes batch-size/N images of every "
+                                "step and the gradients are summed, the same training as one process (1: one "
+                                "process). Default: one per core, as many as split the batch evenly, on the "
+                                "CPU, for models without batch norm (2 for the default run on 2 cores); the "
+                                "environment variable MINIMASKRCNN_PROCESSES sets the default. Under mpiexec, "
+                                "the processes are mpiexec's (-n)"})
     threads: int | None = field(default=None, metadata={
         "group": "run", "help": "threads of the Numba kernels of each process (default: the process's share "
                                 "of the cores)"})

@@ -555,6 +555,41 @@ def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
     np.savez(f, **arrays)
 
 
+def shared_scratch_file(nbytes: int, prefix: str, folders: tuple = ("/dev/shm", None)) -> str:
+    """A new private file of ``nbytes`` bytes, its space reserved, for processes to map and share.
+
+    Tried in ``folders`` in turn (None: the temporary folder, ``tempfile.gettempdir()``): on Linux
+    /dev/shm holds it in memory. The space is allocated now (``os.posix_fallocate`` where the system
+    has it), so that a full folder fails here rather than with a bus error at the first write into
+    the mapping. The caller removes the file once every process has mapped it (the mappings stay).
+
+    Returns:
+        the file's path.
+
+    Raises:
+        OSError: no folder had room (the last folder's error, naming the size and the folders).
+    """
+    error = None
+    for folder in folders:
+        if folder is not None and not os.path.isdir(folder):
+            continue
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=folder)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, nbytes)
+            else:
+                os.ftruncate(fd, nbytes)
+            return path
+        except OSError as e:
+            error = e
+            os.unlink(path)
+        finally:
+            os.close(fd)
+    where = ", ".join(f or tempfile.gettempdir() for f in folders)
+    raise OSError(getattr(error, "errno", None), f"no room for a {nbytes / 2**20:.1f} MB shared file in {where}"
+                  + (f" ({error.strerror})" if error is not None else ""))
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Write ``path`` so that it is either the old file or the complete new one, never half of one.

@@ -13,7 +13,8 @@ user started, and a ``LocalCommunicator`` gives them ``distributed.Communicator`
 small Python objects travel through one socket pair per worker (rank 0 in the middle), gradients
 through a buffer in shared memory that every rank sums in rank order (the same bits everywhere).
 The run is the one-process run of the same global batch up to the order of float sums
-(``distributed.global_losses``; tests/test_local_parallel.py).
+(``distributed.global_losses``), and the run of ``mpiexec -n 2`` bit for bit, whose sums are the same
+(tests/test_local_parallel.py).
 
 ``default_processes`` is how many ``minimaskrcnn train`` starts when ``--processes`` is not given:
 one per core when the batch splits over them, on the CPU, for models that do not normalise with
@@ -22,12 +23,14 @@ sets 1).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
@@ -49,8 +52,10 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _uses_batch_statistics(config) -> bool:
-    """True when the model ``config`` (a TrainConfig) names normalises with batch statistics."""
+def uses_batch_statistics(config) -> bool:
+    """True when the model ``config`` (a TrainConfig) names normalises with batch statistics (a norm
+    "bn" anywhere in its configuration); False also when the model cannot be configured (the
+    trainer then says why)."""
     from minimaskrcnn.checkpoint import model_config
 
     try:
@@ -74,21 +79,22 @@ def default_processes(config) -> int:
     """How many processes ``minimaskrcnn train`` runs when ``--processes`` is not given.
 
     MINIMASKRCNN_PROCESSES when set; else 1 on the "cuda" backend (one GPU: see docs/DISTRIBUTED.md
-    for several) and for a model that normalises with batch statistics (norm "bn", which would see
-    part of the batch); else the most processes, up to the available cores, over which
+    for several), for a model that normalises with batch statistics (norm "bn", which would see
+    part of the batch) and off POSIX systems (``launch`` hands each worker a socket by its file
+    descriptor); else the most processes, up to the available cores, over which
     ``config.batch_size`` splits evenly (2 for the default run on 2 cores).
 
     Raises:
         ValueError: MINIMASKRCNN_PROCESSES is not a positive integer.
     """
-    value = os.environ.get(ENV_PROCESSES)
+    value = os.environ.get(ENV_PROCESSES) or None  # empty: unset
     if value is not None:
         if not value.strip().isdigit() or int(value) < 1:
             raise ValueError(f"{ENV_PROCESSES}={value!r}: expected a positive integer")
         return int(value)
     from minimaskrcnn.backend import get_backend
 
-    if (config.backend or get_backend()) == "cuda" or _uses_batch_statistics(config):
+    if os.name != "posix" or (config.backend or get_backend()) == "cuda" or uses_batch_statistics(config):
         return 1
     cores = min(available_cores(), max(1, int(config.batch_size)))
     return max(n for n in range(1, cores + 1) if config.batch_size % n == 0)
@@ -116,8 +122,14 @@ class LocalCommunicator(distributed.Communicator):
         self._shared: dict[tuple[str, int], np.ndarray] = {}  # (dtype, length) -> (size, length) slots
 
     # ------------------------------------------------------------------ objects, through sockets
-    def _lost(self, who: str) -> NoReturn:
-        raise LocalError(f"process {who} of the {self.size} processes of this run stopped (its error is above)")
+    def _lost(self, rank: int) -> NoReturn:
+        how = "stopped"
+        if self.rank == 0:  # how the worker ended, once it has
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                how = _ended(self._peers[rank][1].wait(timeout=5))
+        elif rank == 0:
+            how = "stopped (its message is above)"
+        raise LocalError(f"process {rank} of the {self.size} processes of this run {how}")
 
     def allgather(self, obj: Any) -> list:
         if self.rank == 0:
@@ -126,18 +138,18 @@ class LocalCommunicator(distributed.Communicator):
                 try:
                     gathered.append(conn.recv())
                 except (EOFError, OSError):
-                    self._lost(str(r))
+                    self._lost(r)
             for r, (conn, _) in sorted(self._peers.items()):
                 try:
                     conn.send(gathered)
                 except OSError:
-                    self._lost(str(r))
+                    self._lost(r)
             return gathered
         try:
             self._peers.send(obj)
             return self._peers.recv()
         except (EOFError, OSError):
-            self._lost("0")
+            self._lost(0)
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return self.allgather(obj if self.rank == root else None)[root]
@@ -149,18 +161,25 @@ class LocalCommunicator(distributed.Communicator):
     def _slots(self, buf: np.ndarray) -> np.ndarray:
         """(size, len(buf)) arrays of buf's dtype that every rank maps: made once per buffer shape."""
         key = (buf.dtype.str, int(buf.size))
-        if key not in self._shared:
-            path = None
-            if self.rank == 0:
-                folder = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory, not disk, on Linux
-                fd, path = tempfile.mkstemp(prefix="minimaskrcnn-allreduce-", dir=folder)
-                os.ftruncate(fd, self.size * buf.nbytes)
-                os.close(fd)
+        if key in self._shared:
+            return self._shared[key]
+        path = None
+        try:
+            if self.rank == 0:  # in memory (/dev/shm) where there is room, else in the temporary folder
+                from minimaskrcnn.io import shared_scratch_file
+
+                try:
+                    path = shared_scratch_file(self.size * buf.nbytes, prefix="minimaskrcnn-allreduce-")
+                except OSError as e:
+                    raise LocalError(f"{e.strerror or e}: the {self.size} processes sum their gradients there; "
+                                     "free some memory or run with --processes 1") from None
             path = self.bcast(path)
             self._shared[key] = np.memmap(path, dtype=buf.dtype, mode="r+", shape=(self.size, buf.size))
             self.barrier()  # every rank has mapped it: the name can go (the mappings stay)
-            if self.rank == 0:
-                os.unlink(path)
+        finally:
+            if self.rank == 0 and path is not None:  # also when a worker stopped meanwhile: nothing is left
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         return self._shared[key]
 
     def allreduce_buffer_(self, buf) -> None:
@@ -197,14 +216,33 @@ class LocalCommunicator(distributed.Communicator):
                 process.wait()
 
     def finish(self) -> int:
-        """Rank 0: wait for every worker to end; returns the first nonzero exit code (else 0)."""
-        code = 0
-        for _, process in sorted(self._peers.items()):
-            returncode = process[1].wait()
-            code = code or returncode
-        for conn, _ in self._peers.values():
+        """Rank 0, after its share of a run that succeeded: wait for every worker to end.
+
+        Returns:
+            0 when every worker ended with 0.
+
+        Raises:
+            LocalError: naming the first worker that ended otherwise (an exit code or a signal).
+        """
+        for rank, (conn, process) in sorted(self._peers.items()):
+            returncode = process.wait()
             conn.close()
-        return code
+            if returncode != 0:
+                raise LocalError(f"process {rank} of the {self.size} processes of this run {_ended(returncode)}")
+        return 0
+
+
+def _ended(returncode: int | None) -> str:
+    """How a worker ended, for a message: "ended with exit code 3", "was killed by signal 9 (SIGKILL)"."""
+    if returncode is None:
+        return "stopped answering"
+    if returncode < 0:
+        try:
+            name = f" ({signal.Signals(-returncode).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-returncode}{name}"
+    return f"ended with exit code {returncode} (its message is above)"
 
 
 def launch(size: int, argv: Sequence[str]) -> LocalCommunicator:
@@ -214,19 +252,34 @@ def launch(size: int, argv: Sequence[str]) -> LocalCommunicator:
     a socket pair in its environment (``_ENV_WORKER``); it runs the same command line as rank 0.
     The caller runs rank 0's share and then calls ``finish()`` (or ``abort()``).
     """
+    if os.name != "posix":
+        raise LocalError(f"{size} local processes need a POSIX system (Linux, macOS); elsewhere run under mpiexec "
+                         "(docs/DISTRIBUTED.md) or with --processes 1")
     peers: dict[int, tuple[Connection, subprocess.Popen]] = {}
     env = {**os.environ, ENV_PROCESSES: str(size)}
+    # the workers ignore SIGINT (an ignored signal stays ignored through exec and Python's start): Ctrl-C
+    # reaches every process of the terminal's job, and rank 0 alone answers it, ending the workers
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
         for rank in range(1, size):
             mine, theirs = socket.socketpair()
-            env[_ENV_WORKER] = f"{rank},{size},{theirs.fileno()}"
-            process = subprocess.Popen([sys.executable, "-m", "minimaskrcnn.local_parallel", *argv],
-                                       env=env, pass_fds=(theirs.fileno(),))
-            theirs.close()
+            try:
+                env[_ENV_WORKER] = f"{rank},{size},{theirs.fileno()}"
+                process = subprocess.Popen([sys.executable, "-m", "minimaskrcnn.local_parallel", *argv],
+                                           env=env, pass_fds=(theirs.fileno(),))
+            except BaseException:
+                mine.close()
+                raise
+            finally:
+                theirs.close()
             peers[rank] = (Connection(mine.detach()), process)
     except BaseException:
         LocalCommunicator(0, size, peers)._stop_workers()
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     return LocalCommunicator(0, size, peers)
 
 

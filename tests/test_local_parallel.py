@@ -8,6 +8,7 @@ one error per process and no traceback.
 """
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -112,6 +113,54 @@ def test_a_stopped_worker_is_named_by_rank_0():
     assert isinstance(errors[2], LocalError) and "process 0 of the 3 processes" in str(errors[2])
 
 
+def test_no_shared_file_is_left_when_a_worker_stops_before_mapping_it():
+    before = shared_files()
+
+    def body(comm):
+        if comm.rank == 1:
+            comm._peers.close()  # gone before the first sum
+            return None
+        comm.allreduce_buffer_(np.ones(1000, np.float32))
+
+    _, errors, _ = run_ranks(2, body)
+    assert isinstance(dict(errors)[0], LocalError)
+    assert shared_files() == before
+
+
+def test_no_room_for_the_shared_file_is_an_error_that_says_so(tmp_path):
+    from minimaskrcnn.io import shared_scratch_file
+
+    with pytest.raises(OSError, match=r"no room for a .* MB shared file in"):
+        shared_scratch_file(1 << 60, prefix="minimaskrcnn-test-", folders=(str(tmp_path), "/no/such/folder"))
+    assert list(tmp_path.iterdir()) == []
+    path = shared_scratch_file(4096, prefix="minimaskrcnn-test-", folders=("/no/such/folder", str(tmp_path)))
+    assert os.path.dirname(path) == str(tmp_path) and os.path.getsize(path) == 4096
+
+
+class _Ended:
+    def __init__(self, returncode):
+        self.returncode = returncode
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+@pytest.mark.parametrize("returncode, says", [(-9, "was killed by signal 9 (SIGKILL)"),
+                                              (3, "ended with exit code 3")])
+def test_finish_names_a_worker_that_did_not_end_well(returncode, says):
+    import socket
+    from multiprocessing.connection import Connection
+
+    a, b = socket.socketpair()
+    peers = {1: (Connection(a.detach()), _Ended(0)), 2: (Connection(b.detach()), _Ended(returncode))}
+    comm = LocalCommunicator(0, 3, peers)
+    with pytest.raises(LocalError, match=re.escape(f"process 2 of the 3 processes of this run {says}")):
+        comm.finish()
+
+
 def test_gpu_buffers_are_refused_with_the_way_out():
     comm = LocalCommunicator(1, 2, None)
     device_array = type("ndarray", (), {"__module__": "cupy._core.core"})()  # what backend.is_cupy reads
@@ -127,13 +176,17 @@ def test_default_processes_one_per_core_where_the_batch_splits(monkeypatch):
         assert default_processes(TrainConfig(batch_size=batch)) == expected, (cores, batch)
 
 
-def test_default_processes_stay_one_for_gpus_and_batch_norm(monkeypatch):
+def test_default_processes_stay_one_for_gpus_batch_norm_and_windows(monkeypatch):
     monkeypatch.delenv(local_parallel.ENV_PROCESSES, raising=False)
     monkeypatch.setattr(local_parallel, "available_cores", lambda: 2)
     assert default_processes(TrainConfig()) == 2
     assert default_processes(TrainConfig(backend="cuda")) == 1
     assert default_processes(TrainConfig(model_kwargs={"backbone.norm": "bn"})) == 1
     assert default_processes(TrainConfig(model="maskrcnn_resnet50_fpn")) == 2  # frozen batch norm: per image
+    monkeypatch.setattr(local_parallel.os, "name", "nt")  # no file descriptors to hand to workers
+    assert default_processes(TrainConfig()) == 1
+    with pytest.raises(LocalError, match="POSIX"):
+        local_parallel.launch(2, ["train"])
 
 
 def test_the_environment_overrides_the_default(monkeypatch):
@@ -194,9 +247,16 @@ def test_a_batch_that_does_not_split_ends_every_process_with_one_line(root):
     config = dataclasses.replace(tiny_config(root, "bad-local"), batch_size=3)
     out = run_train(config, "--processes", "2", timeout=120)
     assert out.returncode == 2
-    assert "does not split evenly over 2 processes" in out.stderr
-    assert "Traceback" not in out.stderr
-    assert not os.path.exists(os.path.join(config.run_dir, "checkpoint.npz"))
+    assert out.stderr.strip() == "error: --batch-size 3 (the global batch) does not split evenly over 2 processes: " \
+                                 "use a multiple of 2"  # said once, before any worker started
+    assert not os.path.exists(config.run_dir)
+
+
+def test_batch_norm_with_processes_is_refused_once(root):
+    config = dataclasses.replace(tiny_config(root, "bn-local"), model_kwargs={"backbone.norm": "bn"})
+    out = run_train(config, "--processes", "2", timeout=120)
+    assert out.returncode == 2 and out.stderr.count("error:") == 1 and "[rank" not in out.stderr
+    assert "batch statistics" in out.stderr and "--processes 1" in out.stderr
 
 
 def test_processes_must_be_positive(root):

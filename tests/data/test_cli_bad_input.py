@@ -124,3 +124,11 @@ def test_elongated_images_through_predict_and_training(run_dir, tmp_path, capsys
     # 32 / 300 of 5 pixels is 0.53: torchvision's rule alone would make it 0 pixels high
     code, _, err = _run(_train_argv(ann, images, tmp_path / "runs", "--name", "strip"), capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("arg, needle", [("foo=1", "unknown model argument 'foo'"),
+                                         ("box.nothing=2", "no field 'nothing'")])
+def test_an_unknown_model_argument_is_one_line(arg, needle, tmp_path, capsys):
+    code, _, err = _run(["train", "--model-arg", arg, "--output-dir", tmp_path / "runs", "--no-progress"], capsys)
+    _assert_error(code, err, "--model-arg", needle)
+    assert not (tmp_path / "runs").exists()  # refused before any data were prepared
