@@ -5,7 +5,7 @@ shapes images it never saw, showing a progress bar and writing the log, the curv
 checkpoint. This test runs exactly that command, in an empty folder, in a subprocess with a
 user's environment (without the suite's one-thread caps from conftest.py), and checks each promise.
 Measured (2026-11-30, two local processes, the default on 2 cores, from a fresh clone): mask AP50 0.923,
-box AP50 0.941 at step 1,500, 268 s from the command to its exit (seeds 1 and 2: 0.921, 0.944).
+box AP50 0.941 at step 1,500, 268-310 s from the command to its exit (seeds 1 and 2: 0.921, 0.944).
 """
 import hashlib
 import json
