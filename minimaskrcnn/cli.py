@@ -444,10 +444,13 @@ def _local_processes(args: argparse.Namespace) -> int:
     if args.processes is not None and args.processes < 1:
         raise ValueError(f"--processes {args.processes}: at least 1")
     try:
-        config, _ = _train_config(args)
+        args.train_run = _train_config(args)  # read once (on resume, from the checkpoint): cmd_train reuses it
     except Exception:
         return 1 if args.processes is None else int(args.processes)
-    processes = int(config.processes) if config.processes is not None else default_processes(config)
+    config = args.train_run[0]
+    if config.processes is None:
+        return default_processes(config)  # chosen so that neither check below can fail
+    processes = int(config.processes)
     if processes > 1:
         distributed.check_batch_split(config.batch_size, processes)
         if uses_batch_statistics(config):
@@ -462,7 +465,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from minimaskrcnn.errors import DataError
     from minimaskrcnn.train import Trainer
 
-    config, resume = _train_config(args)
+    config, resume = getattr(args, "train_run", None) or _train_config(args)
     try:  # a bad --model-arg is bad input: one line, before any data are prepared
         model_config(config, num_classes=2)
     except (KeyError, TypeError) as e:

@@ -332,7 +332,7 @@ class Trainer:
         detections, image_ids = run_model(self.model, self.val_dataset, indices=share)
         label_map = self.val_dataset.label_to_category_id
         results = {t: detections_to_coco_results(detections, image_ids, label_map, t) for t in iou_types}
-        parts = comm.allgather((image_ids, results)) if comm.size > 1 else [(image_ids, results)]
+        parts = comm.allgather((image_ids, results))  # one process: [its own]
         if not comm.is_root:
             return {}
         # the results in the order of one process: image k of val_indices was rank k % size's (k // size)-th
