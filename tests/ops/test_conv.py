@@ -355,3 +355,99 @@ def test_chunked_conv_transpose2d_equals_whole_batch(rng, monkeypatch, stride, p
 
     for name, a, c in zip(("output", "dx", "dw", "db"), run(0), run(1)):
         np.testing.assert_array_equal(c, a, err_msg=name)
+
+
+# ------------------------------------------------------------------- Winograd F(2x2, 3x3) on the CPU
+# 3x3 stride-1 convs compute the output and dx with kernels/winograd where ops.conv's thresholds say
+# (64+ channels); these tests lower the thresholds so that small inputs take that path too.
+# (x_shape, w_shape, bias, padding): "same" padding, none, 2, odd sizes, the two pads differing
+WINOGRAD_CASES = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), True, 1),
+    ((1, 2, 5, 6), (3, 2, 3, 3), False, 0),
+    ((2, 2, 4, 5), (2, 2, 3, 3), True, 2),
+    ((1, 3, 6, 5), (2, 3, 3, 3), True, (0, 2)),
+]
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Winograd for every eligible conv2d (any channel count and batch size); counts its calls."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_TILES", 1)
+    calls = []
+    original = conv_module._winograd
+    monkeypatch.setattr(conv_module, "_winograd",
+                        lambda *args, **kwargs: calls.append(kwargs) or original(*args, **kwargs))
+    return calls
+
+
+@pytest.mark.parametrize("x_shape, w_shape, bias, padding", WINOGRAD_CASES)
+@pytest.mark.usefixtures("numpy_backend")
+def test_conv2d_winograd_gradcheck(winograd_everywhere, x_shape, w_shape, bias, padding):
+    x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[0])
+    inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
+    inputs.append(Tensor(b, requires_grad=True) if bias else None)
+    result = gradcheck(lambda x, w, b: conv2d(x, w, b, padding=padding), inputs)
+    assert result.max_rel_error < 1e-6, result.report()
+    assert {"adjoint": True} in winograd_everywhere and {} in winograd_everywhere  # output and dx both by Winograd
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("x_shape, w_shape, bias, padding", WINOGRAD_CASES)
+def test_conv2d_winograd_matches_torch(winograd_everywhere, backend, x_shape, w_shape, bias, padding):
+    pytest.importorskip("torch")
+    x, w, b = _arrays(np.random.default_rng(1), x_shape, w_shape, bias, w_shape[0])
+    with minimaskrcnn.use_backend(backend):
+        _compare_with_torch(*_conv_fns(1, padding, 1, 1), x, w, b)
+    assert len(winograd_everywhere) == 2
+
+
+@pytest.mark.reference
+def test_conv2d_winograd_float32_mask_head_matches_torch():
+    """The default thresholds on the mask head's shape (64 channels, 14x14 RoIs), float32, as in training."""
+    pytest.importorskip("torch")
+    from minimaskrcnn.ops import conv as conv_module
+
+    assert conv_module._winograd_applies((12, 64, 14, 14), 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, np.zeros(1))
+    x, w, b = _arrays(np.random.default_rng(2), (12, 64, 14, 14), (64, 64, 3, 3), True, 64, dtype=np.float32)
+    with minimaskrcnn.use_backend("numba"):
+        _compare_with_torch(*_conv_fns(1, 1, 1, 1), x, w, b, rtol=2e-5)
+
+
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+def test_conv2d_winograd_in_blocks_equals_one_block(winograd_everywhere, monkeypatch, needs):
+    """A few tile rows at a time (ops.conv.WINOGRAD_BLOCK_BYTES) gives the one-block numbers, to rounding."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    x, w, b = _arrays(np.random.default_rng(3), (3, 4, 9, 7), (5, 4, 3, 3), True, 5, dtype=np.float32)
+    dout = np.random.default_rng(4).standard_normal((3, 5, 9, 7)).astype(np.float32)
+    results = []
+    for block_bytes in (1 << 30, 1):  # everything at once; one tile row per block
+        monkeypatch.setattr(conv_module, "WINOGRAD_BLOCK_BYTES", block_bytes)
+        xs, ws = Tensor(x.copy(), requires_grad=needs[0]), Tensor(w.copy(), requires_grad=needs[1])
+        out = conv2d(xs, ws, Tensor(b), padding=1)
+        out.backward(dout)
+        results.append([out.numpy()] + [t.grad for t, need in zip((xs, ws), needs) if need])
+    for whole, blocked in zip(*results):
+        np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
+
+
+def test_which_convs_use_winograd():
+    """3x3, stride 1, dilation 1, one group, padding <= 2, 64+ channels each side, 64+ tiles, NumPy arrays, not cuda."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    def applies(x_shape=(4, 64, 14, 14), C_out=64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1),
+                dilation=(1, 1), groups=1):
+        return conv_module._winograd_applies(x_shape, C_out, kernel_size, stride, padding, dilation, groups,
+                                             np.zeros(1))
+
+    assert applies() and applies(x_shape=(1, 256, 200, 272), C_out=256) and applies(padding=(2, 0))
+    assert not applies(stride=(2, 2)) and not applies(dilation=(2, 2)) and not applies(groups=2)
+    assert not applies(kernel_size=(1, 1), padding=(0, 0)) and not applies(kernel_size=(3, 2))
+    assert not applies(padding=(3, 3)) and not applies(x_shape=(4, 32, 14, 14)) and not applies(C_out=32)
+    assert not applies(x_shape=(4, 64, 8, 8)) and applies(x_shape=(8, 64, 8, 8))  # 64 and 128 tiles
+    with minimaskrcnn.use_backend("cuda"):  # the GPU path (and its simulator in CI) stays im2col
+        assert not applies()
