@@ -306,6 +306,8 @@ class Conv2d(Function):
         x: (N, C, H, W); weight: (C_out, C/groups, KH, KW); bias: (C_out,) or None; all one float dtype.
         Returns (N, C_out, OH, OW), OH = (H + 2*pad_h - DH*(KH - 1) - 1) // SH + 1 (likewise OW).
     backward: dx = col2im(weight^T @ dout), dw = sum_n dout[n] @ cols[n]^T, db = dout summed over N, OH, OW.
+    On the CPU, 3x3 stride-1 convolutions of 64+ channels compute out, dx and dw with Winograd's
+    F(2x2, 3x3) instead (``_winograd_applies``; kernels/winograd), equal up to float rounding.
 
     Note: the backward recomputes im2col from the saved input instead of keeping cols, which are
     C*KH*KW/C = KH*KW times larger than the input (as PyTorch saves only the input).
