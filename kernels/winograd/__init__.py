@@ -28,8 +28,12 @@ the image; outputs past OH or OW, in the last tile row or column when OH or OW i
     M: (16, C_out, T), the products; output_transform writes A^T m A into out[n, co, 2*ti + a, 2*tj + b]
 
 The two transforms take a range of tile rows ``(R0, R1)``, so that a large batch is transformed and
-multiplied a block at a time (kept in cache). F(2x2, 3x3)'s matrices hold only 0, +-1 and +-1/2: its
-results equal a direct convolution's up to float rounding (about 1e-7 relative in float32).
+multiplied a block at a time (kept in cache). F(2x2, 3x3)'s matrices hold only 0, +-1 and +-1/2: for
+finite inputs its results equal a direct convolution's up to float rounding (about 1e-6 relative in
+float32). Two differences remain at the edges of floating point: the transforms subtract, so an
+infinite input gives NaN where a direct convolution gives +-inf (inf - inf), and the transformed
+values are up to about 4x larger than the inputs, so float32 overflows for inputs within a factor
+of about 4 of its largest value (1e38) where a direct convolution would not.
 
 ``reference.py`` is NumPy (the spec), ``cpu.py`` Numba. There is no CUDA version: on the GPU the
 convolution stays im2col + cuBLAS.
@@ -64,11 +68,14 @@ def winograd_geometry(x_shape, padding) -> tuple:
         TH = ceil(OH / 2), TW = ceil(OW / 2).
 
     Raises:
-        ValueError: for a shape that is not 4-D, negative padding or an output with no pixel.
+        ValueError: for a shape that is not 4-D, padding that is not a pair of ints >= 0 or an
+            output with no pixel.
     """
     if len(x_shape) != 4:
         raise ValueError(f"winograd: expected an (N, C, H, W) input, got shape {tuple(x_shape)}")
     N, C, H, W = (int(s) for s in x_shape)
+    if not isinstance(padding, (tuple, list)) or len(padding) != 2:
+        raise ValueError(f"winograd: padding must be a pair (pad_h, pad_w), got {padding!r}")
     pad_h, pad_w = (int(p) for p in padding)
     if pad_h < 0 or pad_w < 0:
         raise ValueError(f"winograd: padding must be >= 0, got {tuple(padding)}")
@@ -76,6 +83,19 @@ def winograd_geometry(x_shape, padding) -> tuple:
     if OH < 1 or OW < 1:
         raise ValueError(f"winograd: a 3x3 window does not fit in {H}x{W} with padding {tuple(padding)}")
     return N, C, H, W, pad_h, pad_w, OH, OW, (OH + 1) // 2, (OW + 1) // 2
+
+
+def check_output(out, dtype, name: str = "out", contiguous: bool = True) -> tuple:
+    """``(N, C_out, OH, OW, TH, TW)`` of a convolution's output (or its gradient) ``out``.
+
+    Raises:
+        ValueError: unless ``out`` is 4-D, of ``dtype`` and (with ``contiguous``) C-contiguous.
+    """
+    if out.ndim != 4:
+        raise ValueError(f"winograd: {name} must be (N, C_out, OH, OW), got shape {tuple(out.shape)}")
+    check_array(out, out.shape, dtype, name, contiguous)
+    N, C_out, OH, OW = (int(s) for s in out.shape)
+    return N, C_out, OH, OW, (OH + 1) // 2, (OW + 1) // 2
 
 
 def check_weight(weight) -> tuple[int, int]:
@@ -107,8 +127,10 @@ def check_tile_rows(tile_rows, N: int, TH: int) -> tuple[int, int]:
     return R0, R1
 
 
-def check_array(a, shape: tuple, dtype, name: str) -> None:
-    """Raise ValueError unless ``a`` is a C-contiguous array of ``shape`` and ``dtype``."""
-    if tuple(a.shape) != tuple(shape) or a.dtype != dtype or not a.flags.c_contiguous:
-        raise ValueError(f"winograd: {name} must be a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, "
+def check_array(a, shape: tuple, dtype, name: str, contiguous: bool = True) -> None:
+    """Raise ValueError unless ``a`` has ``shape`` and ``dtype`` and (with ``contiguous``) is C-contiguous."""
+    if tuple(a.shape) != tuple(shape) or a.dtype != dtype:
+        raise ValueError(f"winograd: {name} must be a {np.dtype(dtype)} array of shape {tuple(shape)}, "
                          f"got {a.dtype} {tuple(a.shape)}")
+    if contiguous and not a.flags.c_contiguous:
+        raise ValueError(f"winograd: {name} must be C-contiguous (it is written in place)")

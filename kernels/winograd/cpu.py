@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 from minimaskrcnn.kernels._checks import check_float
-from minimaskrcnn.kernels.winograd import check_array, check_tile_rows, check_weight, winograd_geometry
+from minimaskrcnn.kernels.winograd import check_array, check_output, check_tile_rows, check_weight, winograd_geometry
 
 
 @numba.njit(cache=True, parallel=True)
@@ -184,10 +184,8 @@ def input_transform(x: np.ndarray, padding, tile_rows=None, out=None) -> np.ndar
 def output_transform(M: np.ndarray, out: np.ndarray, tile_rows=None) -> np.ndarray:
     """Write Y = A^T m A of tile rows R0..R1-1 into ``out``; arguments and result as reference.py."""
     check_float(M, "M")
-    N, C_out, OH, OW = (int(s) for s in out.shape)
-    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    N, C_out, OH, OW, TH, TW = check_output(out, M.dtype)
     R0, R1 = check_tile_rows(tile_rows, N, TH)
-    check_array(out, out.shape, M.dtype, "out")
     check_array(M, (16, C_out, (R1 - R0) * TW), M.dtype, "M")
     _output_kernel(M, out, TH, TW, R0, R1)
     return out
@@ -196,8 +194,7 @@ def output_transform(M: np.ndarray, out: np.ndarray, tile_rows=None) -> np.ndarr
 def output_transform_adjoint(dout: np.ndarray, tile_rows=None, out=None) -> np.ndarray:
     """A dY A^T for every 2x2 tile of dout; arguments and result as reference.py."""
     check_float(dout, "dout")
-    N, C_out, OH, OW = (int(s) for s in dout.shape)
-    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    N, C_out, OH, OW, TH, TW = check_output(dout, dout.dtype, "dout", contiguous=False)
     R0, R1 = check_tile_rows(tile_rows, N, TH)
     shape = (16, C_out, (R1 - R0) * TW)
     if out is None:

@@ -5,11 +5,13 @@ output of image n is ``weight.reshape(C_out, C*KH*KW) @ cols[n]``: one BLAS (cuB
 Its backward is two more products and a col2im; conv_transpose2d is the same three pieces in the
 other order. Each op is fused (its own backward). Lesson 05 derives them.
 
-On the CPU, 3x3 stride-1 convolutions of 64 or more channels (ResNet's 3x3 convs, the FPN's and RPN
-head's, the mask head's) compute the output and both gradients with Winograd's F(2x2, 3x3) instead
-(kernels/winograd; Lavin and Gray 2016): 16 multiply-adds per input and output channel per 2x2
-output tile instead of im2col's 36, the same results up to float rounding.
-``WINOGRAD_MIN_CHANNELS`` sets where it starts (None: never).
+On the "numba" backend (the CPU's default), 3x3 stride-1 convolutions of 64 or more channels
+(ResNet's 3x3 convs, the FPN's and RPN head's, the mask head's) compute the output and both
+gradients with Winograd's F(2x2, 3x3) instead (kernels/winograd; Lavin and Gray 2016): 16
+multiply-adds per input and output channel per 2x2 output tile instead of im2col's 36, the same
+results for finite inputs up to float rounding (an infinite input gives NaN instead of +-inf, see
+kernels/winograd). ``WINOGRAD_MIN_CHANNELS`` sets where it starts (None: never). The "numpy"
+backend (the readable reference) and the GPU keep im2col.
 """
 from __future__ import annotations
 
@@ -132,17 +134,18 @@ WINOGRAD_MIN_CHANNELS = 64  # None turns Winograd off
 WINOGRAD_MIN_TILES = 128  # below this many 2x2 output tiles in the batch, im2col
 WINOGRAD_BLOCK_BYTES = 4 << 20  # the transformed input and products of a block of tile rows, at most ...
 WINOGRAD_MIN_BLOCK_TILES = 256  # ... unless that leaves fewer tiles than this per product
+WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR = 4  # the weight gradient's blocks: at least this x max(C, C_out) tiles
 
 
 def _winograd_applies(x_shape, C_out: int, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple,
                       groups: int, x) -> bool:
     """Whether conv2d of an input ``x_shape`` (N, C, H, W) runs with Winograd (see WINOGRAD_MIN_CHANNELS).
 
-    Only the NumPy arrays of the "numpy" and "numba" backends (kernels/winograd has no CUDA version);
-    3x3, stride 1, dilation 1, one group, padding at most 2 (so that the input's gradient, a
-    convolution with padding 2 - pad, is one too).
+    Only on the "numba" backend (the "numpy" backend stays the textbook im2col, and kernels/winograd
+    has no CUDA version); 3x3, stride 1, dilation 1, one group, padding at most 2 (so that the input's
+    gradient, a convolution with padding 2 - pad, is one too); at least one tile.
     """
-    if WINOGRAD_MIN_CHANNELS is None or get_backend() == "cuda" or get_array_module(x) is not np:
+    if WINOGRAD_MIN_CHANNELS is None or get_backend() != "numba" or get_array_module(x) is not np:
         return False
     if kernel_size != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1 or max(padding) > 2:
         return False
@@ -151,7 +154,7 @@ def _winograd_applies(x_shape, C_out: int, kernel_size: tuple, stride: tuple, pa
     if OH < 1 or OW < 1:
         return False
     tiles = N * ((OH + 1) // 2) * ((OW + 1) // 2)
-    return min(C, C_out) >= WINOGRAD_MIN_CHANNELS and tiles >= WINOGRAD_MIN_TILES
+    return min(C, C_out) >= WINOGRAD_MIN_CHANNELS and tiles >= max(1, WINOGRAD_MIN_TILES)
 
 
 def _winograd(x, U, padding: tuple, C_out: int, adjoint: bool = False):
@@ -206,9 +209,10 @@ def _winograd_weight_grad(x, dout, padding: tuple):
     C_out = dout.shape[1]
     Q = product = None
     rows = max(1, WINOGRAD_BLOCK_BYTES // (16 * (C + C_out) * TW * x.dtype.itemsize))
-    # each block's products (16, C_out, C) are added to Q: blocks of at least 4*max(C, C_out) tiles keep
+    # each block's products (16, C_out, C) are added to Q: blocks of at least 4*max(C, C_out) tiles (the
+    # default WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR) keep
     # those additions small beside the products (a larger buffer than the forward's, for wide layers)
-    rows = max(rows, -(-4 * max(C, C_out) // TW))
+    rows = max(rows, -(-WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR * max(C, C_out) // TW))
     for R0 in range(0, N * TH, rows):  # blocks in a fixed order: deterministic sums
         R1 = min(N * TH, R0 + rows)
         L = (R1 - R0) * TW
@@ -306,8 +310,9 @@ class Conv2d(Function):
         x: (N, C, H, W); weight: (C_out, C/groups, KH, KW); bias: (C_out,) or None; all one float dtype.
         Returns (N, C_out, OH, OW), OH = (H + 2*pad_h - DH*(KH - 1) - 1) // SH + 1 (likewise OW).
     backward: dx = col2im(weight^T @ dout), dw = sum_n dout[n] @ cols[n]^T, db = dout summed over N, OH, OW.
-    On the CPU, 3x3 stride-1 convolutions of 64+ channels compute out, dx and dw with Winograd's
-    F(2x2, 3x3) instead (``_winograd_applies``; kernels/winograd), equal up to float rounding.
+    On the "numba" backend, 3x3 stride-1 convolutions of 64+ channels compute out, dx and dw with
+    Winograd's F(2x2, 3x3) instead (``_winograd_applies``; kernels/winograd), equal for finite inputs
+    up to float rounding.
 
     Note: the backward recomputes im2col from the saved input instead of keeping cols, which are
     C*KH*KW/C = KH*KW times larger than the input (as PyTorch saves only the input).

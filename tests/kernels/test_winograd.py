@@ -161,3 +161,83 @@ def test_bad_arguments_raise(k):
         k.input_transform(x, (1, 1), out=np.zeros((16, 2, 3)))
     with pytest.raises(ValueError, match="M must be"):
         k.output_transform(np.zeros((16, 2, 3)), np.zeros((1, 2, 4, 4)))
+
+
+def adjoint_tiles_by_definition(dout):
+    """Y[4*i + j, co, t] = (A dY A^T)[i, j], dY the 2x2 tile t of dout (zeros past OH or OW)."""
+    N, C_out, OH, OW = dout.shape
+    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    Y = np.zeros((16, C_out, N * TH * TW))
+    for n, co, ti, tj in np.ndindex(N, C_out, TH, TW):
+        tile = np.zeros((2, 2))
+        for a, b in np.ndindex(2, 2):
+            if 2 * ti + a < OH and 2 * tj + b < OW:
+                tile[a, b] = dout[n, co, 2 * ti + a, 2 * tj + b]
+        Y[:, co, (n * TH + ti) * TW + tj] = (A_T.T @ tile @ A_T).reshape(16)
+    return Y
+
+
+@pytest.mark.parametrize("k", BACKENDS)
+@pytest.mark.parametrize("dout_shape", [(2, 3, 6, 7), (1, 2, 5, 5), (3, 1, 1, 2)])
+def test_output_transform_adjoint_is_its_definition(k, rng, dout_shape):
+    dout = rng.standard_normal(dout_shape)
+    whole = adjoint_tiles_by_definition(dout)
+    np.testing.assert_allclose(k.output_transform_adjoint(dout), whole, rtol=1e-12, atol=1e-12)
+    TH, TW = (dout_shape[2] + 1) // 2, (dout_shape[3] + 1) // 2
+    R0, R1 = 1, dout_shape[0] * TH  # a range that starts inside the first image
+    np.testing.assert_allclose(k.output_transform_adjoint(dout, (R0, R1)), whole[:, :, R0 * TW : R1 * TW],
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", BACKENDS)
+def test_weight_transform_adjoint_is_its_definition(k, rng):
+    Q = rng.standard_normal((16, 3, 2))
+    dw = k.weight_transform_adjoint(Q)
+    assert dw.shape == (3, 2, 3, 3)
+    for co, c in np.ndindex(3, 2):
+        np.testing.assert_allclose(dw[co, c], G.T @ Q[:, co, c].reshape(4, 4) @ G, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", BACKENDS)
+@pytest.mark.parametrize("x_shape, padding", CASES)
+def test_transforms_give_the_weight_gradient(k, rng, x_shape, padding):
+    """dw[co, c, u, v] = sum over n, oh, ow of dout[n, co, oh, ow] * x_padded[n, c, oh + u, ow + v], by blocks."""
+    N, C, H, W, pad_h, pad_w, OH, OW, TH, TW = winograd_geometry(x_shape, padding)
+    x, dout = rng.standard_normal(x_shape), rng.standard_normal((N, 3, OH, OW))
+    Q = sum(k.output_transform_adjoint(dout, (R, R + 1)) @ k.input_transform(x, padding, (R, R + 1)).transpose(0, 2, 1)
+            for R in range(N * TH))  # one tile row per block
+    x_padded = np.pad(x, ((0, 0), (0, 0), (pad_h,) * 2, (pad_w,) * 2))
+    expected = np.stack([np.stack([np.einsum("nohw,nchw->oc", dout, x_padded[:, :, u : u + OH, v : v + OW])
+                                   for v in range(3)], axis=-1) for u in range(3)], axis=-2)
+    np.testing.assert_allclose(k.weight_transform_adjoint(Q), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reference_and_numba_give_the_same_bits(rng, dtype):
+    """Every transform, on tile-row ranges that start and end inside images: bit for bit."""
+    x, w = rng.standard_normal((3, 5, 7, 9)).astype(dtype), rng.standard_normal((4, 5, 3, 3)).astype(dtype)
+    dout, Q = rng.standard_normal((3, 4, 7, 9)).astype(dtype), rng.standard_normal((16, 4, 5)).astype(dtype)
+    np.testing.assert_array_equal(reference.weight_transform(w), cpu.weight_transform(w))
+    np.testing.assert_array_equal(reference.weight_transform_adjoint(Q), cpu.weight_transform_adjoint(Q))
+    for R0, R1 in [(0, 12), (2, 7), (5, 6)]:  # TH = 4 tile rows per image, TW = 5
+        np.testing.assert_array_equal(reference.input_transform(x, (1, 1), (R0, R1)),
+                                      cpu.input_transform(x, (1, 1), (R0, R1)))
+        np.testing.assert_array_equal(reference.output_transform_adjoint(dout, (R0, R1)),
+                                      cpu.output_transform_adjoint(dout, (R0, R1)))
+        M = rng.standard_normal((16, 4, (R1 - R0) * 5)).astype(dtype)
+        a, b = np.full((3, 4, 7, 9), 5, dtype), np.full((3, 4, 7, 9), 5, dtype)
+        np.testing.assert_array_equal(reference.output_transform(M, a, (R0, R1)), cpu.output_transform(M, b, (R0, R1)))
+
+
+@pytest.mark.parametrize("k", BACKENDS)
+def test_more_bad_arguments_raise(k):
+    with pytest.raises(ValueError, match="padding must be a pair"):
+        k.input_transform(np.zeros((1, 2, 4, 4)), 1)
+    with pytest.raises(ValueError, match=r"out must be \(N, C_out, OH, OW\)"):
+        k.output_transform(np.zeros((16, 2, 4)), np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match=r"dout must be \(N, C_out, OH, OW\)"):
+        k.output_transform_adjoint(np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        k.output_transform(np.zeros((16, 2, 4)), np.zeros((1, 2, 4, 4), order="F"))
+    with pytest.raises(ValueError, match="Q must be"):
+        k.weight_transform_adjoint(np.zeros((9, 2, 2)))

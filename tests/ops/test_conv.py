@@ -358,8 +358,9 @@ def test_chunked_conv_transpose2d_equals_whole_batch(rng, monkeypatch, stride, p
 
 
 # ------------------------------------------------------------------- Winograd F(2x2, 3x3) on the CPU
-# 3x3 stride-1 convs compute the output and dx with kernels/winograd where ops.conv's thresholds say
-# (64+ channels); these tests lower the thresholds so that small inputs take that path too.
+# On the numba backend, 3x3 stride-1 convs compute the output, dx and dw with kernels/winograd where
+# ops.conv's thresholds say (64+ channels, 128+ tiles); these tests lower the thresholds so that small
+# inputs take that path too.
 # (x_shape, w_shape, bias, padding): "same" padding, none, 2, odd sizes, the two pads differing
 WINOGRAD_CASES = [
     ((2, 3, 7, 6), (4, 3, 3, 3), True, 1),
@@ -384,25 +385,42 @@ def winograd_everywhere(monkeypatch):
 
 
 @pytest.mark.parametrize("x_shape, w_shape, bias, padding", WINOGRAD_CASES)
-@pytest.mark.usefixtures("numpy_backend")
 def test_conv2d_winograd_gradcheck(winograd_everywhere, x_shape, w_shape, bias, padding):
     x, w, b = _arrays(np.random.default_rng(0), x_shape, w_shape, bias, w_shape[0])
     inputs = [Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)]
     inputs.append(Tensor(b, requires_grad=True) if bias else None)
-    result = gradcheck(lambda x, w, b: conv2d(x, w, b, padding=padding), inputs)
+    with minimaskrcnn.use_backend("numba"):
+        result = gradcheck(lambda x, w, b: conv2d(x, w, b, padding=padding), inputs)
     assert result.max_rel_error < 1e-6, result.report()
     assert {"adjoint": True} in winograd_everywhere and {} in winograd_everywhere  # output and dx both by Winograd
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("x_shape, w_shape, bias, padding", WINOGRAD_CASES)
-def test_conv2d_winograd_matches_torch(winograd_everywhere, backend, x_shape, w_shape, bias, padding):
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_conv2d_winograd_matches_torch(winograd_everywhere, x_shape, w_shape, bias, padding, contiguous):
     pytest.importorskip("torch")
     x, w, b = _arrays(np.random.default_rng(1), x_shape, w_shape, bias, w_shape[0])
-    with minimaskrcnn.use_backend(backend):
+    if not contiguous:  # the same values in transposed memory
+        x = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        w = np.asfortranarray(w)
+    with minimaskrcnn.use_backend("numba"):
         _compare_with_torch(*_conv_fns(1, padding, 1, 1), x, w, b)
     assert len(winograd_everywhere) == 2
+
+
+@pytest.mark.reference
+def test_conv2d_winograd_nan_stays_where_a_direct_convolution_puts_it(winograd_everywhere):
+    """A NaN input pixel makes NaN exactly the outputs whose windows hold it (torch's), not its whole tile."""
+    torch = pytest.importorskip("torch")
+    x, w, _ = _arrays(np.random.default_rng(5), (1, 2, 6, 6), (3, 2, 3, 3), False, 3)
+    x[0, 1, 2, 2] = np.nan
+    with minimaskrcnn.use_backend("numba"):
+        out = conv2d(Tensor(x), Tensor(w), padding=1).numpy()
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    assert len(winograd_everywhere) == 1
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    assert np.isnan(out).sum() == 3 * 9
 
 
 @pytest.mark.reference
@@ -419,24 +437,50 @@ def test_conv2d_winograd_float32_mask_head_matches_torch():
 
 @pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
 def test_conv2d_winograd_in_blocks_equals_one_block(winograd_everywhere, monkeypatch, needs):
-    """A few tile rows at a time (ops.conv.WINOGRAD_BLOCK_BYTES) gives the one-block numbers, to rounding."""
+    """A tile row at a time (ops.conv.WINOGRAD_BLOCK_BYTES and the minimum block sizes lowered: blocks
+    that end inside an image) gives the one-block numbers, to rounding."""
+    from minimaskrcnn.kernels.winograd import cpu as winograd_cpu
+
     from minimaskrcnn.ops import conv as conv_module
 
     x, w, b = _arrays(np.random.default_rng(3), (3, 4, 9, 7), (5, 4, 3, 3), True, 5, dtype=np.float32)
     dout = np.random.default_rng(4).standard_normal((3, 5, 9, 7)).astype(np.float32)
+    blocks = []
+    input_transform = winograd_cpu.input_transform
+    monkeypatch.setattr(winograd_cpu, "input_transform",
+                        lambda x, padding, tile_rows=None, out=None: blocks.append(tile_rows)
+                        or input_transform(x, padding, tile_rows, out))
     results = []
-    for block_bytes in (1 << 30, 1):  # everything at once; one tile row per block
+    for block_bytes, min_tiles, factor in ((1 << 30, 256, 4), (1, 1, 0)):  # everything at once; a tile row per block
         monkeypatch.setattr(conv_module, "WINOGRAD_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(conv_module, "WINOGRAD_MIN_BLOCK_TILES", min_tiles)
+        monkeypatch.setattr(conv_module, "WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR", factor)
+        blocks.clear()
         xs, ws = Tensor(x.copy(), requires_grad=needs[0]), Tensor(w.copy(), requires_grad=needs[1])
-        out = conv2d(xs, ws, Tensor(b), padding=1)
-        out.backward(dout)
+        with minimaskrcnn.use_backend("numba"):
+            out = conv2d(xs, ws, Tensor(b), padding=1)
+            out.backward(dout)
         results.append([out.numpy()] + [t.grad for t, need in zip((xs, ws), needs) if need])
+        passes = 1 + sum(needs)  # the output, then dx and/or dw, each over all 3 x 5 tile rows
+        assert len(blocks) == (passes if block_bytes > 1 else 15 * passes)
     for whole, blocked in zip(*results):
         np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
 
 
+def test_conv2d_winograd_of_an_empty_batch(winograd_everywhere, monkeypatch):
+    """Thresholds at 0 ("always") and no image: zeros gradients of the right shapes, no error."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_TILES", 0)
+    x, w = Tensor(np.zeros((0, 4, 6, 6)), requires_grad=True), Tensor(np.ones((4, 4, 3, 3)), requires_grad=True)
+    with minimaskrcnn.use_backend("numba"):
+        out = conv2d(x, w, padding=1)
+        out.backward(np.zeros(out.shape))
+    assert out.shape == (0, 4, 6, 6) and x.grad.shape == (0, 4, 6, 6) and np.all(w.grad == 0)
+
+
 def test_which_convs_use_winograd():
-    """3x3, stride 1, dilation 1, one group, padding <= 2, 64+ channels each side, 64+ tiles, NumPy arrays, not cuda."""
+    """3x3, stride 1, dilation 1, one group, padding <= 2, 64+ channels each side, 128+ tiles, numba backend only."""
     from minimaskrcnn.ops import conv as conv_module
 
     def applies(x_shape=(4, 64, 14, 14), C_out=64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1),
@@ -451,3 +495,7 @@ def test_which_convs_use_winograd():
     assert not applies(x_shape=(4, 64, 8, 8)) and applies(x_shape=(8, 64, 8, 8))  # 64 and 128 tiles
     with minimaskrcnn.use_backend("cuda"):  # the GPU path (and its simulator in CI) stays im2col
         assert not applies()
+    with minimaskrcnn.use_backend("numpy"):  # the readable reference backend stays im2col
+        assert not applies()
+    with minimaskrcnn.use_backend("numba"):
+        assert applies()
