@@ -6,8 +6,13 @@ small ops). Mask R-CNN's ResNet uses FrozenBatchNorm (statistics fixed from Imag
 """
 from __future__ import annotations
 
-from minimaskrcnn.backend import get_array_module
+import math
+
+import numpy as np
+
+from minimaskrcnn.backend import get_array_module, get_backend, kernel
 from minimaskrcnn.function import Function
+from minimaskrcnn.kernels.group_norm import reference as group_norm_reference
 from minimaskrcnn.tensor import Tensor
 
 
@@ -136,38 +141,38 @@ def frozen_batch_norm(input: Tensor, weight, bias, running_mean, running_var, ep
 
 
 class GroupNorm(Function):
-    """Group normalisation (fused): statistics per image over each group of C/G channels."""
+    """Group normalisation (fused): statistics per image over each group of C/G channels.
+
+    The loops are kernels/group_norm: Numba on the "numba" backend, the array code of its
+    reference.py on "numpy" and "cuda" (Wu and He 2018; torch.nn.functional.group_norm).
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, num_groups, eps=1e-5):
-        xp = get_array_module(x)
         N, C = x.shape[0], x.shape[1]
         if C % num_groups != 0:
             raise ValueError(f"group_norm: {C} channels do not split into {num_groups} groups")
-        xg = x.reshape(N, num_groups, -1)  # (N, G, C/G * H * W)
-        mean = xg.mean(axis=2, keepdims=True)
-        centred = xg - mean
-        var = (centred * centred).mean(axis=2, keepdims=True)  # biased, as PyTorch
-        invstd = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)  # (N, G, 1)
-        xhat = centred * invstd
+        k = _group_norm_kernel(x)
+        L = math.prod(x.shape[2:])  # (explicit: reshape cannot infer -1 for an empty batch)
+        out, xhat, invstd = k.group_norm_forward(x.reshape(N, C, L), weight, bias, num_groups, eps)
         ctx.save_for_backward(xhat, invstd, weight)
         ctx.has_bias = bias is not None
-        return _affine(xhat.reshape(x.shape), weight, bias)
+        return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, dout):
-        xhat, invstd, weight = ctx.saved_tensors  # xhat (N, G, M), invstd (N, G, 1)
-        shape = _channel_shape(dout)
-        axes = (0,) + tuple(range(2, dout.ndim))
-        xhat_full = xhat.reshape(dout.shape)
-        dweight = (dout * xhat_full).sum(axis=axes) if weight is not None else None
-        dbias = dout.sum(axis=axes) if ctx.has_bias else None
-        dxhat = (dout * weight.reshape(shape) if weight is not None else dout).reshape(xhat.shape)
-        # as batch norm, with the statistics taken per (image, group)
-        mean_dxhat = dxhat.mean(axis=2, keepdims=True)
-        mean_dxhat_xhat = (dxhat * xhat).mean(axis=2, keepdims=True)
-        dx = invstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+        xhat, invstd, weight = ctx.saved_tensors  # xhat (N, C, L), invstd (N, G)
+        k = _group_norm_kernel(dout)
+        dx, dweight, dbias = k.group_norm_backward(dout.reshape(xhat.shape), xhat, invstd, weight,
+                                                   need_weight=weight is not None, need_bias=ctx.has_bias)
         return dx.reshape(dout.shape), dweight, dbias
+
+
+def _group_norm_kernel(x):
+    """kernels/group_norm's Numba module on the numba backend (non-empty NumPy arrays), else its reference."""
+    if get_backend() == "numba" and get_array_module(x) is np and x.size > 0:
+        return kernel("group_norm")
+    return group_norm_reference
 
 
 def group_norm(input: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
