@@ -157,6 +157,24 @@ def _winograd_applies(x_shape, C_out: int, kernel_size: tuple, stride: tuple, pa
     return min(C, C_out) >= WINOGRAD_MIN_CHANNELS and tiles >= max(1, WINOGRAD_MIN_TILES)
 
 
+def _winograd_blocks(x, C_out: int, TH: int, TW: int, min_tiles: int):
+    """The blocks of tile rows a Winograd pass runs over, with scratch memory for their two transforms.
+
+    Yields ``(R0, R1, first, second)`` for tile rows R0..R1-1 of x's N*TH, in order: ``first``
+    (16, C, L) and ``second`` (16, C_out, L), L = (R1 - R0)*TW, views of this thread's scratch buffer
+    valid until the next block. A block holds as many tile rows as WINOGRAD_BLOCK_BYTES allows, but at
+    least ``min_tiles`` tiles (and one tile row).
+    """
+    N, C = x.shape[:2]
+    rows = max(1, WINOGRAD_BLOCK_BYTES // (16 * (C + C_out) * TW * x.dtype.itemsize))
+    rows = max(rows, -(-min_tiles // TW))
+    for R0 in range(0, N * TH, rows):
+        R1 = min(N * TH, R0 + rows)
+        L = (R1 - R0) * TW
+        buffer = _scratch((16 * (C + C_out) * L,), x.dtype, x)
+        yield R0, R1, _view(buffer[: 16 * C * L], (16, C, L)), _view(buffer[16 * C * L :], (16, C_out, L))
+
+
 def _winograd(x, U, padding: tuple, C_out: int, adjoint: bool = False):
     """The 3x3 stride-1 correlation of x (N, C, H, W) with the filters transformed into U (kernels/winograd).
 
@@ -175,14 +193,9 @@ def _winograd(x, U, padding: tuple, C_out: int, adjoint: bool = False):
     x = np.ascontiguousarray(x)
     N, C, H, W, pad_h, pad_w, OH, OW, TH, TW = winograd_geometry(x.shape, padding)
     out = np.empty((N, C_out, OH, OW), dtype=x.dtype)
-    rows = max(1, WINOGRAD_BLOCK_BYTES // (16 * (C + C_out) * TW * x.dtype.itemsize))  # tile rows per block
-    rows = max(rows, -(-WINOGRAD_MIN_BLOCK_TILES // TW))  # products wide enough for BLAS (wide layers)
-    for R0 in range(0, N * TH, rows):
-        R1 = min(N * TH, R0 + rows)
-        L = (R1 - R0) * TW
-        buffer = _scratch((16 * (C + C_out) * L,), x.dtype, x)
-        V = k.input_transform(x, padding, (R0, R1), out=_view(buffer[: 16 * C * L], (16, C, L)))
-        M = _view(buffer[16 * C * L :], (16, C_out, L))
+    # blocks of at least WINOGRAD_MIN_BLOCK_TILES tiles: products wide enough for BLAS on wide layers
+    for R0, R1, V, M in _winograd_blocks(x, C_out, TH, TW, WINOGRAD_MIN_BLOCK_TILES):
+        k.input_transform(x, padding, (R0, R1), out=V)
         if adjoint:  # M[k] = U[adjoint_position(k)].T @ V[k]: BLAS reads the transpose, no copy
             for position in range(16):
                 np.matmul(U[adjoint_position(position)].T, V[position], out=M[position])
@@ -208,17 +221,13 @@ def _winograd_weight_grad(x, dout, padding: tuple):
     N, C, H, W, pad_h, pad_w, OH, OW, TH, TW = winograd_geometry(x.shape, padding)
     C_out = dout.shape[1]
     Q = product = None
-    rows = max(1, WINOGRAD_BLOCK_BYTES // (16 * (C + C_out) * TW * x.dtype.itemsize))
-    # each block's products (16, C_out, C) are added to Q: blocks of at least 4*max(C, C_out) tiles (the
-    # default WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR) keep
-    # those additions small beside the products (a larger buffer than the forward's, for wide layers)
-    rows = max(rows, -(-WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR * max(C, C_out) // TW))
-    for R0 in range(0, N * TH, rows):  # blocks in a fixed order: deterministic sums
-        R1 = min(N * TH, R0 + rows)
-        L = (R1 - R0) * TW
-        buffer = _scratch((16 * (C + C_out) * L,), x.dtype, x)
-        V = k.input_transform(x, padding, (R0, R1), out=_view(buffer[: 16 * C * L], (16, C, L)))
-        Y = k.output_transform_adjoint(dout, (R0, R1), out=_view(buffer[16 * C * L :], (16, C_out, L)))
+    # each block's products (16, C_out, C) are added to Q: blocks of at least
+    # WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR * max(C, C_out) tiles keep those additions small beside the
+    # products (a larger buffer than the forward's on wide layers); blocks in a fixed order: deterministic sums
+    min_tiles = WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR * max(C, C_out)
+    for R0, R1, V, Y in _winograd_blocks(x, C_out, TH, TW, min_tiles):
+        k.input_transform(x, padding, (R0, R1), out=V)
+        k.output_transform_adjoint(dout, (R0, R1), out=Y)
         if Q is None:
             Q = np.matmul(Y, V.transpose(0, 2, 1))  # (16, C_out, C)
         else:
