@@ -7,13 +7,16 @@ same anchors (16-256 px, 3 ratios), RPN and RoI sampling sizes, box head (``TwoM
 mask head (``MaskRCNNHeads`` 4 x 64, ``MaskRCNNPredictor`` 64), 128x128 inputs; torchvision's model
 then takes our initial weights (the parameter names are the same), so both start equal.
 
-Both train with SGD (lr 0.02, momentum 0.9, weight decay 1e-4) on the same batches of the default
+Both train with SGD (momentum 0.9, weight decay 1e-4, the learning rate of ours at each step: the
+default run's warm-up to 0.02, and its gradient clipping if any) on the same batches of the default
 run (4 shapes images with flips, from the Trainer's own loader), steps interleaved (torch, ours,
 torch, ours, ...) after a warm-up. The measure is process CPU time (user + sys) per step, which a
 busy machine does not inflate as it does wall time; wall time is printed too. ``--threads 1`` (the
 default) gives each library one thread (torch.set_num_threads, Numba and BLAS), the fairest CPU-time
 comparison; ``--threads 2`` is torch with two threads against the default run's settings (Numba 2,
 BLAS 1). Each library samples its own RoIs, so single steps differ; the medians over many steps compare.
+The benchmark stops with an error if torchvision's loss turns NaN/Inf, and prints how many RoIs each
+box head got per step: a diverged model has no proposals and does less work per step.
 
     python benchmarks/bench_small_model.py [--steps 30] [--warmup 5] [--threads 1] [--resume CHECKPOINT]
 """
@@ -97,6 +100,17 @@ def build_torch(config, num_classes: int):
     return model
 
 
+def count_rois(box_head, counts: list) -> None:
+    """Record how many RoIs ``box_head`` (either library's) gets per call, into ``counts``."""
+    forward = box_head.forward
+
+    def counted(x):
+        counts.append(int(x.shape[0]))
+        return forward(x)
+
+    box_head.forward = counted
+
+
 def load_our_weights(torch_model, ours) -> None:
     """Copy our state_dict into torchvision's model (same names); raises if any name or shape differs."""
     import torch
@@ -142,6 +156,10 @@ def main() -> None:
     opt_tv = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, momentum=config.momentum)
 
+    torch_losses, last_losses, box_rois = [], {}, {"torch": [], "ours": []}
+    count_rois(tv.roi_heads.box_head, box_rois["torch"])
+    count_rois(ours.roi_heads.box_head, box_rois["ours"])
+
     def torch_step(images, targets):
         x = [torch.from_numpy(np.ascontiguousarray(im)) for im in images]
         t = [{"boxes": torch.from_numpy(np.asarray(tg["boxes"], np.float32)),
@@ -149,11 +167,20 @@ def main() -> None:
               "masks": torch.from_numpy(np.asarray(tg["masks"], np.uint8))} for tg in targets]
         losses = tv(x, t)
         opt_tv.zero_grad()
-        sum(losses.values()).backward()
+        loss = sum(losses.values())
+        loss.backward()
+        if config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+        # the learning rate of ours at this step (its warm-up): at a constant 0.02 from the initial
+        # weights torchvision's model diverges to NaN within a dozen steps, and a NaN model has no
+        # proposals left, so its steps get cheap
+        for group in opt_tv.param_groups:
+            group["lr"] = trainer.optimizer.param_groups[0]["lr"]
         opt_tv.step()
+        torch_losses.append(loss.item())
 
     def ours_step(images, targets):
-        trainer.train_step(images, targets)
+        last_losses.update(trainer.train_step(images, targets))
 
     batches = trainer.loader.forever()
     for _ in range(args.warmup):
@@ -169,6 +196,8 @@ def main() -> None:
             fn(images, targets)
             cpu[name].append(time.process_time() - c0)
             wall[name].append(time.perf_counter() - w0)
+    if not all(math.isfinite(v) for v in torch_losses):
+        raise SystemExit(f"torchvision's model diverged (loss {torch_losses[-1]}): its step times mean nothing")
     med = {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in cpu}
     threads = "1 thread each" if args.threads == 1 else "torch 2 threads, ours Numba 2 + BLAS 1"
     start = f"from step {trainer.step} of {args.resume}" if args.resume else "from the initial weights"
@@ -181,6 +210,9 @@ def main() -> None:
           f"{med['ours'][0] / med['torch'][0]:.2f}x | <= 1.0x |")
     print(f"| wall time per step (ms) | {med['torch'][1] * 1e3:.0f} | {med['ours'][1] * 1e3:.0f} | "
           f"{med['ours'][1] / med['torch'][1]:.2f}x | |")
+    print(f"| RoIs in the box head per step (median) | {statistics.median(box_rois['torch']):.0f} | "
+          f"{statistics.median(box_rois['ours']):.0f} | | the same work |")
+    print(f"| loss at the last step | {torch_losses[-1]:.3f} | {last_losses['loss']:.3f} | | finite |")
 
 
 if __name__ == "__main__":
