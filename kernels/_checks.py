@@ -7,14 +7,17 @@ All work on NumPy and CuPy arrays.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from minimaskrcnn.backend import get_array_module
 
 FLOAT_DTYPES = ("float32", "float64")
+_FLOAT_DTYPES = frozenset(np.dtype(name) for name in FLOAT_DTYPES)  # CuPy arrays have NumPy dtypes
 
 
 def check_float(a, name: str) -> None:
     """Raise TypeError unless ``a`` is a float32 or float64 array (``name`` is the argument's name)."""
-    if str(a.dtype) not in FLOAT_DTYPES:
+    if a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
 
 

@@ -87,7 +87,14 @@ def kernel(op: str) -> ModuleType:
     Every backend module of an op defines the same functions with the same arguments, so callers
     write ``kernel("roi_align").roi_align_forward(...)`` whatever the backend.
     """
-    return importlib.import_module(f"minimaskrcnn.kernels.{op}.{_KERNEL_MODULE[_backend]}")
+    module = _kernel_modules.get((op, _backend))
+    if module is None:  # imported once per (op, backend): import_module's own lookup costs microseconds
+        module = _kernel_modules[op, _backend] = importlib.import_module(
+            f"minimaskrcnn.kernels.{op}.{_KERNEL_MODULE[_backend]}")
+    return module
+
+
+_kernel_modules: dict[tuple[str, str], ModuleType] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +123,8 @@ def is_cupy(a) -> bool:
 
 def unwrap(x):
     """The array inside a Tensor (or Parameter); anything else unchanged."""
+    if type(x) is np.ndarray:  # the common case, before the import below
+        return x
     from minimaskrcnn.tensor import Tensor
 
     return x.data if isinstance(x, Tensor) else x
@@ -133,7 +142,7 @@ def as_array(x):
 def get_array_module(*arrays) -> ModuleType:
     """``cupy`` if any argument is a CuPy array, else ``numpy`` (Tensors are looked through)."""
     for a in arrays:
-        if is_cupy(unwrap(a)):
+        if type(a) is not np.ndarray and is_cupy(unwrap(a)):
             import cupy
 
             return cupy

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from minimaskrcnn.backend import get_array_module, to_numpy
+from minimaskrcnn.backend import get_array_module, get_backend, kernel, to_numpy
 from minimaskrcnn.function import no_grad
+from minimaskrcnn.kernels.optim import reference as optim_reference
 from minimaskrcnn.tensor import Tensor
 
 
@@ -164,27 +165,30 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
 
     def step(self) -> None:
-        """Update every parameter that has a gradient, in place (its ``.data`` array)."""
+        """Update every parameter that has a gradient, in place (its ``.data`` array).
+
+        The update of each parameter is kernels/optim's ``sgd_update_``: Numba on the "numba"
+        backend, its array code on "numpy" and "cuda" (the same bits).
+        """
         with no_grad():
             for group in self.param_groups:
-                lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-                weight_decay, nesterov = group["weight_decay"], group["nesterov"]
+                hyper = (group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                         group["nesterov"], group["maximize"])
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    g = -p.grad if group["maximize"] else p.grad
-                    if weight_decay != 0:
-                        g = g + weight_decay * p.data
-                    if momentum != 0:
-                        state = self.state.setdefault(p, {})
-                        buf = state.get("momentum_buffer")
-                        if buf is None:
-                            buf = state["momentum_buffer"] = g.copy()
-                        else:
-                            buf *= momentum
-                            buf += (1 - dampening) * g
-                        g = g + momentum * buf if nesterov else buf
-                    p.data += (-lr) * g
+                    state = self.state.setdefault(p, {}) if group["momentum"] != 0 else None
+                    buf = state.get("momentum_buffer") if state is not None else None
+                    buf = _optim_kernel(p.data).sgd_update_(p.data, p.grad, buf, *hyper)
+                    if state is not None:
+                        state["momentum_buffer"] = buf
+
+
+def _optim_kernel(a):
+    """kernels/optim's Numba module on the numba backend (NumPy arrays), else its reference (array code)."""
+    if get_backend() == "numba" and type(a) is np.ndarray:
+        return kernel("optim")
+    return optim_reference
 
 
 def param_groups_weight_decay(module, weight_decay: float, norm_weight_decay: float = 0.0,
@@ -329,8 +333,8 @@ def grad_norm(parameters: Iterable) -> float:
     Returns:
         the norm, or NaN when a gradient holds NaN/Inf (the trainer's non-finite check).
     """
-    grads = (p.grad.astype(np.float64) for p in parameters if p.grad is not None)
-    total = float(sum(((g * g).sum() for g in grads), 0.0))
+    grads = (p.grad for p in parameters if p.grad is not None)
+    total = float(sum((_optim_kernel(g).sum_of_squares(g) for g in grads), 0.0))
     return math.sqrt(total) if math.isfinite(total) else float("nan")
 
 
