@@ -21,7 +21,7 @@ import threading
 import numpy as np
 
 from minimaskrcnn.backend import get_array_module, get_backend, kernel
-from minimaskrcnn.function import Function
+from minimaskrcnn.function import Function, is_grad_enabled
 from minimaskrcnn.kernels.im2col import conv_output_size
 from minimaskrcnn.kernels.winograd import adjoint_position, winograd_geometry
 from minimaskrcnn.ops._utils import pair
@@ -32,6 +32,10 @@ from minimaskrcnn.ops._utils import pair
 # 32 MiB back to the OS when they are freed), which costs about as much as im2col itself, so the
 # CPU path reuses one scratch buffer per thread. CuPy's memory pool already reuses device memory.
 SCRATCH_MAX_BYTES = 1 << 30  # larger cols are allocated afresh rather than kept
+# conv2d keeps its cols for the backward when they are needed only for dw (an input without gradient,
+# as the stem's image), and Winograd's transformed input for dw, when they take at most this many
+# bytes (so the backward need not compute them again); 0 turns it off
+SAVED_COLS_BYTES = 16 << 20
 
 
 class _Scratch(threading.local):
@@ -175,7 +179,7 @@ def _winograd_blocks(x, C_out: int, TH: int, TW: int, min_tiles: int):
         yield R0, R1, _view(buffer[: 16 * C * L], (16, C, L)), _view(buffer[16 * C * L :], (16, C_out, L))
 
 
-def _winograd(x, U, padding: tuple, C_out: int, adjoint: bool = False):
+def _winograd(x, U, padding: tuple, C_out: int, adjoint: bool = False, keep_input: bool = False):
     """The 3x3 stride-1 correlation of x (N, C, H, W) with the filters transformed into U (kernels/winograd).
 
     Args:
@@ -185,16 +189,22 @@ def _winograd(x, U, padding: tuple, C_out: int, adjoint: bool = False):
             ``kernels.winograd.ROTATED``: x is then dout and C_out the forward's input channels).
         padding: (pad_h, pad_w).
         C_out: channels of the output.
+        keep_input: also return x's transform V (16, C, T), T = N*TH*TW all the tiles (a new array,
+            not scratch memory: the weight gradient reuses it); the whole batch is then one block.
 
     Returns:
-        (N, C_out, H + 2*pad_h - 2, W + 2*pad_w - 2), x's dtype.
+        (N, C_out, H + 2*pad_h - 2, W + 2*pad_w - 2), x's dtype; with ``keep_input``, (that, V).
     """
     k = kernel("winograd")
     x = np.ascontiguousarray(x)
     N, C, H, W, pad_h, pad_w, OH, OW, TH, TW = winograd_geometry(x.shape, padding)
     out = np.empty((N, C_out, OH, OW), dtype=x.dtype)
-    # blocks of at least WINOGRAD_MIN_BLOCK_TILES tiles: products wide enough for BLAS on wide layers
-    for R0, R1, V, M in _winograd_blocks(x, C_out, TH, TW, WINOGRAD_MIN_BLOCK_TILES):
+    if keep_input:
+        kept = np.empty((16, C, N * TH * TW), dtype=x.dtype)
+        blocks = [(0, N * TH, kept, _scratch((16, C_out, N * TH * TW), x.dtype, x))]
+    else:  # blocks of at least WINOGRAD_MIN_BLOCK_TILES tiles: products wide enough for BLAS on wide layers
+        blocks = _winograd_blocks(x, C_out, TH, TW, WINOGRAD_MIN_BLOCK_TILES)
+    for R0, R1, V, M in blocks:
         k.input_transform(x, padding, (R0, R1), out=V)
         if adjoint:  # M[k] = U[adjoint_position(k)].T @ V[k]: BLAS reads the transpose, no copy
             for position in range(16):
@@ -202,10 +212,10 @@ def _winograd(x, U, padding: tuple, C_out: int, adjoint: bool = False):
         else:
             np.matmul(U, V, out=M)
         k.output_transform(M, out, (R0, R1))
-    return out
+    return (out, kept) if keep_input else out
 
 
-def _winograd_weight_grad(x, dout, padding: tuple):
+def _winograd_weight_grad(x, dout, padding: tuple, V=None):
     """conv2d's weight gradient (C_out, C, 3, 3), x's dtype, by Winograd (kernels/winograd).
 
     The adjoint of the forward's transforms: at each tile position k, Q[k] = sum over tiles of
@@ -215,11 +225,16 @@ def _winograd_weight_grad(x, dout, padding: tuple):
         x: (N, C, H, W) NumPy array, the forward's input.
         dout: (N, C_out, OH, OW), x's dtype, the gradient of the output.
         padding: (pad_h, pad_w) of the forward.
+        V: x's transform of all tiles (16, C, T), kept by the forward (``_winograd(keep_input=True)``),
+            or None (transformed here, by blocks). With V, the whole batch is one block.
     """
     k = kernel("winograd")
     x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
     N, C, H, W, pad_h, pad_w, OH, OW, TH, TW = winograd_geometry(x.shape, padding)
     C_out = dout.shape[1]
+    if V is not None:
+        Y = k.output_transform_adjoint(dout, (0, N * TH), out=_scratch((16, C_out, N * TH * TW), x.dtype, x))
+        return k.weight_transform_adjoint(np.matmul(Y, V.transpose(0, 2, 1)))
     Q = product = None
     # each block's products (16, C_out, C) are added to Q: blocks of at least
     # WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR * max(C, C_out) tiles keep those additions small beside the
@@ -297,8 +312,13 @@ def _weight_grad(a, b, total=None):
 
     With ``total`` (G, P, Q), the products are added to it. Either way the sum runs image after
     image (as ``.sum(axis=0)`` does), so chunks of images give the same numbers as the whole batch.
+    On the CPU the longer of P and Q is the rows of BLAS's products (a skinny product runs up to
+    1.6x faster that way round on this machine, benchmarks/README.md): for Q > P it sums b[n] @ a[n].T
+    and returns the transposed view of that (Q, P) sum.
     """
     xp = get_array_module(a)
+    if xp is np and b.shape[2] > a.shape[2]:
+        return _weight_grad(b, a, None if total is None else total.swapaxes(-1, -2)).swapaxes(-1, -2)
     if xp is not np or a.shape[0] == 0:
         products = (a @ b.swapaxes(-1, -2)).sum(axis=0)
         return products if total is None else xp.add(total, products, out=total)
@@ -347,8 +367,27 @@ class Conv2d(Function):
         # group g multiplies its (C_out/G, C/G*KH*KW) block of weight with its rows of cols
         w_mat = weight.reshape(G, C_out // G, C_per_group * KH * KW)
         blocks = [(0, N, 0, OH)] if _is_pointwise((KH, KW), padding) else _blocks(x, C * KH * KW, OH, OW)
-        if _winograd_applies(x.shape, C_out, (KH, KW), stride, padding, dilation, G, x):
-            out = _winograd(x, kernel("winograd").weight_transform(weight), padding, C_out)
+        # cols kept for the backward when it needs them only for dw (an input without gradient: the
+        # stem's image), so that it need not unfold again; cols of whole images, within SAVED_COLS_BYTES
+        ctx.cols = ctx.winograd_input = None
+        winograd = _winograd_applies(x.shape, C_out, (KH, KW), stride, padding, dilation, G, x)
+        keep = is_grad_enabled() and ctx.needs_input_grad[1] and get_array_module(x) is np
+        cols_bytes = N * C * KH * KW * OH * OW * x.dtype.itemsize
+        if (keep and not winograd and not ctx.needs_input_grad[0] and not _is_pointwise((KH, KW), padding)
+                and blocks[0][3] - blocks[0][2] == OH and cols_bytes <= SAVED_COLS_BYTES):
+            ctx.cols = np.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
+        if winograd:
+            # the input's transform (16 values per 2x2 tile and channel: 4x x) kept for the weight gradient
+            keep = keep and 16 * C * N * ((OH + 1) // 2) * ((OW + 1) // 2) * x.dtype.itemsize <= SAVED_COLS_BYTES
+            out = _winograd(x, kernel("winograd").weight_transform(weight), padding, C_out, keep_input=keep)
+            if keep:
+                out, ctx.winograd_input = out
+        elif ctx.cols is not None:
+            out = np.empty((N, C_out, OH, OW), dtype=x.dtype)
+            for n0, n1, _, _ in blocks:
+                cols = kernel("im2col").im2col(x[n0:n1], (KH, KW), stride, padding, dilation, out=ctx.cols[n0:n1])
+                out_c = _view(out[n0:n1], (n1 - n0, G, C_out // G, OH * OW))
+                np.matmul(w_mat, cols.reshape(n1 - n0, G, C_per_group * KH * KW, -1), out=out_c)
         elif len(blocks) == 1:
             cols = _unfold(x, (KH, KW), stride, padding, dilation)  # (N, C*KH*KW, OH*OW)
             out = w_mat @ cols.reshape(N, G, C_per_group * KH * KW, OH * OW)  # (N, G, C_out/G, OH*OW)
@@ -407,13 +446,18 @@ class Conv2d(Function):
                 rows, x_c = _input_rows(x_rows, n0, n1, oh0, oh1, (KH, KW), ctx.stride, ctx.dilation)
             else:
                 x_c = x if len(blocks) == 1 else x[n0:n1]
-            cols = _unfold(x_c, *block_geometry).reshape(n1 - n0, G, C_per_group * KH * KW, L_c) if need_dw else None
+            if not need_dw:
+                cols = None
+            elif ctx.cols is not None:  # unfolded by the forward (whole images)
+                cols = ctx.cols[n0:n1].reshape(n1 - n0, G, C_per_group * KH * KW, L_c)
+            else:
+                cols = _unfold(x_c, *block_geometry).reshape(n1 - n0, G, C_per_group * KH * KW, L_c)
             if need_dw:
                 dw = _weight_grad(dout_c, cols, dw)
             if need_dx:
                 # dcols (N, G, C/G*KH*KW, L) overwrite cols' scratch memory (cols are used up) unless cols
                 # are x itself (1x1 kernels), whose dx must not alias scratch memory
-                dcols = None if cols is None or pointwise else cols
+                dcols = None if cols is None or pointwise or ctx.cols is not None else cols
                 dcols = get_array_module(dout).matmul(w_mat.swapaxes(-1, -2), dout_c, out=dcols)
                 dcols = dcols.reshape(n1 - n0, C * KH * KW, L_c)
                 if row_blocks:
@@ -429,7 +473,7 @@ class Conv2d(Function):
             dx = _winograd(dout, kernel("winograd").weight_transform(weight), adjoint_padding, C, adjoint=True)
         dw = dw.reshape(weight.shape) if need_dw else None
         if dw_winograd:
-            dw = _winograd_weight_grad(x, dout, ctx.padding)
+            dw = _winograd_weight_grad(x, dout, ctx.padding, V=ctx.winograd_input)
         dout = dout.reshape(N, G, C_out // G, L)
         db = dout.sum(axis=(0, 3)).reshape(C_out) if ctx.has_bias else None  # (N, G, C_out/G, L) -> (C_out,)
         return dx, dw, db

@@ -392,7 +392,8 @@ def test_conv2d_winograd_gradcheck(winograd_everywhere, x_shape, w_shape, bias, 
     with minimaskrcnn.use_backend("numba"):
         result = gradcheck(lambda x, w, b: conv2d(x, w, b, padding=padding), inputs)
     assert result.max_rel_error < 1e-6, result.report()
-    assert {"adjoint": True} in winograd_everywhere and {} in winograd_everywhere  # output and dx both by Winograd
+    # output and dx both by Winograd
+    assert any(c.get("adjoint") for c in winograd_everywhere) and any(not c.get("adjoint") for c in winograd_everywhere)
 
 
 @pytest.mark.reference
@@ -443,6 +444,7 @@ def test_conv2d_winograd_in_blocks_equals_one_block(winograd_everywhere, monkeyp
 
     from minimaskrcnn.ops import conv as conv_module
 
+    monkeypatch.setattr(conv_module, "SAVED_COLS_BYTES", 0)  # dw transforms the input again, in its own blocks
     x, w, b = _arrays(np.random.default_rng(3), (3, 4, 9, 7), (5, 4, 3, 3), True, 5, dtype=np.float32)
     dout = np.random.default_rng(4).standard_normal((3, 5, 9, 7)).astype(np.float32)
     blocks = []
@@ -465,6 +467,74 @@ def test_conv2d_winograd_in_blocks_equals_one_block(winograd_everywhere, monkeyp
         assert len(blocks) == (passes if block_bytes > 1 else 15 * passes)
     for whole, blocked in zip(*results):
         np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("needs", [(True, True), (False, True), (True, False)])
+def test_conv2d_winograd_keeps_the_transformed_input_for_the_weight_gradient(winograd_everywhere, monkeypatch, needs):
+    """Within SAVED_COLS_BYTES the forward's input transform serves dw (one transform fewer), with the
+    numbers of transforming again, to rounding; nothing is kept without a weight gradient or under no_grad."""
+    from minimaskrcnn.kernels.winograd import cpu as winograd_cpu
+
+    from minimaskrcnn.ops import conv as conv_module
+
+    x, w, b = _arrays(np.random.default_rng(7), (3, 4, 9, 7), (5, 4, 3, 3), True, 5, dtype=np.float32)
+    dout = np.random.default_rng(8).standard_normal((3, 5, 9, 7)).astype(np.float32)
+    transforms = []
+    input_transform = winograd_cpu.input_transform
+    monkeypatch.setattr(winograd_cpu, "input_transform",
+                        lambda *args, **kwargs: transforms.append(1) or input_transform(*args, **kwargs))
+    results = []
+    for saved_bytes in (16 << 20, 0):
+        monkeypatch.setattr(conv_module, "SAVED_COLS_BYTES", saved_bytes)
+        transforms.clear()
+        winograd_everywhere.clear()
+        xs, ws = Tensor(x.copy(), requires_grad=needs[0]), Tensor(w.copy(), requires_grad=needs[1])
+        with minimaskrcnn.use_backend("numba"):
+            out = conv2d(xs, ws, Tensor(b), padding=1)
+            out.backward(dout)
+        results.append([out.numpy()] + [t.grad for t, need in zip((xs, ws), needs) if need])
+        kept = saved_bytes > 0 and needs[1]
+        assert winograd_everywhere[0] == {"keep_input": kept}
+        assert len(transforms) == 1 + sum(needs) - kept  # the output's, dx's (of dout) and dw's, less the kept one
+    for a, b_ in zip(*results):
+        np.testing.assert_allclose(a, b_, rtol=1e-6, atol=1e-6 * np.abs(b_).max())
+    winograd_everywhere.clear()
+    with minimaskrcnn.use_backend("numba"), minimaskrcnn.no_grad():
+        conv2d(Tensor(x), Tensor(w, requires_grad=True), padding=1)
+    assert winograd_everywhere == [{"keep_input": False}]
+
+
+def test_conv2d_keeps_cols_when_the_input_needs_no_gradient(monkeypatch):
+    """The stem's case (an image without gradient, 7x7 stride 2): the forward's cols serve dw (one im2col
+    fewer), the same bits as unfolding again; within SAVED_COLS_BYTES only, never with dx or under no_grad."""
+    from minimaskrcnn.kernels.im2col import cpu as im2col_cpu
+
+    from minimaskrcnn.ops import conv as conv_module
+
+    x, w, _ = _arrays(np.random.default_rng(9), (3, 3, 20, 18), (4, 3, 7, 7), False, 4, dtype=np.float32)
+    dout = np.random.default_rng(10).standard_normal((3, 4, 10, 9)).astype(np.float32)
+    monkeypatch.setattr(conv_module, "CHUNK_BYTES", 1)  # an image per chunk, as the stem at 128x128
+    unfolds = []
+    im2col = im2col_cpu.im2col
+    monkeypatch.setattr(im2col_cpu, "im2col", lambda *args, **kwargs: unfolds.append(1) or im2col(*args, **kwargs))
+    grads = {}
+    for saved_bytes, needs_dx in ((16 << 20, False), (0, False), (16 << 20, True)):
+        monkeypatch.setattr(conv_module, "SAVED_COLS_BYTES", saved_bytes)
+        unfolds.clear()
+        xs, ws = Tensor(x.copy(), requires_grad=needs_dx), Tensor(w.copy(), requires_grad=True)
+        with minimaskrcnn.use_backend("numba"):
+            conv2d(xs, ws, stride=2, padding=3).backward(dout)
+        grads[saved_bytes, needs_dx] = ws.grad
+        assert len(unfolds) == (3 if saved_bytes and not needs_dx else 6)  # per image: forward (and backward)
+    assert np.array_equal(grads[16 << 20, False], grads[0, False])
+    np.testing.assert_allclose(grads[16 << 20, True], grads[0, False], rtol=1e-5)
+    with minimaskrcnn.use_backend("numba"), minimaskrcnn.no_grad():
+        ctx_cols = []
+        forward = conv_module.Conv2d.forward
+        monkeypatch.setattr(conv_module.Conv2d, "forward", staticmethod(
+            lambda ctx, *args, **kwargs: (forward(ctx, *args, **kwargs), ctx_cols.append(ctx.cols))[0]))
+        conv2d(Tensor(x), Tensor(w, requires_grad=True), stride=2, padding=3)
+    assert ctx_cols == [None]
 
 
 def test_conv2d_winograd_of_an_empty_batch(winograd_everywhere, monkeypatch):
