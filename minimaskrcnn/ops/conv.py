@@ -369,12 +369,13 @@ class Conv2d(Function):
         blocks = [(0, N, 0, OH)] if _is_pointwise((KH, KW), padding) else _blocks(x, C * KH * KW, OH, OW)
         # cols kept for the backward when it needs them only for dw (an input without gradient: the
         # stem's image), so that it need not unfold again; cols of whole images, within SAVED_COLS_BYTES
+        # (no image, or a kernel larger than the padded input, takes the usual path: zeros dw, im2col's error)
         ctx.cols = ctx.winograd_input = None
         winograd = _winograd_applies(x.shape, C_out, (KH, KW), stride, padding, dilation, G, x)
         keep = is_grad_enabled() and ctx.needs_input_grad[1] and get_array_module(x) is np
         cols_bytes = N * C * KH * KW * OH * OW * x.dtype.itemsize
         if (keep and not winograd and not ctx.needs_input_grad[0] and not _is_pointwise((KH, KW), padding)
-                and blocks[0][3] - blocks[0][2] == OH and cols_bytes <= SAVED_COLS_BYTES):
+                and blocks[0][3] - blocks[0][2] == OH and min(N, OH, OW) > 0 and cols_bytes <= SAVED_COLS_BYTES):
             ctx.cols = np.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
         if winograd:
             # the input's transform (16 values per 2x2 tile and channel: 4x x) kept for the weight gradient

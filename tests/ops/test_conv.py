@@ -537,6 +537,24 @@ def test_conv2d_keeps_cols_when_the_input_needs_no_gradient(monkeypatch):
     assert ctx_cols == [None]
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("saved_bytes", [16 << 20, 0])
+def test_conv2d_of_an_empty_batch_without_input_gradient(monkeypatch, backend, saved_bytes):
+    """The kept-cols case (an input without gradient, a weight with one) and no image, as a mask head
+    with no RoI behind a frozen backbone: zeros dw, no error; an input smaller than the kernel still gets
+    im2col's error, not NumPy's."""
+    from minimaskrcnn.ops import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "SAVED_COLS_BYTES", saved_bytes)
+    w = Tensor(np.ones((5, 4, 3, 3), np.float32), requires_grad=True)
+    with minimaskrcnn.use_backend(backend):
+        out = conv2d(Tensor(np.ones((0, 4, 9, 8), np.float32)), w, padding=1)
+        out.backward(np.zeros(out.shape, np.float32))
+        assert out.shape == (0, 5, 9, 8) and w.grad.shape == (5, 4, 3, 3) and np.all(w.grad == 0)
+        with pytest.raises(ValueError, match="does not fit in the padded input"):
+            conv2d(Tensor(np.ones((2, 4, 1, 1), np.float32)), w)
+
+
 def test_conv2d_winograd_of_an_empty_batch(winograd_everywhere, monkeypatch):
     """Thresholds at 0 ("always") and no image: zeros gradients of the right shapes, no error."""
     from minimaskrcnn.ops import conv as conv_module
