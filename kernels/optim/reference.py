@@ -15,7 +15,9 @@ def sgd_update_(param, grad, momentum_buffer, lr: float, momentum: float, dampen
         grad: its gradient, param's shape and dtype (read only).
         momentum_buffer: param's shape and dtype, updated in place; None on the first step (a new
             buffer is returned) or when momentum is 0.
-        lr, momentum, dampening, weight_decay: Python floats; nesterov, maximize: bools.
+        lr, momentum, dampening, weight_decay: floats (NumPy scalars act as Python floats: cast to
+            param's dtype, never promoting a float32 parameter's arithmetic to float64); nesterov,
+            maximize: bools.
 
     Returns:
         the momentum buffer (a new array on the first step), or None when momentum is 0.
@@ -25,6 +27,9 @@ def sgd_update_(param, grad, momentum_buffer, lr: float, momentum: float, dampen
     """
     check_float(param, "param")
     check_sgd_arrays(param, grad, momentum_buffer)
+    # Python floats: NumPy casts them to param's dtype (a np.float64 would make float64 temporaries,
+    # a float64 momentum buffer, and other bits than cpu.py's)
+    lr, momentum, dampening, weight_decay = float(lr), float(momentum), float(dampening), float(weight_decay)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param

@@ -114,3 +114,20 @@ def test_sgd_trajectory_is_the_same_on_both_cpu_backends(rng, dtype):
     for a, b in itertools.zip_longest(results["numpy"], results["numba"]):
         assert a.dtype == dtype and np.array_equal(a, b)
     np.testing.assert_allclose(norms["numba"], norms["numpy"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [reference, cpu], ids=["reference", "cpu"])
+def test_numpy_scalar_hyper_parameters_act_as_python_floats(rng, k):
+    """lr and weight decay as NumPy float64 scalars (a schedule computed with NumPy) on a float32
+    parameter: the same bits as Python floats, the momentum buffer stays float32 (NumPy would promote
+    the array code to float64, and the next step would refuse the float64 buffer)."""
+    p0 = rng.standard_normal((4, 5)).astype(np.float32)
+    grads = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(3)]
+    results = []
+    for scalar in (float, np.float64):
+        p, buf = p0.copy(), None
+        for g in grads:
+            buf = k.sgd_update_(p, g, buf, scalar(0.1), scalar(0.9), scalar(0.1), scalar(1e-2), False, False)
+            assert buf.dtype == np.float32
+        results.append((p, buf))
+    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
