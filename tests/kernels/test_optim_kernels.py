@@ -131,3 +131,20 @@ def test_numpy_scalar_hyper_parameters_act_as_python_floats(rng, k):
             assert buf.dtype == np.float32
         results.append((p, buf))
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_sgd_and_grad_norm_run_the_numba_kernels_on_the_numba_backend_only(monkeypatch, backend):
+    """The "numba" backend's SGD.step and grad_norm go through cpu.py (the two backends giving equal
+    numbers would not show a step that never reaches the kernel); "numpy" runs the array code."""
+    calls = []
+    for name in ("sgd_update_", "sum_of_squares"):
+        original = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *args, _f=original, _n=name: calls.append(_n) or _f(*args))
+    p = nn.Parameter(np.ones((2, 3), np.float32))
+    p.grad = np.full((2, 3), 0.5, np.float32)
+    with minimaskrcnn.use_backend(backend):
+        norm = grad_norm([p])
+        SGD([p], lr=0.1, momentum=0.9).step()
+    assert norm == pytest.approx(0.5 * 6 ** 0.5) and np.allclose(p.data, 0.95)
+    assert calls == (["sum_of_squares", "sgd_update_"] if backend == "numba" else [])
