@@ -344,7 +344,9 @@ class Conv2d(Function):
     up to float rounding.
 
     Note: the backward recomputes im2col from the saved input instead of keeping cols, which are
-    C*KH*KW/C = KH*KW times larger than the input (as PyTorch saves only the input).
+    C*KH*KW/C = KH*KW times larger than the input (as PyTorch saves only the input); except that,
+    within SAVED_COLS_BYTES, the forward keeps cols when they are needed only for dw (an input
+    without gradient, as the stem's image), and Winograd's transformed input for dw.
     """
 
     @staticmethod
