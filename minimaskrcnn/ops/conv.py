@@ -266,8 +266,9 @@ def _is_pointwise(kernel_size: tuple, padding: tuple) -> bool:
     return kernel_size == (1, 1) and padding == (0, 0)
 
 
-def _unfold(x, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple):
-    """cols (N, C*KH*KW, OH*OW) of ``x`` (N, C, H, W), in scratch memory (see ``_scratch``)."""
+def _unfold(x, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple, out=None):
+    """cols (N, C*KH*KW, OH*OW) of ``x`` (N, C, H, W), in scratch memory (see ``_scratch``) or in ``out``
+    (ignored for 1x1 kernels without padding, whose cols are x itself)."""
     N, C, H, W = x.shape
     if _is_pointwise(kernel_size, padding):
         if stride != (1, 1):  # every stride-th pixel: a strided slice, copied contiguous
@@ -275,8 +276,9 @@ def _unfold(x, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tupl
         return x.reshape(N, C, -1)  # a view when x is contiguous
     OH = conv_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0])
     OW = conv_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1])
-    cols = _scratch((N, C * kernel_size[0] * kernel_size[1], OH * OW), x.dtype, x) if OH > 0 and OW > 0 else None
-    return kernel("im2col").im2col(x, kernel_size, stride, padding, dilation, out=cols)
+    if out is None and OH > 0 and OW > 0:
+        out = _scratch((N, C * kernel_size[0] * kernel_size[1], OH * OW), x.dtype, x)
+    return kernel("im2col").im2col(x, kernel_size, stride, padding, dilation, out=out)
 
 
 def _fold(cols, x_shape: tuple, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple, out=None):
@@ -385,16 +387,10 @@ class Conv2d(Function):
             out = _winograd(x, kernel("winograd").weight_transform(weight), padding, C_out, keep_input=keep)
             if keep:
                 out, ctx.winograd_input = out
-        elif ctx.cols is not None:
-            out = np.empty((N, C_out, OH, OW), dtype=x.dtype)
-            for n0, n1, _, _ in blocks:
-                cols = kernel("im2col").im2col(x[n0:n1], (KH, KW), stride, padding, dilation, out=ctx.cols[n0:n1])
-                out_c = _view(out[n0:n1], (n1 - n0, G, C_out // G, OH * OW))
-                np.matmul(w_mat, cols.reshape(n1 - n0, G, C_per_group * KH * KW, -1), out=out_c)
-        elif len(blocks) == 1:
+        elif len(blocks) == 1 and ctx.cols is None:
             cols = _unfold(x, (KH, KW), stride, padding, dilation)  # (N, C*KH*KW, OH*OW)
             out = w_mat @ cols.reshape(N, G, C_per_group * KH * KW, OH * OW)  # (N, G, C_out/G, OH*OW)
-        else:  # a block at a time (see CHUNK_BYTES, ROW_BLOCK_BYTES): the same products
+        else:  # a block at a time (see CHUNK_BYTES, ROW_BLOCK_BYTES; kept cols: whole images): the same products
             out = np.empty((N, C_out, OH, OW), dtype=x.dtype)
             row_blocks = blocks[0][3] - blocks[0][2] < OH
             x_rows = _pad_rows(x, padding[0]) if row_blocks else x
@@ -402,7 +398,8 @@ class Conv2d(Function):
             for n0, n1, oh0, oh1 in blocks:
                 x_c = _input_rows(x_rows, n0, n1, oh0, oh1, (KH, KW), stride, dilation)[1] if row_blocks \
                     else x[n0:n1]
-                cols = _unfold(x_c, (KH, KW), stride, block_padding, dilation)
+                kept = None if ctx.cols is None else ctx.cols[n0:n1]
+                cols = _unfold(x_c, (KH, KW), stride, block_padding, dilation, out=kept)
                 out_c = _view(out[n0:n1, :, oh0:oh1], (n1 - n0, G, C_out // G, (oh1 - oh0) * OW))
                 np.matmul(w_mat, cols.reshape(n1 - n0, G, C_per_group * KH * KW, -1), out=out_c)
         out = out.reshape(N, C_out, OH, OW)

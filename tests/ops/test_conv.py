@@ -370,6 +370,23 @@ WINOGRAD_CASES = [
 ]
 
 
+def _count_calls(monkeypatch, module, name: str) -> list:
+    """Wrap ``module.name`` so that each call appends its positional arguments to the returned list."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs))
+    return calls
+
+
+def _forward_backward(x, w, b, dout, needs, **kwargs) -> list:
+    """conv2d on the numba backend (input and weight with gradients as ``needs`` says), then its backward:
+    [output, the gradients asked for]."""
+    xs, ws = Tensor(x.copy(), requires_grad=needs[0]), Tensor(w.copy(), requires_grad=needs[1])
+    with minimaskrcnn.use_backend("numba"):
+        out = conv2d(xs, ws, None if b is None else Tensor(b), **kwargs)
+        out.backward(dout)
+    return [out.numpy()] + [t.grad for t, need in zip((xs, ws), needs) if need]
+
+
 @pytest.fixture
 def winograd_everywhere(monkeypatch):
     """Winograd for every eligible conv2d (any channel count and batch size); counts its calls."""
@@ -447,22 +464,14 @@ def test_conv2d_winograd_in_blocks_equals_one_block(winograd_everywhere, monkeyp
     monkeypatch.setattr(conv_module, "SAVED_COLS_BYTES", 0)  # dw transforms the input again, in its own blocks
     x, w, b = _arrays(np.random.default_rng(3), (3, 4, 9, 7), (5, 4, 3, 3), True, 5, dtype=np.float32)
     dout = np.random.default_rng(4).standard_normal((3, 5, 9, 7)).astype(np.float32)
-    blocks = []
-    input_transform = winograd_cpu.input_transform
-    monkeypatch.setattr(winograd_cpu, "input_transform",
-                        lambda x, padding, tile_rows=None, out=None: blocks.append(tile_rows)
-                        or input_transform(x, padding, tile_rows, out))
+    blocks = _count_calls(monkeypatch, winograd_cpu, "input_transform")
     results = []
     for block_bytes, min_tiles, factor in ((1 << 30, 256, 4), (1, 1, 0)):  # everything at once; a tile row per block
         monkeypatch.setattr(conv_module, "WINOGRAD_BLOCK_BYTES", block_bytes)
         monkeypatch.setattr(conv_module, "WINOGRAD_MIN_BLOCK_TILES", min_tiles)
         monkeypatch.setattr(conv_module, "WINOGRAD_WEIGHT_GRAD_BLOCK_FACTOR", factor)
         blocks.clear()
-        xs, ws = Tensor(x.copy(), requires_grad=needs[0]), Tensor(w.copy(), requires_grad=needs[1])
-        with minimaskrcnn.use_backend("numba"):
-            out = conv2d(xs, ws, Tensor(b), padding=1)
-            out.backward(dout)
-        results.append([out.numpy()] + [t.grad for t, need in zip((xs, ws), needs) if need])
+        results.append(_forward_backward(x, w, b, dout, needs, padding=1))
         passes = 1 + sum(needs)  # the output, then dx and/or dw, each over all 3 x 5 tile rows
         assert len(blocks) == (passes if block_bytes > 1 else 15 * passes)
     for whole, blocked in zip(*results):
@@ -479,20 +488,13 @@ def test_conv2d_winograd_keeps_the_transformed_input_for_the_weight_gradient(win
 
     x, w, b = _arrays(np.random.default_rng(7), (3, 4, 9, 7), (5, 4, 3, 3), True, 5, dtype=np.float32)
     dout = np.random.default_rng(8).standard_normal((3, 5, 9, 7)).astype(np.float32)
-    transforms = []
-    input_transform = winograd_cpu.input_transform
-    monkeypatch.setattr(winograd_cpu, "input_transform",
-                        lambda *args, **kwargs: transforms.append(1) or input_transform(*args, **kwargs))
+    transforms = _count_calls(monkeypatch, winograd_cpu, "input_transform")
     results = []
     for saved_bytes in (16 << 20, 0):
         monkeypatch.setattr(conv_module, "SAVED_COLS_BYTES", saved_bytes)
         transforms.clear()
         winograd_everywhere.clear()
-        xs, ws = Tensor(x.copy(), requires_grad=needs[0]), Tensor(w.copy(), requires_grad=needs[1])
-        with minimaskrcnn.use_backend("numba"):
-            out = conv2d(xs, ws, Tensor(b), padding=1)
-            out.backward(dout)
-        results.append([out.numpy()] + [t.grad for t, need in zip((xs, ws), needs) if need])
+        results.append(_forward_backward(x, w, b, dout, needs, padding=1))
         kept = saved_bytes > 0 and needs[1]
         assert winograd_everywhere[0] == {"keep_input": kept}
         assert len(transforms) == 1 + sum(needs) - kept  # the output's, dx's (of dout) and dw's, less the kept one
@@ -514,17 +516,12 @@ def test_conv2d_keeps_cols_when_the_input_needs_no_gradient(monkeypatch):
     x, w, _ = _arrays(np.random.default_rng(9), (3, 3, 20, 18), (4, 3, 7, 7), False, 4, dtype=np.float32)
     dout = np.random.default_rng(10).standard_normal((3, 4, 10, 9)).astype(np.float32)
     monkeypatch.setattr(conv_module, "CHUNK_BYTES", 1)  # an image per chunk, as the stem at 128x128
-    unfolds = []
-    im2col = im2col_cpu.im2col
-    monkeypatch.setattr(im2col_cpu, "im2col", lambda *args, **kwargs: unfolds.append(1) or im2col(*args, **kwargs))
+    unfolds = _count_calls(monkeypatch, im2col_cpu, "im2col")
     grads = {}
     for saved_bytes, needs_dx in ((16 << 20, False), (0, False), (16 << 20, True)):
         monkeypatch.setattr(conv_module, "SAVED_COLS_BYTES", saved_bytes)
         unfolds.clear()
-        xs, ws = Tensor(x.copy(), requires_grad=needs_dx), Tensor(w.copy(), requires_grad=True)
-        with minimaskrcnn.use_backend("numba"):
-            conv2d(xs, ws, stride=2, padding=3).backward(dout)
-        grads[saved_bytes, needs_dx] = ws.grad
+        grads[saved_bytes, needs_dx] = _forward_backward(x, w, None, dout, (needs_dx, True), stride=2, padding=3)[-1]
         assert len(unfolds) == (3 if saved_bytes and not needs_dx else 6)  # per image: forward (and backward)
     assert np.array_equal(grads[16 << 20, False], grads[0, False])
     np.testing.assert_allclose(grads[16 << 20, True], grads[0, False], rtol=1e-5)
